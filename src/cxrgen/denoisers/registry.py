@@ -1,0 +1,79 @@
+"""The denoiser registry: a plain dict of presets, and ``build_denoiser`` / ``load_denoiser``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cxrgen.config import DenoiserConfig, load_config
+from cxrgen.denoisers.base import CONFIG_NAME
+from cxrgen.denoisers.unet import UNetDenoiser
+from cxrgen.denoisers.uvit import UViT
+from cxrgen.errors import ConfigError
+
+UVIT_FIELDS = ("hidden_size", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias", "time_embed",
+               "project_context", "final_conv")
+UNET_FIELDS = ("block_out_channels", "layers_per_block", "attention_head_dim", "norm_num_groups", "pretrained")
+
+# U-ViT sizes of Bao et al. 2023, Table 1 (depth counts every block; all use patch 2 on 32x32x4
+# latents of 256 px images, MLP ratio 4, no qkv bias, the raw sinusoid as time token).
+_UVIT_PAPER = dict(family="uvit", patch_size=2, mlp_ratio=4.0, qkv_bias=False, time_embed="identity",
+                   project_context=True, final_conv=True)
+# SD 1.x U-Net (CompVis/stable-diffusion-v1-*, subfolder unet); sample_size is 64 there (512 px),
+# ours comes from DenoiserConfig.sample_size (32 for 256 px).
+_UNET_SD = dict(family="unet", layers_per_block=2, attention_head_dim=8, norm_num_groups=32)
+
+DENOISERS: dict[str, dict[str, Any]] = {
+    "uvit-s": dict(_UVIT_PAPER, depth=13, hidden_size=512, num_heads=8),
+    "uvit-s-deep": dict(_UVIT_PAPER, depth=17, hidden_size=512, num_heads=8),
+    "uvit-m": dict(_UVIT_PAPER, depth=17, hidden_size=768, num_heads=12),
+    "uvit-l": dict(_UVIT_PAPER, depth=21, hidden_size=1024, num_heads=16),
+    # CPU-sized, for tests and smoke runs
+    "uvit-tiny": dict(_UVIT_PAPER, depth=3, hidden_size=32, num_heads=2, time_embed="mlp"),
+    "uvit-mini": dict(_UVIT_PAPER, depth=5, hidden_size=64, num_heads=4),
+    "sd15-unet": dict(_UNET_SD, block_out_channels=(320, 640, 1280, 1280)),
+    "unet-tiny": dict(_UNET_SD, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8),
+}
+
+
+def _preset(name: str) -> dict[str, Any]:
+    if name not in DENOISERS:
+        raise ConfigError(f"unknown denoiser {name!r}; valid names: {sorted(DENOISERS)}")
+    return DENOISERS[name]
+
+
+def resolve_config(cfg: DenoiserConfig) -> DenoiserConfig:
+    """Fill the architecture fields left at None from the named preset; other families' fields are errors."""
+    preset = _preset(cfg.name)
+    own, other = (UVIT_FIELDS, UNET_FIELDS) if preset["family"] == "uvit" else (UNET_FIELDS, UVIT_FIELDS)
+    stray = [k for k in other if getattr(cfg, k) is not None]
+    if stray:
+        raise ConfigError(f"denoiser {cfg.name!r} is a {preset['family']}: remove the fields {stray}")
+    filled = {k: preset[k] for k in own if getattr(cfg, k) is None and k in preset}
+    return dataclasses.replace(cfg, **filled)
+
+
+def build_denoiser(cfg: DenoiserConfig, generator: torch.Generator | None = None) -> nn.Module:
+    """A denoiser with the call signature ``(z_t, t, context, mask) -> prediction``.
+
+    U-ViT weights are drawn from ``generator``; a U-Net is random (diffusers' init) or loaded from
+    ``cfg.pretrained``. Bad values raise ConfigError here, not in forward.
+    """
+    resolved = resolve_config(cfg)
+    if _preset(cfg.name)["family"] == "uvit":
+        return UViT(resolved, generator=generator)
+    return UNetDenoiser.from_config(resolved)
+
+
+def load_denoiser(directory: str | Path) -> nn.Module:
+    """Load any denoiser written by its ``save_pretrained``."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"no {CONFIG_NAME} in {directory}: give a folder written by save_pretrained")
+    cfg = load_config(DenoiserConfig, path)
+    family = _preset(cfg.name)["family"]
+    return (UViT if family == "uvit" else UNetDenoiser).from_pretrained(directory)

@@ -1,0 +1,237 @@
+"""U-ViT: a ViT denoiser where time, text and latent patches are all tokens, with long skips.
+
+Bao et al., "All are Worth Words: A ViT Backbone for Diffusion Models", CVPR 2023 (Sec. 3, Fig. 1);
+used for chest X-rays by Chest-Diffusion. Differences from the reference code: ``depth`` counts all
+blocks (the paper's 13 for U-ViT-S; the reference's ``depth=12`` builds the same 13), and padded text
+tokens are masked out of attention (the reference attends to all 77 CLIP tokens).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cxrgen.config import DenoiserConfig, load_config, save_config
+from cxrgen.denoisers.base import CONFIG_NAME, WEIGHTS_NAME, check_inputs, prepare_timesteps
+from cxrgen.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+TIME_EMBEDS = ("identity", "mlp")
+MAX_PERIOD = 10_000  # sinusoid periods span 1 .. MAX_PERIOD timesteps (Vaswani et al. 2017, Sec. 3.5)
+TIME_MLP_RATIO = 4  # hidden width of the optional time MLP, as in the reference code
+INIT_STD = 0.02  # truncated-normal std of linear weights and position embeddings (reference init)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: int = MAX_PERIOD) -> torch.Tensor:
+    """Sinusoidal embedding (B,) -> (B, dim) in float32: [cos(t f_i), sin(t f_i)], f_i = P^(-i/half)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 2 * half)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))  # (B, dim)
+    return emb
+
+
+def unpatchify(x: torch.Tensor, channels: int, patch: int, grid: int) -> torch.Tensor:
+    """Patch tokens (B, grid*grid, patch*patch*C) -> latents (B, C, grid*patch, grid*patch)."""
+    b = x.shape[0]
+    x = x.reshape(b, grid, grid, patch, patch, channels)  # (B, gh, gw, p, p, C)
+    x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, gh, p, gw, p)
+    return x.reshape(b, channels, grid * patch, grid * patch)  # (B, C, H, W)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention``, with a key padding mask."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)  # (B, N, 3, H, Dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, Dh)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, N, Dh)
+        out = out.transpose(1, 2).reshape(b, n, d)  # (B, N, D)
+        return self.proj(out)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; an out-block first fuses its long skip: Linear(concat(x, skip))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, skip: bool) -> None:
+        super().__init__()
+        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None, skip: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.skip_linear is not None:
+            x = self.skip_linear(torch.cat([x, skip], dim=-1))  # (B, N, 2D) -> (B, N, D)
+        x = x + self.attn(self.norm1(x), attn_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+def validate_uvit_config(cfg: DenoiserConfig) -> None:
+    """Raise ConfigError for a U-ViT config that could not run (checked at construction)."""
+    needed = ("hidden_size", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias", "time_embed",
+              "project_context", "final_conv")
+    missing = [k for k in needed if getattr(cfg, k) is None]
+    if missing:
+        raise ConfigError(f"U-ViT config lacks {missing}: build it with cxrgen.denoisers.build_denoiser")
+    if cfg.depth < 1 or cfg.depth % 2 == 0:
+        raise ConfigError(f"denoiser.depth={cfg.depth}: give an odd block count (in + mid + out), e.g. 13")
+    if cfg.hidden_size % cfg.num_heads:
+        raise ConfigError(
+            f"denoiser.num_heads={cfg.num_heads} does not divide hidden_size={cfg.hidden_size}"
+        )
+    if cfg.patch_size < 1 or cfg.sample_size % cfg.patch_size:
+        raise ConfigError(
+            f"denoiser.patch_size={cfg.patch_size} does not divide the latent size {cfg.sample_size}"
+        )
+    if cfg.time_embed not in TIME_EMBEDS:
+        raise ConfigError(f"denoiser.time_embed={cfg.time_embed!r}: use one of {list(TIME_EMBEDS)}")
+    if not cfg.project_context and cfg.context_dim != cfg.hidden_size:
+        raise ConfigError(
+            f"denoiser.context_dim={cfg.context_dim} != hidden_size={cfg.hidden_size} with "
+            "project_context=false: set project_context=true or make the widths equal"
+        )
+
+
+class UViT(nn.Module):
+    """U-ViT denoiser: ``uvit(z_t, t, context, mask) -> prediction`` of shape (B, C, h, w)."""
+
+    def __init__(self, cfg: DenoiserConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        validate_uvit_config(cfg)
+        self.config = cfg
+        self.prediction_type = cfg.prediction_type
+        dim, patch = cfg.hidden_size, cfg.patch_size
+        self.grid = cfg.sample_size // patch
+        self.patch_embed = nn.Conv2d(cfg.in_channels, dim, kernel_size=patch, stride=patch)
+        if cfg.time_embed == "mlp":
+            self.time_embed = nn.Sequential(
+                nn.Linear(dim, TIME_MLP_RATIO * dim), nn.SiLU(), nn.Linear(TIME_MLP_RATIO * dim, dim)
+            )
+        else:
+            self.time_embed = nn.Identity()
+        self.context_embed = nn.Linear(cfg.context_dim, dim) if cfg.project_context else nn.Identity()
+        # one learned position per token of [time, text_1..text_Lmax, patch_1..patch_N]
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.context_len + self.grid**2, dim))
+        half = cfg.depth // 2
+        block = dict(dim=dim, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias)
+        self.in_blocks = nn.ModuleList([Block(**block, skip=False) for _ in range(half)])
+        self.mid_block = Block(**block, skip=False)
+        self.out_blocks = nn.ModuleList([Block(**block, skip=True) for _ in range(half)])
+        self.norm = nn.LayerNorm(dim)
+        self.decoder_pred = nn.Linear(dim, patch * patch * cfg.in_channels)
+        self.final_layer = (
+            nn.Conv2d(cfg.in_channels, cfg.in_channels, 3, padding=1) if cfg.final_conv else nn.Identity()
+        )
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Reference init: truncated normal (std 0.02) linears and positions, zero biases, unit norms."""
+        nn.init.trunc_normal_(self.pos_embed, std=INIT_STD, generator=generator)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=INIT_STD, generator=generator)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):  # PyTorch's default conv init, drawn from the generator
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                bound = 1.0 / math.sqrt(m.weight[0].numel())
+                nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor | int | float,
+        context: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict (B, C, h, w) from latents (B, C, h, w), t (B,), context (B, L, D_text), mask (B, L)."""
+        cfg = self.config
+        mask = check_inputs(cfg, z_t, context, mask)
+        b, _, h, w = z_t.shape
+        n_text = context.shape[1]
+        if h != cfg.sample_size or w != cfg.sample_size:
+            raise ConfigError(f"latents are {h}x{w}, U-ViT was built for denoiser.sample_size={cfg.sample_size}")
+        if n_text > cfg.context_len:
+            raise ConfigError(f"{n_text} text tokens exceed denoiser.context_len={cfg.context_len}; truncate")
+        if mask is not None:  # zero padded embeddings so even NaN/inf there cannot leak through 0 * v
+            context = context.masked_fill(~mask[..., None], 0.0)
+
+        x = self.patch_embed(z_t).flatten(2).transpose(1, 2)  # (B, D, h/p, w/p) -> (B, N_img, D)
+        t_emb = timestep_embedding(prepare_timesteps(t, b, z_t.device), cfg.hidden_size)  # (B, D)
+        time_token = self.time_embed(t_emb.to(x.dtype))[:, None]  # (B, 1, D)
+        text = self.context_embed(context)  # (B, L, D)
+        pos = self.pos_embed
+        tokens = torch.cat(
+            [time_token + pos[:, :1], text + pos[:, 1 : 1 + n_text], x + pos[:, 1 + cfg.context_len :]],
+            dim=1,
+        )  # (B, N, D), N = 1 + L + N_img
+        attn_mask = self._attention_mask(mask, tokens.shape[1])  # (B, 1, 1, N) or None
+
+        skips = []
+        for blk in self.in_blocks:
+            tokens = blk(tokens, attn_mask)
+            skips.append(tokens)
+        tokens = self.mid_block(tokens, attn_mask)
+        for blk in self.out_blocks:
+            tokens = blk(tokens, attn_mask, skip=skips.pop())  # deepest in-block pairs with first out-block
+
+        tokens = self.decoder_pred(self.norm(tokens))  # (B, N, p*p*C)
+        patches = tokens[:, 1 + n_text :]  # (B, N_img, p*p*C)
+        out = unpatchify(patches, cfg.in_channels, cfg.patch_size, self.grid)  # (B, C, h, w)
+        return self.final_layer(out)
+
+    @staticmethod
+    def _attention_mask(mask: torch.Tensor | None, n_tokens: int) -> torch.Tensor | None:
+        """Key mask (B, 1, 1, N), True = may be attended: time and patches always, text where real."""
+        if mask is None:
+            return None
+        b, n_text = mask.shape
+        keep = torch.ones(b, n_tokens, dtype=torch.bool, device=mask.device)  # (B, N)
+        keep[:, 1 : 1 + n_text] = mask
+        return keep[:, None, None, :]  # (B, 1, 1, N): broadcast over heads and queries
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the resolved config (YAML) and the weights (safetensors) to ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, directory / CONFIG_NAME)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> UViT:
+        """Load a U-ViT written by ``save_pretrained``."""
+        directory = Path(directory)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise ConfigError(f"no {WEIGHTS_NAME} in {directory}: give a folder written by save_pretrained")
+        model = cls(load_config(DenoiserConfig, directory / CONFIG_NAME))
+        model.load_state_dict(load_file(str(weights)))
+        logger.info("loaded U-ViT %s from %s", model.config.name, directory)
+        return model

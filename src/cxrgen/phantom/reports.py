@@ -1,0 +1,151 @@
+"""Report sentences for phantom findings, in two disjoint wording sets: "train" and "heldout".
+
+Training prompts use only the "train" templates; the benchmark (:func:`benchmark_prompts`) uses
+only "heldout" ones, so a model must generalise across wordings, not memorise strings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cxrgen.config import PhantomConfig
+from cxrgen.errors import ConfigError
+from cxrgen.phantom.findings import CTR_ENLARGED, CTR_NORMAL, PhantomFindings
+
+WORDINGS: tuple[str, ...] = ("train", "heldout")
+BENCHMARK_SEED = 20240905  # fixes the benchmark's wording choices (a constant set, not a sample)
+
+# Placeholders: {side} right/left, {sided} right-sided/left-sided, {size} small/moderate/large,
+# {lobe} "right upper" etc. A template list per wording; each list is drawn from uniformly.
+TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
+    "train": {
+        "effusion": ("{Size} {side} pleural effusion.", "There is a {size} {sided} pleural effusion.",
+                     "{Size} {side} pleural fluid.", "{Size} {sided} effusion."),
+        "effusion_bilateral": ("{Size} bilateral pleural effusions.",
+                               "There are {size} bilateral pleural effusions.",
+                               "{Size} pleural fluid on both sides."),
+        "pneumothorax_large": ("Large {side} pneumothorax.", "There is a large {sided} pneumothorax.",
+                               "Large {side} pneumothorax with partial lung collapse."),
+        "pneumothorax_apical": ("Small {side} apical pneumothorax.",
+                                "There is a small apical {sided} pneumothorax."),
+        "consolidation": ("Focal consolidation in the {lobe} lobe.", "{Lobe} lobe consolidation.",
+                          "Airspace consolidation in the {lobe} lobe, concerning for pneumonia."),
+        "cardiomegaly": ("Cardiomegaly.", "The heart is enlarged.", "Enlarged cardiac silhouette."),
+        "no_effusion_ptx": ("No pleural effusion or pneumothorax.",),
+        "no_effusion": ("No pleural effusion.", "No pleural fluid."),
+        "no_ptx": ("No pneumothorax.",),
+        "no_consolidation": ("No focal consolidation.", "Lungs are clear without consolidation."),
+        "normal_heart": ("Heart size is normal.", "The cardiac silhouette is within normal limits."),
+        "normal": ("No acute cardiopulmonary process.", "Normal chest radiograph."),
+    },
+    "heldout": {
+        "effusion": ("A {size} effusion is seen in the {side} pleural space.",
+                     "{Sided} pleural effusion, {size} in size.",
+                     "{Size} collection of fluid in the {side} hemithorax."),
+        "effusion_bilateral": ("{Size} effusions in both pleural spaces.",
+                               "Bilateral pleural effusions, {size} in size."),
+        "pneumothorax_large": ("A large pneumothorax is present on the {side}.",
+                               "{Sided} pneumothorax, large."),
+        "pneumothorax_apical": ("A small pneumothorax is seen at the {side} apex.",
+                                "{Sided} apical pneumothorax, small."),
+        "consolidation": ("Patchy airspace opacity in the {lobe} lobe.",
+                          "Pneumonia of the {lobe} lobe."),
+        "cardiomegaly": ("The cardiac silhouette is enlarged.", "Heart size is increased."),
+        "no_effusion_ptx": ("There is no effusion and no pneumothorax.",),
+        "no_effusion": ("Costophrenic angles are sharp; no effusion.",),
+        "no_ptx": ("No evidence of pneumothorax.",),
+        "no_consolidation": ("No airspace opacity.",),
+        "normal_heart": ("Normal heart size.",),
+        "normal": ("Unremarkable chest radiograph.", "No acute findings in the chest."),
+    },
+}
+
+
+def _fill(template: str, side: str = "", size: str = "", lobe: str = "") -> str:
+    sided = f"{side}-sided" if side else ""
+    return template.format(side=side, sided=sided, size=size, lobe=lobe, Size=size.capitalize(),
+                           Sided=sided.capitalize(), Lobe=lobe.capitalize())
+
+
+def _pick(rng: np.random.Generator, wording: str, key: str) -> str:
+    options = TEMPLATES[wording][key]
+    return options[int(rng.integers(len(options)))]
+
+
+def _positive_sentences(f: PhantomFindings, rng: np.random.Generator, wording: str) -> list[str]:
+    out = []
+    if f.effusion_side == "bilateral":
+        out.append(_fill(_pick(rng, wording, "effusion_bilateral"), size=f.effusion_size))
+    elif f.effusion_side != "none":
+        out.append(_fill(_pick(rng, wording, "effusion"), side=f.effusion_side, size=f.effusion_size))
+    if f.pneumothorax_side != "none":
+        key = f"pneumothorax_{f.pneumothorax_extent}"
+        out.append(_fill(_pick(rng, wording, key), side=f.pneumothorax_side))
+    if f.consolidation_lobe != "none":
+        lobe = f.consolidation_lobe.replace("_", " ")
+        out.append(_fill(_pick(rng, wording, "consolidation"), lobe=lobe))
+    if f.cardiomegaly:
+        out.append(_pick(rng, wording, "cardiomegaly"))
+    return out
+
+
+def _negative_sentences(f: PhantomFindings, rng: np.random.Generator, wording: str, prob: float) -> list[str]:
+    out = []
+    no_eff, no_ptx = f.effusion_side == "none", f.pneumothorax_side == "none"
+    if no_eff and no_ptx and rng.uniform() < prob:
+        out.append(_pick(rng, wording, "no_effusion_ptx"))
+    else:
+        if no_eff and rng.uniform() < prob:
+            out.append(_pick(rng, wording, "no_effusion"))
+        if no_ptx and rng.uniform() < prob:
+            out.append(_pick(rng, wording, "no_ptx"))
+    if f.consolidation_lobe == "none" and rng.uniform() < prob:
+        out.append(_pick(rng, wording, "no_consolidation"))
+    if not f.cardiomegaly and rng.uniform() < prob:
+        out.append(_pick(rng, wording, "normal_heart"))
+    return out
+
+
+def report_for(findings: PhantomFindings, rng: np.random.Generator, wording: str = "train",
+               cfg: PhantomConfig | None = None) -> str:
+    """A report for ``findings``: positive sentences first, then some negations, in varied wording."""
+    if wording not in WORDINGS:
+        raise ConfigError(f"wording={wording!r}: use one of {list(WORDINGS)}")
+    prob = (cfg or PhantomConfig()).negation_prob
+    positives = _positive_sentences(findings, rng, wording)
+    negatives = _negative_sentences(findings, rng, wording, prob)
+    if not positives:
+        head = [_pick(rng, wording, "normal")]
+        return " ".join(head + negatives)
+    order = rng.permutation(len(positives))
+    return " ".join([positives[i] for i in order] + negatives)
+
+
+def _benchmark_findings() -> list[PhantomFindings]:
+    """The fixed findings grid: each side, size, extent and lobe alone, some pairs, and normals."""
+    normal, big = sum(CTR_NORMAL) / 2, sum(CTR_ENLARGED) / 2
+    grid = [PhantomFindings(effusion_side=s, effusion_size=z, ctr=normal)
+            for s in ("right", "left", "bilateral") for z in ("small", "moderate", "large")]
+    grid += [PhantomFindings(pneumothorax_side=s, pneumothorax_extent=e, ctr=normal)
+             for s in ("right", "left") for e in ("apical", "large")]
+    grid += [PhantomFindings(consolidation_lobe=lobe, ctr=normal)
+             for lobe in ("right_upper", "right_lower", "left_upper", "left_lower")]
+    grid += [PhantomFindings(ctr=big), PhantomFindings(ctr=normal)]
+    grid += [PhantomFindings(effusion_side="left", effusion_size="large", ctr=big),
+             PhantomFindings(effusion_side="right", effusion_size="moderate", pneumothorax_side="left",
+                             pneumothorax_extent="large", ctr=normal),
+             PhantomFindings(effusion_side="left", effusion_size="small", consolidation_lobe="right_upper",
+                             ctr=normal),
+             PhantomFindings(pneumothorax_side="right", pneumothorax_extent="apical",
+                             consolidation_lobe="left_lower", ctr=big)]
+    return grid
+
+
+def benchmark_prompts(per_case: int = 4) -> list[tuple[str, PhantomFindings]]:
+    """A fixed list of (held-out-wording prompt, truth) pairs covering laterality, sizes and negations."""
+    rng = np.random.default_rng(BENCHMARK_SEED)
+    out = []
+    for findings in _benchmark_findings():
+        for _ in range(per_case):
+            out.append((report_for(findings, rng, wording="heldout"), findings))
+    return out

@@ -1,0 +1,153 @@
+"""The TextEncoder interface: prompts -> (context (B, L, D), mask (B, L)), with its tokenizer.
+
+Every back-end holds a Hugging Face tokenizer (``PreTrainedTokenizerBase``), so tokenizing,
+truncation, padding and saving tokenizer files are shared here; a back-end only says how token
+ids become token features (``encode_tokens``) and how its weights are saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from cxrgen.config import TextEncoderConfig, save_config
+from cxrgen.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: File name of the TextEncoderConfig inside a saved text-encoder directory.
+TEXT_ENCODER_CONFIG_NAME = "text_encoder_config.yaml"
+
+
+class TextEncoder(nn.Module, ABC):
+    """Turns prompts into context tokens for the denoiser; frozen unless ``config.trainable``."""
+
+    #: Back-end name in the registry (cxrgen.text.TEXT_ENCODERS).
+    backend: ClassVar[str]
+    #: Submodule names that exist in a loaded model but never touch the token features
+    #: (e.g. BERT's pooler); they stay frozen so a trainable encoder has no unused parameters.
+    unused_submodules: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: TextEncoderConfig, tokenizer) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+
+    # ---------------------------------------------------------------------------------------
+    # Back-end hooks
+    # ---------------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int:
+        """Width D of the context tokens."""
+
+    @abstractmethod
+    def encode_tokens(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token features (B, L, D) of token ids (B, L) with their mask (B, L) bool (True = real token)."""
+
+    @abstractmethod
+    def _save_weights(self, directory: Path) -> None:
+        """Write the weights (safetensors) and whatever config rebuilding the network needs."""
+
+    # ---------------------------------------------------------------------------------------
+    # Shared behaviour
+    # ---------------------------------------------------------------------------------------
+    @property
+    def trainable(self) -> bool:
+        """Whether the encoder learns (gets gradients) with the denoiser."""
+        return self.config.trainable
+
+    @property
+    def max_length(self) -> int:
+        """Token limit; longer prompts are truncated (with a warning)."""
+        return self.config.max_length
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the encoder's parameters (token ids are moved there)."""
+        return next(self.parameters()).device
+
+    def _apply_trainable(self) -> None:
+        """Set requires_grad and train/eval mode from ``config.trainable``; call at the end of __init__."""
+        self.requires_grad_(self.trainable)
+        for path, module in self.named_modules():
+            if path.rsplit(".", 1)[-1] in self.unused_submodules:
+                module.requires_grad_(False)
+        self.train(self.trainable)
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        """Like nn.Module.train, but a frozen encoder always stays in eval mode (no dropout)."""
+        return super().train(mode and self.trainable)
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, L) long and mask (B, L) bool on the encoder's device; truncation is logged."""
+        prompts = _check_prompts(prompts)
+        n_long = self._count_truncated(prompts)
+        if n_long:
+            log.warning(
+                "%d of %d prompt(s) exceed text.max_length=%d tokens and were truncated",
+                n_long,
+                len(prompts),
+                self.max_length,
+            )
+        batch = self.tokenizer(
+            prompts,
+            padding="max_length" if self.config.pad_to_max_length else "longest",
+            max_length=self.max_length,
+            truncation=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        ids = batch["input_ids"].to(self.device)  # (B, L)
+        mask = batch["attention_mask"].to(self.device).bool()  # (B, L)
+        return ids, mask
+
+    def _count_truncated(self, prompts: list[str]) -> int:
+        lengths = self.tokenizer(prompts, truncation=False, padding=False, verbose=False)["input_ids"]
+        return sum(len(ids) > self.max_length for ids in lengths)
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context (B, L, D) float and mask (B, L) bool for a list of prompts (no grad when frozen)."""
+        ids, mask = self.tokenize(prompts)
+        grad = contextlib.nullcontext() if self.trainable else torch.no_grad()
+        with grad:
+            context = self.encode_tokens(ids, mask)  # (B, L, D)
+        return context, mask
+
+    def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same as ``encode`` (so the encoder can be called like any module)."""
+        return self.encode(prompts)
+
+    def encode_null(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The null-prompt context (batch_size, L, D) and mask for classifier-free guidance."""
+        if batch_size <= 0:
+            raise ConfigError(f"encode_null(batch_size={batch_size}): give a positive batch size")
+        return self.encode([self.config.null_prompt] * batch_size)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config (YAML), weights (safetensors) and tokenizer files, for ``load_text_encoder``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, directory / TEXT_ENCODER_CONFIG_NAME)
+        self._save_weights(directory)
+        self.tokenizer.save_pretrained(str(directory))
+        return directory
+
+
+def _check_prompts(prompts: list[str]) -> list[str]:
+    """A non-empty list of strings (a lone string is a common slip: refuse it rather than split it)."""
+    if isinstance(prompts, str):
+        raise ConfigError("encode() takes a list of prompts; wrap a single prompt as [prompt]")
+    prompts = list(prompts)
+    if not prompts:
+        raise ConfigError("encode() got an empty prompt list; give at least one prompt")
+    bad = [type(p).__name__ for p in prompts if not isinstance(p, str)]
+    if bad:
+        raise ConfigError(f"prompts must be strings; got {sorted(set(bad))}")
+    return prompts

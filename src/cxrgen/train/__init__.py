@@ -1,0 +1,1 @@
+"""Training: the loss on one batch (pure) and the trainers of each part."""

