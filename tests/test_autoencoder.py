@@ -18,15 +18,6 @@ F8_WIDTHS = (8, 16, 16, 16)  # four levels: f = 8
 F4_WIDTHS = (8, 16, 16)  # three levels: f = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs run fastest on one thread; on a shared CPU more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_cfg(widths: tuple[int, ...] = F8_WIDTHS, **kw) -> AutoencoderConfig:
     return AutoencoderConfig(block_out_channels=widths, latent_channels=4, layers_per_block=1,
                              norm_num_groups=4, **kw)

@@ -14,65 +14,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers.pre_tokenizers import ByteLevel
-from transformers import BertConfig, BertModel, BertTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import BertTokenizer
 
 from cxrgen.config import TextEncoderConfig
 from cxrgen.errors import ConfigError
 from cxrgen.text import TEXT_ENCODER_CONFIG_NAME, TEXT_ENCODERS, build_text_encoder, load_text_encoder
+from tiny_models import WIDTH, WORDS, make_bert, make_clip
 
-WIDTH = 16
 MAX_LENGTH = 24  # the tiny CLIP vocab is character-level: "left pleural effusion" is 21 tokens
 PROMPTS = ["left pleural effusion", "no acute disease", ""]
 LONG_PROMPT = " ".join(["right lower lobe opacity"] * 10)
-WORDS = [
-    "left", "right", "pleural", "effusion", "no", "acute", "disease", "lower", "lobe", "opacity", "finding",
-]  # fmt: skip
-
-
-def _make_clip(directory: Path) -> Path:
-    """A 2-layer CLIP text model (width 16) with a byte-level, merge-free BPE vocab."""
-    chars = sorted(ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=64, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)  # test-side seeding of a random tiny model, not library code
-    CLIPTextModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-def _make_bert(directory: Path) -> Path:
-    """A 2-layer BERT (width 16) with a word-level WordPiece vocab."""
-    directory.mkdir(parents=True, exist_ok=True)
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *letters, *("##" + c for c in letters)]
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizer(str(directory / "vocab.txt"))
-    config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=64, hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny_text")
-    return {"clip": _make_clip(root / "clip"), "bert": _make_bert(root / "bert")}
+    return {"clip": make_clip(root / "clip"), "bert": make_bert(root / "bert")}
 
 
 def _config(tiny_dirs, backend: str, **kw) -> TextEncoderConfig:

@@ -35,15 +35,6 @@ SIZE = 32
 N_IMAGES = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs run fastest on one thread; on a shared CPU more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def blobs(n: int, seed: int) -> torch.Tensor:
     """Smooth random Gaussian blobs, (n, 1, SIZE, SIZE) in [-1, 1]."""
     g = torch.Generator().manual_seed(seed)
@@ -173,6 +164,16 @@ def test_run_from_yaml_with_overrides(png_paths, tmp_path):
     assert (tmp_path / "out" / "diffusion_pytorch_model.safetensors").is_file()
     with pytest.raises(ConfigError):
         run_train_autoencoder(cfg_file, ["no_such_field=1"])
+
+
+def test_cli_train_autoencoder(png_paths, tmp_path, capsys):
+    from cxrgen.cli import main
+    from cxrgen.config import save_config
+
+    cfg_file = save_config(tiny_train_cfg(image_globs=(str(Path(png_paths[0]).parent / "*.png"),)), tmp_path / "ae.yaml")
+    code = main(["train-autoencoder", str(cfg_file), "--set", "steps=2", "--out", str(tmp_path / "cli")])
+    assert code == 0 and (tmp_path / "cli" / "metrics.json").is_file()
+    assert '"psnr"' in capsys.readouterr().out
 
 
 def test_no_images_configured_is_a_config_error():

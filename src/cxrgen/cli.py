@@ -82,6 +82,41 @@ def _cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- info -------------------------------------------------------------------------------------
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="parameters of each part and denoiser GFLOPs per forward")
+    p.add_argument("model", help="a model YAML config (e.g. src/cxrgen/configs/uvit-s2-256.yaml) or a model folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set denoiser.name=uvit-m")
+    p.add_argument("--json", dest="json_out", help="write the JSON here instead of printing it")
+    p.set_defaults(func=_cmd_info)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from cxrgen.parts import describe
+
+    _write_json(describe(args.model, args.overrides), args.json_out)
+    return 0
+
+
+# --- train-autoencoder ------------------------------------------------------------------------
+def _add_train_autoencoder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-autoencoder", help="train the 1-channel CXR latent autoencoder")
+    p.add_argument("config", help="YAML AutoencoderTrainConfig (e.g. src/cxrgen/configs/autoencoder-tiny.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set steps=1000")
+    p.add_argument("--out", help="output folder (default: the config's out_dir)")
+    p.set_defaults(func=_cmd_train_autoencoder)
+
+
+def _cmd_train_autoencoder(args: argparse.Namespace) -> int:
+    from cxrgen.train.autoencoder import run_train_autoencoder
+
+    metrics = run_train_autoencoder(args.config, args.overrides, args.out)
+    print(json.dumps(metrics["eval"], indent=2))
+    return 0
+
+
 # --- main -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
@@ -90,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
     _add_label(sub)
+    _add_info(sub)
+    _add_train_autoencoder(sub)
     return parser
 
 

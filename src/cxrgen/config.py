@@ -382,3 +382,16 @@ class PhantomConfig:
             raise ConfigError(f"phantom.anatomy_jitter={self.anatomy_jitter}: give a value in [0, 2]")
         if len(self.noise_std) != 2 or not 0.0 <= self.noise_std[0] <= self.noise_std[1]:
             raise ConfigError(f"phantom.noise_std={self.noise_std}: give (low, high) with 0 <= low <= high")
+
+
+# --------------------------------------------------------------------------------------------
+# The whole model (issue 3: parts together)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelConfig:
+    """A report-to-CXR latent diffusion model: text encoder, latent autoencoder and denoiser."""
+
+    image_size: int = 256  # pixels per side of generated images
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)

@@ -23,7 +23,7 @@ LOBES: tuple[str, ...] = ("none", "right_upper", "right_lower", "left_upper", "l
 
 #: Fluid height (fraction of the lung height, at the lateral chest wall) drawn per effusion size.
 EFFUSION_HEIGHTS: dict[str, tuple[float, float]] = {
-    "small": (0.15, 0.20), "moderate": (0.32, 0.38), "large": (0.52, 0.58),
+    "small": (0.17, 0.22), "moderate": (0.32, 0.38), "large": (0.52, 0.58),
 }
 #: Cardiothoracic ratio ranges: normal heart and cardiomegaly; the cut between them.
 CTR_NORMAL: tuple[float, float] = (0.42, 0.48)

@@ -27,11 +27,11 @@ class Densities:
     lung_rim: float = 0.35  # share of the air at the lung edge (thin lung there)
     lung_rim_depth: float = 0.05  # distance from the edge at which the lung is fully thick
     ptx_air: float = 0.75  # density removed in a pneumothorax (no lung tissue left)
-    heart: float = 0.3  # added on top of hiding the lung behind it
+    heart: float = 0.4  # added on top of hiding the lung behind it
     mediastinum: float = 0.1
     heart_hides_lung: float = 1.0  # share of lung air in front of/behind the heart
     fluid: float = 0.85  # share of lung air replaced by pleural fluid
-    consolidation: float = 0.5
+    consolidation: float = 0.7
     spine: float = 0.22
     rib: float = 0.1
     anterior_rib: float = 0.04
@@ -48,6 +48,9 @@ class Densities:
 
 DENSITY = Densities()
 VESSEL_BRANCHES = 10  # main vessel branches per lung (each with one side branch)
+#: Lung size after collapse (share, toward the hilum) per pneumothorax extent.
+PTX_COLLAPSE: dict[str, tuple[float, float]] = {"apical": (0.74, 0.78), "large": (0.62, 0.7)}
+APICAL_PTX_REACH = 0.42  # an apical pneumothorax stays above this share of the lung height
 
 
 def _line_profile(dist: np.ndarray, width: float, size: int) -> np.ndarray:
@@ -157,11 +160,11 @@ def _pneumothorax(x, y, lung: LungShape, geo: Geometry, extent: str, rng: np.ran
                   edge: float, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Air space between chest wall and collapsed lung (0..1) and the visible pleural line."""
     hx, hy = lung_point(lung, geo.hilum_u, geo.hilum_t)
-    s = rng.uniform(0.68, 0.75) if extent == "large" else rng.uniform(0.82, 0.86)
+    s = rng.uniform(*PTX_COLLAPSE[extent])
     collapsed = lung_distance(hx + (x - hx) / s, hy + (y - hy) / s, lung) * s
     inside = soft_mask(lung_distance(x, y, lung), edge)
     if extent == "apical":
-        inside = inside * soft_mask(lung.apex_y + 0.38 * lung.height - y, 0.03)
+        inside = inside * soft_mask(lung.apex_y + APICAL_PTX_REACH * lung.height - y, 0.03)
     region = inside * soft_mask(-collapsed, edge)
     line = _line_profile(collapsed, 0.004, size) * inside
     return region, line
@@ -211,7 +214,7 @@ def _lung(x, y, lung: LungShape, geo: Geometry, findings: PhantomFindings, size:
         markings = markings * (1.0 - 0.8 * fluid)
     if lung.side == findings.pneumothorax_side:
         region, line = _pneumothorax(x, y, lung, geo, findings.pneumothorax_extent, rng, edge, size)
-        air = air * (1.0 - region) + dens.ptx_air * region
+        air = air * (1.0 - region) + dens.ptx_air * region * (1.0 - dens.heart_hides_lung * heart)
         markings = markings * (1.0 - region) + dens.pleural_line * line
     if findings.consolidation_side == lung.side:
         upper = findings.consolidation_lobe.endswith("upper")

@@ -1,0 +1,119 @@
+"""The three model parts (text encoder, latent codec, denoiser) built from one ModelConfig or folder."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cxrgen.autoencoder import LatentCodec
+from cxrgen.compute import count_params, denoiser_flops
+from cxrgen.config import ModelConfig, load_config
+from cxrgen.denoisers import build_denoiser, load_denoiser
+from cxrgen.denoisers.registry import resolve_config
+from cxrgen.errors import ConfigError
+from cxrgen.text import build_text_encoder, load_text_encoder
+
+log = logging.getLogger(__name__)
+
+#: Sub-folder of each part in a saved model directory (the layout CXRPipeline writes).
+PART_FOLDERS = {"text_encoder": "text_encoder", "autoencoder": "autoencoder", "denoiser": "denoiser"}
+
+
+@dataclass
+class ModelParts:
+    """The parts that could be built; a part that could not (e.g. weights offline) is None with a note."""
+
+    denoiser: nn.Module
+    text_encoder: nn.Module | None = None
+    autoencoder: LatentCodec | None = None
+    latent_shape: tuple[int, int, int] = (4, 32, 32)
+    context_len: int = 77
+    notes: list[str] = field(default_factory=list)
+
+
+def latent_shape(cfg: ModelConfig) -> tuple[int, int, int]:
+    """(C, h, w) of the latents of ``cfg.image_size`` images under the configured autoencoder."""
+    factor = 2 ** (len(cfg.autoencoder.block_out_channels) - 1)
+    if cfg.image_size % factor:
+        raise ConfigError(f"image_size={cfg.image_size} is not divisible by the autoencoder factor {factor}")
+    side = cfg.image_size // factor
+    return (cfg.autoencoder.latent_channels, side, side)
+
+
+def check_consistent(cfg: ModelConfig) -> None:
+    """Raise ConfigError when the denoiser does not fit the autoencoder's latents or the text length."""
+    c, h, _ = latent_shape(cfg)
+    den = cfg.denoiser
+    if den.in_channels != c or den.sample_size != h:
+        raise ConfigError(
+            f"denoiser expects latents ({den.in_channels}, {den.sample_size}, {den.sample_size}) but the "
+            f"autoencoder gives ({c}, {h}, {h}) for {cfg.image_size} px images: set denoiser.in_channels="
+            f"{c} and denoiser.sample_size={h}")
+    if cfg.text_encoder.max_length > den.context_len:
+        raise ConfigError(
+            f"text_encoder.max_length={cfg.text_encoder.max_length} exceeds denoiser.context_len="
+            f"{den.context_len}: raise denoiser.context_len or lower the text limit")
+
+
+def _try(what: str, build, notes: list[str]) -> Any:
+    """Build a part, or record why it could not be built (e.g. pretrained weights not available)."""
+    try:
+        return build()
+    except (ConfigError, OSError) as exc:
+        notes.append(f"{what} not built: {exc}")
+        log.warning("%s not built: %s", what, exc)
+        return None
+
+
+def build_parts(cfg: ModelConfig, meta: bool = False) -> ModelParts:
+    """Build the parts of ``cfg``; with ``meta`` fresh modules live on the meta device (free to count)."""
+    check_consistent(cfg)
+    notes: list[str] = []
+    device = torch.device("meta") if meta else torch.device("cpu")
+    with device:
+        denoiser = build_denoiser(cfg.denoiser)
+    autoencoder_device = device if cfg.autoencoder.pretrained is None else torch.device("cpu")
+    with autoencoder_device:
+        codec = _try("autoencoder", lambda: LatentCodec.build(cfg.autoencoder), notes)
+    text = _try("text encoder", lambda: build_text_encoder(cfg.text_encoder), notes)
+    return ModelParts(denoiser, text, codec, latent_shape(cfg), cfg.text_encoder.max_length, notes)
+
+
+def load_parts(directory: str | Path) -> ModelParts:
+    """Load the parts saved in a model folder (one sub-folder per part)."""
+    directory = Path(directory)
+    missing = [sub for sub in PART_FOLDERS.values() if not (directory / sub).is_dir()]
+    if missing:
+        raise ConfigError(f"model folder {directory} lacks part folder(s) {missing}; "
+                          "give a folder written by save_pretrained or a model YAML config")
+    denoiser = load_denoiser(directory / PART_FOLDERS["denoiser"])
+    codec = LatentCodec.from_pretrained(directory / PART_FOLDERS["autoencoder"])
+    text = load_text_encoder(directory / PART_FOLDERS["text_encoder"])
+    den_cfg = denoiser.config
+    shape = (den_cfg.in_channels, den_cfg.sample_size, den_cfg.sample_size)
+    return ModelParts(denoiser, text, codec, shape, text.max_length)
+
+
+def describe(config_or_model: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Params of each part and denoiser GFLOPs/GMACs per forward, for a model YAML or a model folder."""
+    path = Path(config_or_model)
+    if path.is_dir():
+        parts = load_parts(path)
+    else:
+        parts = build_parts(load_config(ModelConfig, path, overrides), meta=True)
+    den_cfg = resolve_config(parts.denoiser.config)
+    info: dict[str, Any] = {"denoiser": {"name": den_cfg.name, "params": count_params(parts.denoiser)}}
+    info["denoiser"].update(denoiser_flops(parts.denoiser, parts.latent_shape, parts.context_len,
+                                           den_cfg.context_dim))
+    for name, part in (("text_encoder", parts.text_encoder), ("autoencoder", parts.autoencoder)):
+        info[name] = {"params": None if part is None else count_params(part)}
+    info["latent_shape"] = list(parts.latent_shape)
+    info["context"] = [parts.context_len, den_cfg.context_dim]
+    info["flop_convention"] = "gflops_fwd counts a multiply-add as 2 FLOPs; gmacs_fwd = gflops_fwd / 2"
+    info["notes"] = parts.notes
+    return info
