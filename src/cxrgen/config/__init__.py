@@ -1,0 +1,36 @@
+"""Frozen dataclass configs, loaded from and saved to YAML, with checked ``a.b=v`` overrides.
+
+Every number a stage depends on (pixel range, token limit, latent scale, ...) is a field here, never
+a literal in the code that uses it. One module per area; everything is importable from here.
+"""
+
+from cxrgen.config.base import apply_overrides, from_dict, load_config, save_config, to_dict
+from cxrgen.config.data import DataConfig, ImageConfig, PromptConfig, SplitConfig
+from cxrgen.config.models import (
+    PREDICTION_TYPES,
+    AutoencoderConfig,
+    DenoiserConfig,
+    ModelConfig,
+    TextEncoderConfig,
+)
+from cxrgen.config.phantom import PhantomConfig
+from cxrgen.config.training import AutoencoderTrainConfig
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "AutoencoderConfig",
+    "AutoencoderTrainConfig",
+    "DataConfig",
+    "DenoiserConfig",
+    "ImageConfig",
+    "ModelConfig",
+    "PhantomConfig",
+    "PromptConfig",
+    "SplitConfig",
+    "TextEncoderConfig",
+    "apply_overrides",
+    "from_dict",
+    "load_config",
+    "save_config",
+    "to_dict",
+]

@@ -1,0 +1,119 @@
+"""Config machinery: build frozen dataclasses from YAML dicts, apply checked ``a.b=v`` overrides, save."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from cxrgen.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML-ready dict of a (nested) config dataclass."""
+    if not dataclasses.is_dataclass(cfg):
+        raise ConfigError(f"{type(cfg).__name__} is not a config dataclass")
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build config ``cls`` from a dict, recursing into nested configs; unknown keys are errors."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {[where + k for k in unknown]}; valid keys here: {sorted(names)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"cannot build {cls.__name__} from {data}: {exc}") from exc
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Turn a YAML value into the field's type (nested dataclass, tuple, float from int)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, where) if len(args) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        return tuple(_coerce(item, v, where) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Load config ``cls`` from a YAML file (or defaults), then apply ``a.b=v`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded or {}
+    cfg = from_dict(cls, data)
+    return apply_overrides(cfg, overrides or [])
+
+
+def apply_overrides(cfg: T, overrides: list[str]) -> T:
+    """Return ``cfg`` with each ``a.b=v`` set (v parsed as YAML), checked against field names."""
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: write it as key.path=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                valid = sorted(node) if isinstance(node, dict) else []
+                raise ConfigError(
+                    f"override {item!r}: no field {'.'.join(parts[: i + 1])!r}; valid here: {valid}"
+                )
+            if i == len(parts) - 1:
+                node[part] = yaml.safe_load(raw)
+            else:
+                node = node[part]
+    return from_dict(type(cfg), data)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write a config as YAML (saved beside every checkpoint and prepared table)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,127 @@
+"""Configs of the model parts: text encoder, latent autoencoder, denoiser, and the whole model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cxrgen.errors import ConfigError
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers' names for the target
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """A denoiser: a registry name (cxrgen.denoisers.DENOISERS) plus fields overriding its preset.
+
+    Architecture fields left at None take the preset's value; ``resolve_config`` fills them in
+    and the resolved config is what is saved beside the weights.
+    """
+
+    name: str = "uvit-tiny"  # registry key, e.g. uvit-s, uvit-m, sd15-unet, unet-tiny
+    prediction_type: str = "epsilon"  # recorded for the scheduler and loss: epsilon | v_prediction | sample
+    in_channels: int = 4  # latent channels C
+    sample_size: int = 32  # latent side h = w (256 px / autoencoder factor 8)
+    context_dim: int = 768  # text token width D_text
+    context_len: int = 77  # most text tokens (U-ViT position embeddings)
+    pretrained: str | None = None  # U-Net only: hub id or local dir of SD weights (subfolder "unet")
+    # U-ViT (None = preset value)
+    hidden_size: int | None = None  # token width D
+    depth: int | None = None  # transformer blocks in all, odd: depth//2 in + 1 mid + depth//2 out
+    num_heads: int | None = None
+    patch_size: int | None = None
+    mlp_ratio: float | None = None
+    qkv_bias: bool | None = None
+    time_embed: str | None = None  # identity (sinusoid is the token, as U-ViT) | mlp
+    project_context: bool | None = None  # linear D_text -> D on text tokens
+    final_conv: bool | None = None  # 3x3 conv after unpatchify
+    # U-Net (None = preset value)
+    block_out_channels: tuple[int, ...] | None = None
+    layers_per_block: int | None = None
+    attention_head_dim: int | None = None  # diffusers' name; for SD 1.x it is the head count
+    norm_num_groups: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ConfigError(
+                f"denoiser.prediction_type={self.prediction_type!r}: use one of {list(PREDICTION_TYPES)}"
+            )
+        for key in ("in_channels", "sample_size", "context_dim", "context_len"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"denoiser.{key}={getattr(self, key)}: give a positive number")
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """The latent codec: a pretrained AutoencoderKL (hub id / local dir) or the project's own 1-channel one.
+
+    Latents are z = (posterior mean or sample - shift) * scale (LDM, Rombach et al. 2022, sec. 4.3.2);
+    scale and shift are measured on data with ``cxrgen.autoencoder.measure_scale``.
+    """
+
+    pretrained: str | None = None  # hub id or local dir to start from; None: build a fresh one
+    subfolder: str | None = None  # e.g. "vae" inside a Stable Diffusion repository
+    vae_channels: int = 1  # image channels of the AutoencoderKL: 1 (own CXR codec) or 3 (RGB, e.g. SD)
+    latent_channels: int = 4
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)  # downsampling f = 2 ** (len - 1)
+    layers_per_block: int = 2
+    norm_num_groups: int = 32
+    mid_block_add_attention: bool = True
+    scale: float | None = None  # None: the AutoencoderKL config's scaling_factor (1 for a fresh one)
+    shift: float | None = None  # None: the AutoencoderKL config's shift_factor (0 when it has none)
+
+    def __post_init__(self) -> None:
+        if self.vae_channels not in (1, 3):
+            raise ConfigError(f"autoencoder.vae_channels={self.vae_channels}: use 1 (grayscale) or 3 (RGB)")
+        if not self.block_out_channels or min(self.block_out_channels) <= 0:
+            raise ConfigError(f"autoencoder.block_out_channels={self.block_out_channels}: give positive widths")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ConfigError(
+                f"autoencoder.block_out_channels={self.block_out_channels} must all be divisible by "
+                f"norm_num_groups={self.norm_num_groups}"
+            )
+        if self.scale is not None and self.scale <= 0:
+            raise ConfigError(f"autoencoder.scale={self.scale}: give a positive factor (1 / latent std)")
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """Which text encoder turns prompts into context tokens, and how (see cxrgen.text)."""
+
+    backend: str = "clip"  # clip | bert | biomedclip | minilm | scratch
+    name_or_path: str | None = None  # hub id or local dir; None: the back-end's default
+    subfolder: str | None = None  # model folder inside name_or_path (SD layout: "text_encoder")
+    tokenizer_subfolder: str | None = None  # None: same as subfolder (SD layout: "tokenizer")
+    max_length: int = 77  # token limit (CLIP / RoentGen: 77); longer prompts are truncated
+    pad_to_max_length: bool = True  # fixed (B, max_length) context; False: pad to the longest
+    trainable: bool = False  # False: frozen (no grad, eval mode)
+    null_prompt: str = ""  # the unconditional prompt for classifier-free guidance
+    trust_remote_code: bool = False  # needed by some hub models (e.g. CXR-BERT-specialized)
+    # scratch back-end only: a small pre-norm transformer trained with the denoiser
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    init_std: float = 0.02  # std of the normal init of embeddings and linear weights
+    seed: int = 0  # seeds the init generator when none is passed to build_text_encoder
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ConfigError(f"text.max_length={self.max_length}: give at least 2 (start + end tokens)")
+        if min(self.width, self.depth, self.heads) <= 0:
+            raise ConfigError("text.width, text.depth and text.heads must be positive")
+        if self.width % self.heads:
+            raise ConfigError(f"text.width={self.width} must be divisible by text.heads={self.heads}")
+        if self.mlp_ratio <= 0 or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("text.mlp_ratio must be > 0 and text.dropout in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A report-to-CXR latent diffusion model: text encoder, latent autoencoder and denoiser."""
+
+    image_size: int = 256  # pixels per side of generated images
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
