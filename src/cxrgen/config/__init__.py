@@ -14,10 +14,12 @@ from cxrgen.config.models import (
     TextEncoderConfig,
 )
 from cxrgen.config.phantom import PhantomConfig
-from cxrgen.config.training import AutoencoderTrainConfig
+from cxrgen.config.sampling import SAMPLER_NAMES, SamplingConfig
+from cxrgen.config.training import AutoencoderTrainConfig, ScheduleConfig, TrainConfig
 
 __all__ = [
     "PREDICTION_TYPES",
+    "SAMPLER_NAMES",
     "AutoencoderConfig",
     "AutoencoderTrainConfig",
     "DataConfig",
@@ -26,8 +28,11 @@ __all__ = [
     "ModelConfig",
     "PhantomConfig",
     "PromptConfig",
+    "SamplingConfig",
+    "ScheduleConfig",
     "SplitConfig",
     "TextEncoderConfig",
+    "TrainConfig",
     "apply_overrides",
     "from_dict",
     "load_config",

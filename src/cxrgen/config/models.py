@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from cxrgen.errors import ConfigError
 
-
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers' names for the target
 
 

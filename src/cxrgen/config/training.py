@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cxrgen.errors import ConfigError
-
 from cxrgen.config.data import ImageConfig
-from cxrgen.config.models import AutoencoderConfig
+from cxrgen.config.models import AutoencoderConfig, ModelConfig
+from cxrgen.config.sampling import SamplingConfig
+from cxrgen.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -53,3 +53,71 @@ class AutoencoderTrainConfig:
             raise ConfigError("loss weights must be >= 0")
         if not 0.0 <= self.intensity_jitter < 0.5:
             raise ConfigError(f"intensity_jitter={self.intensity_jitter}: give a value in [0, 0.5)")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The training noise schedule (a diffusers DDPMScheduler); prediction type is the denoiser's."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"  # Stable Diffusion / RoentGen; or linear, squaredcos_cap_v2
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+
+    def __post_init__(self) -> None:
+        if self.num_train_timesteps < 2:
+            raise ConfigError(f"schedule.num_train_timesteps={self.num_train_timesteps}: give at least 2")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ConfigError(f"schedule betas ({self.beta_start}, {self.beta_end}): need 0 < start < end < 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One diffusion training run: model parts, data, objective, optimizer, checkpoints and logs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # data
+    manifests: tuple[str, ...] = ()  # manifests from `cxrgen prepare` (image_path, prompt, split)
+    split: str = "train"  # manifest split to train on
+    image: ImageConfig = field(default_factory=ImageConfig)
+    cache_dir: str | None = None  # latents (+ frozen text embeddings) from `cxrgen cache`; read when present
+    # objective (RoentGen eq. 1-3) and classifier-free guidance training (Ho & Salimans 2022)
+    cfg_dropout: float = 0.1  # probability of replacing a prompt by the null prompt
+    # optimisation
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    text_lr: float | None = None  # learning rate of a trainable text encoder; None: lr
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant | cosine (after warm-up)
+    grad_clip: float | None = 1.0  # max global grad norm; None: no clipping
+    mixed_precision: str = "no"  # no | bf16 | fp16 (through accelerate)
+    ema_decay: float | None = 0.999  # EMA of denoiser weights; None: no EMA
+    # checkpoints, samples, logs
+    out_dir: str = "runs/cxrgen"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2  # the last K checkpoints are kept
+    sample_every: int = 0  # grid of samples for validation_prompts every N steps; 0: never
+    validation_prompts: tuple[str, ...] = ()
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.batch_size, self.grad_accum) <= 0:
+            raise ConfigError("steps, batch_size and grad_accum must be positive")
+        if not 0.0 <= self.cfg_dropout < 1.0:
+            raise ConfigError(f"cfg_dropout={self.cfg_dropout}: give a probability in [0, 1)")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"lr_schedule={self.lr_schedule!r}: use constant or cosine")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"mixed_precision={self.mixed_precision!r}: use no, bf16 or fp16")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay={self.ema_decay}: give a value in (0, 1) or null")
+        if self.keep_checkpoints < 1 or self.checkpoint_every < 1:
+            raise ConfigError("checkpoint_every and keep_checkpoints must be >= 1")

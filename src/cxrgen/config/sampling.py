@@ -1,0 +1,30 @@
+"""Config of sampling: which diffusers scheduler, how many steps, how much guidance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cxrgen.errors import ConfigError
+
+#: Sampler names cxrgen knows; each maps to a diffusers scheduler (see cxrgen.samplers).
+SAMPLER_NAMES = ("ddpm", "ddim", "pndm", "dpm++", "euler")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How images are sampled (RoentGen: PNDM, 75 steps, guidance 4)."""
+
+    sampler: str = "dpm++"  # ddpm | ddim | pndm | dpm++ (DPM-Solver++ multistep) | euler
+    steps: int = 25
+    guidance_scale: float = 4.0  # classifier-free guidance w; 1 = no guidance
+    negative_prompt: str | None = None  # None: the text encoder's null prompt
+    num_images_per_prompt: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLER_NAMES:
+            raise ConfigError(f"sampling.sampler={self.sampler!r}: use one of {list(SAMPLER_NAMES)}")
+        if self.steps < 1 or self.num_images_per_prompt < 1:
+            raise ConfigError("sampling.steps and sampling.num_images_per_prompt must be >= 1")
+        if self.guidance_scale < 0:
+            raise ConfigError(f"sampling.guidance_scale={self.guidance_scale}: give a value >= 0")
