@@ -15,8 +15,14 @@ from cxrgen.config import DataConfig, PhantomConfig
 from cxrgen.data.images import read_image
 from cxrgen.data.prepare import build_manifest
 from cxrgen.errors import ConfigError
-from cxrgen.phantom import (PhantomFindings, benchmark_prompts, measure, render, report_for,
-                            sample_findings, write_phantom_set)
+from cxrgen.phantom import (
+    PhantomFindings,
+    benchmark_prompts,
+    render,
+    report_for,
+    sample_findings,
+    write_phantom_set,
+)
 from cxrgen.phantom.anatomy import CANONICAL
 from cxrgen.phantom.render import heart_axes
 from cxrgen.phantom.reports import TEMPLATES
@@ -102,7 +108,7 @@ def test_report_wording_variety_and_laterality() -> None:
     cons = _reports(PhantomFindings(consolidation_lobe="right_lower"), "train")
     assert all("right lower lobe" in t.lower() for t in cons)
     big = _reports(PhantomFindings(ctr=0.62), "train")
-    assert all(re.search(r"cardiomegaly|enlarged", t, re.I) for t in big)
+    assert all(re.search(r"cardiomegaly|enlarged", t, re.IGNORECASE) for t in big)
 
 
 def test_report_negations_and_normal_studies() -> None:
@@ -113,7 +119,7 @@ def test_report_negations_and_normal_studies() -> None:
                      "No focal consolidation.", "Heart size is normal."):
         assert sentence in joined
     bare = _reports(LEFT_LARGE, "train", cfg=PhantomConfig(negation_prob=0.0))
-    assert not any(re.search(r"\bno\b", t, re.I) for t in bare)
+    assert not any(re.search(r"\bno\b", t, re.IGNORECASE) for t in bare)
     assert all("No pneumothorax." in t for t in _reports(LEFT_LARGE, "train", cfg=PhantomConfig(negation_prob=1.0)))
 
 

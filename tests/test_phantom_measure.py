@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from cxrgen.errors import DataError
-from cxrgen.phantom import PhantomFindings, accuracy, compare, measure, phantom_sample, render
+from cxrgen.phantom import (
+    PhantomFindings,
+    accuracy,
+    compare,
+    measure,
+    phantom_sample,
+    render,
+)
 
 FRESH_SEED = 31337  # never used while the measurer's cuts were chosen
 

@@ -80,9 +80,9 @@ class LungShape:
 
 def lung_shapes(geo: Geometry) -> dict[str, LungShape]:
     """The two lung fields of a geometry, keyed by patient side."""
-    common = dict(midline=geo.midline, lateral=geo.lateral, medial=geo.medial,
-                  apex_offset=geo.apex_offset, shoulder=geo.shoulder, dome_offset=geo.dome_offset,
-                  dome_height=geo.dome_height, apex_y=geo.apex_y)
+    common = {"midline": geo.midline, "lateral": geo.lateral, "medial": geo.medial,
+              "apex_offset": geo.apex_offset, "shoulder": geo.shoulder, "dome_offset": geo.dome_offset,
+              "dome_height": geo.dome_height, "apex_y": geo.apex_y}
     return {"right": LungShape(side="right", height=geo.lung_height, **common),
             "left": LungShape(side="left", height=geo.lung_height + geo.left_base_drop, **common)}
 

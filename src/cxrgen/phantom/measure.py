@@ -15,7 +15,13 @@ from scipy.ndimage import binary_dilation, gaussian_filter
 
 from cxrgen.data.images import resize_center_crop
 from cxrgen.errors import DataError
-from cxrgen.phantom.anatomy import CANONICAL, LungShape, coordinates, lung_distance, lung_shapes
+from cxrgen.phantom.anatomy import (
+    CANONICAL,
+    LungShape,
+    coordinates,
+    lung_distance,
+    lung_shapes,
+)
 from cxrgen.phantom.findings import CTR_CUT, SIDES, PhantomFindings
 
 

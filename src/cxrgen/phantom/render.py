@@ -13,8 +13,17 @@ import numpy as np
 
 from cxrgen.config import PhantomConfig
 from cxrgen.errors import ConfigError
-from cxrgen.phantom.anatomy import (Geometry, LungShape, coordinates, diaphragm_y, lung_distance,
-                                    lung_point, lung_shapes, sample_geometry, soft_mask)
+from cxrgen.phantom.anatomy import (
+    Geometry,
+    LungShape,
+    coordinates,
+    diaphragm_y,
+    lung_distance,
+    lung_point,
+    lung_shapes,
+    sample_geometry,
+    soft_mask,
+)
 from cxrgen.phantom.findings import EFFUSION_HEIGHTS, PhantomFindings
 
 
@@ -186,7 +195,7 @@ def render(findings: PhantomFindings, size: int, rng: np.random.Generator,
     total += dens.heart * heart + dens.aortic_knob * knob + dens.mediastinum * mediastinum
     trachea = soft_mask(0.018 - np.abs(x - geo.midline), edge) * soft_mask(geo.apex_y + 0.2 - y, 0.03)
     total -= dens.trachea_air * trachea
-    for side, lung in lungs.items():
+    for lung in lungs.values():
         total += _lung(x, y, lung, geo, findings, size, edge, heart, rng)
     k, offset, scale = (rng.uniform(*r) for r in (dens.k, dens.offset, dens.scale))
     image = offset + scale * (1.0 - np.exp(-k * np.clip(total, 0.0, None)))
