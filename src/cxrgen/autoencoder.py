@@ -19,6 +19,7 @@ from torch import nn
 
 from cxrgen.config import AutoencoderConfig, load_config, save_config
 from cxrgen.errors import ConfigError, DataError
+from cxrgen.hub import load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,9 @@ def build_vae(cfg: AutoencoderConfig) -> AutoencoderKL:
 
 def load_vae(id_or_path: str, subfolder: str | None = None) -> AutoencoderKL:
     """Load an AutoencoderKL by hub id or local directory through diffusers (safetensors only)."""
-    try:
-        return AutoencoderKL.from_pretrained(id_or_path, subfolder=subfolder, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        where = f"{id_or_path!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
-        raise ConfigError(
-            f"cannot load an AutoencoderKL from {where}: {exc}. Give a local folder holding "
-            "config.json and diffusion_pytorch_model.safetensors, or a reachable hub id."
-        ) from exc
+    return load_pretrained(AutoencoderKL, id_or_path, subfolder, "an AutoencoderKL",
+                           "Give a local folder holding config.json and diffusion_pytorch_model.safetensors, "
+                           "or a reachable hub id.")
 
 
 def _config_from_vae(vae: AutoencoderKL, base: AutoencoderConfig) -> AutoencoderConfig:

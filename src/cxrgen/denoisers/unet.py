@@ -18,6 +18,7 @@ from torch import nn
 from cxrgen.config import DenoiserConfig, load_config, save_config
 from cxrgen.denoisers.base import CONFIG_NAME, check_inputs, prepare_timesteps
 from cxrgen.errors import ConfigError
+from cxrgen.hub import load_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +77,9 @@ def load_pretrained_unet(id_or_path: str) -> UNet2DConditionModel:
         raise ConfigError(f"denoiser.pretrained={id_or_path!r} is not a folder: give an existing path or hub id")
     else:
         subfolder, source = PRETRAINED_SUBFOLDER, id_or_path
-    try:
-        return UNet2DConditionModel.from_pretrained(source, subfolder=subfolder, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"cannot load a U-Net from {id_or_path!r} (subfolder {subfolder!r}): {exc}; give a local "
-            "folder holding unet/config.json and its safetensors (no pickled .bin), or a hub id you can reach"
-        ) from exc
+    return load_pretrained(UNet2DConditionModel, source, subfolder, "a U-Net",
+                           "Give a local folder holding unet/config.json and its safetensors (no pickled "
+                           ".bin), or a hub id you can reach.")
 
 
 def config_from_unet(cfg: DenoiserConfig, unet: UNet2DConditionModel) -> DenoiserConfig:
