@@ -171,3 +171,11 @@ def test_write_phantom_set(tmp_path: Path) -> None:
     assert len(manifest) == 6 and set(manifest["patient_id"]) == set(df["patient_id"])
     again = pd.read_csv(write_phantom_set(6, 32, tmp_path / "again", seed=11, progress=False))
     pd.testing.assert_frame_equal(df, again)
+
+
+def test_cli_phantom(tmp_path: Path, capsys) -> None:
+    from cxrgen.cli import main
+
+    assert main(["phantom", "--n", "3", "--size", "32", "--seed", "5", "--out", str(tmp_path / "p")]) == 0
+    assert "wrote 3 phantoms" in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "p" / "phantoms.csv")) == 3

@@ -117,6 +117,24 @@ def _cmd_train_autoencoder(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- phantom ----------------------------------------------------------------------------------
+def _add_phantom(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("phantom", help="write procedural CXR phantoms with known findings and reports")
+    p.add_argument("--n", type=int, default=2000, help="number of phantoms")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (images/ and phantoms.csv)")
+    p.set_defaults(func=_cmd_phantom)
+
+
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    from cxrgen.phantom import write_phantom_set
+
+    table = write_phantom_set(args.n, args.size, args.out, seed=args.seed)
+    print(f"wrote {args.n} phantoms and {table}")
+    return 0
+
+
 # --- main -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
@@ -127,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label(sub)
     _add_info(sub)
     _add_train_autoencoder(sub)
+    _add_phantom(sub)
     return parser
 
 

@@ -26,3 +26,7 @@ class ImageReadError(DataError):
 
 class ReportError(DataError):
     """A report text is empty, undecodable or has no usable section."""
+
+
+class TrainingDivergedError(CxrgenError):
+    """The training loss became NaN or inf; the last good checkpoint is kept for a resume."""

@@ -22,6 +22,11 @@ from cxrgen.config.sampling import SAMPLER_NAMES
 from cxrgen.config.training import ScheduleConfig
 from cxrgen.errors import ConfigError
 
+#: Where the inference timesteps sit: "trailing" starts at the last training step, so the first step
+#: sees pure noise as the initial latent is (Lin et al. 2024, "Common diffusion noise schedules and
+#: sample steps are flawed", sec. 3.3 / table 2). The same for every sampler so they compare fairly.
+TIMESTEP_SPACING = "trailing"
+
 #: Sampler name -> (diffusers scheduler class, config overrides on top of the training config).
 SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "ddpm": (DDPMScheduler, {}),  # ancestral sampling (Ho et al. 2020, alg. 2)
@@ -54,4 +59,4 @@ def make_scheduler(name: str, config: Mapping[str, Any] | SchedulerMixin) -> Sch
     if isinstance(config, SchedulerMixin):
         config = config.config
     cls, overrides = SAMPLERS[name]
-    return cls.from_config(dict(config), **overrides)
+    return cls.from_config(dict(config), **{"timestep_spacing": TIMESTEP_SPACING, **overrides})

@@ -15,13 +15,21 @@ from cxrgen.config.models import (
 )
 from cxrgen.config.phantom import PhantomConfig
 from cxrgen.config.sampling import SAMPLER_NAMES, SamplingConfig
-from cxrgen.config.training import AutoencoderTrainConfig, ScheduleConfig, TrainConfig
+from cxrgen.config.training import (
+    CACHE_DTYPES,
+    AutoencoderTrainConfig,
+    CacheConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
 
 __all__ = [
     "PREDICTION_TYPES",
     "SAMPLER_NAMES",
     "AutoencoderConfig",
     "AutoencoderTrainConfig",
+    "CACHE_DTYPES",
+    "CacheConfig",
     "DataConfig",
     "DenoiserConfig",
     "ImageConfig",

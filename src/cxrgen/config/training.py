@@ -71,6 +71,27 @@ class ScheduleConfig:
             raise ConfigError(f"schedule betas ({self.beta_start}, {self.beta_end}): need 0 < start < end < 1")
 
 
+#: Storage dtypes of the latent / text-embedding cache (items are read back as float32).
+CACHE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """How `cxrgen cache` stores latents (+ frozen text embeddings): rows per shard, dtype, batching."""
+
+    shard_size: int = 1024  # rows per safetensors shard file
+    dtype: str = "float32"  # float32 | float16 | bfloat16 (float16 halves the size; see benchmarks/README.md)
+    batch_size: int = 16  # images encoded at a time
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 0  # image-loading worker processes
+
+    def __post_init__(self) -> None:
+        if min(self.shard_size, self.batch_size) <= 0 or self.num_workers < 0:
+            raise ConfigError("cache.shard_size and cache.batch_size must be positive, cache.num_workers >= 0")
+        if self.dtype not in CACHE_DTYPES:
+            raise ConfigError(f"cache.dtype={self.dtype!r}: use one of {list(CACHE_DTYPES)}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One diffusion training run: model parts, data, objective, optimizer, checkpoints and logs."""
@@ -82,6 +103,7 @@ class TrainConfig:
     split: str = "train"  # manifest split to train on
     image: ImageConfig = field(default_factory=ImageConfig)
     cache_dir: str | None = None  # latents (+ frozen text embeddings) from `cxrgen cache`; read when present
+    cache: CacheConfig = field(default_factory=CacheConfig)  # how `cxrgen cache` writes it
     # objective (RoentGen eq. 1-3) and classifier-free guidance training (Ho & Salimans 2022)
     cfg_dropout: float = 0.1  # probability of replacing a prompt by the null prompt
     # optimisation

@@ -77,8 +77,9 @@ def _segments_distance(px: np.ndarray, py: np.ndarray, a: np.ndarray, b: np.ndar
     return np.hypot(ap_x - s * ab[:, 0:1], ap_y - s * ab[:, 1:2]), s
 
 
-def _vessels(x, y, lung: LungShape, geo: Geometry, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Branching vessel markings radiating from the hilum, tapering toward the periphery."""
+def _vessels(x, y, lung: LungShape, geo: Geometry, size: int, rng: np.random.Generator,
+             where: np.ndarray) -> np.ndarray:
+    """Branching vessel markings radiating from the hilum, tapering toward the periphery (only at ``where``)."""
     hilum = np.array(lung_point(lung, geo.hilum_u, geo.hilum_t))
     targets = np.array([lung_point(lung, u, t) for u, t in zip(rng.uniform(0.25, 1.0, VESSEL_BRANCHES),
                                                               rng.uniform(0.02, 0.98, VESSEL_BRANCHES))])
@@ -90,14 +91,17 @@ def _vessels(x, y, lung: LungShape, geo: Geometry, size: int, rng: np.random.Gen
                                   rest[:, 0] * np.sin(turn) + rest[:, 1] * np.cos(turn)], 1) * 0.7
     a = np.concatenate([np.repeat(hilum[None], VESSEL_BRANCHES, 0), forks])  # (S, 2)
     b = np.concatenate([ends, side_ends])
-    start = np.concatenate([np.zeros(VESSEL_BRANCHES), np.full(VESSEL_BRANCHES, 0.5)])[:, None]
-    px, py = x.ravel(), y.ravel()
+    start = np.concatenate([np.zeros(VESSEL_BRANCHES), np.full(VESSEL_BRANCHES, 0.5)])[:, None].astype(np.float32)
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    px, py = x[where], y[where]  # only pixels inside the lung: (N,)
     dist, s = _segments_distance(px, py, a, b)  # (S, N)
     along = start + (1.0 - start) * s  # 0 at the hilum, 1 at the branch tip
     width = 0.009 * (1.0 - 0.65 * along)
     eff = np.sqrt(width ** 2 + (0.6 / size) ** 2)
     profile = (width / eff) * np.exp(-((dist / eff) ** 2)) * (1.0 - 0.6 * along)
-    return profile.max(0).reshape(x.shape) * DENSITY.vessel
+    out = np.zeros_like(x)
+    out[where] = profile.max(0) * DENSITY.vessel
+    return out
 
 
 def _mottle(x, y, rng: np.random.Generator, n_waves: int = 6) -> np.ndarray:
@@ -211,7 +215,7 @@ def _lung(x, y, lung: LungShape, geo: Geometry, findings: PhantomFindings, size:
     mask = soft_mask(dist, edge)
     depth = dens.lung_rim + (1 - dens.lung_rim) * np.sqrt(np.clip(dist / dens.lung_rim_depth, 0.0, 1.0))
     air = dens.lung_air * mask * depth * (1.0 - dens.heart_hides_lung * heart)
-    markings = (_vessels(x, y, lung, geo, size, rng) + dens.mottle * _mottle(x, y, rng)) * mask
+    markings = (_vessels(x, y, lung, geo, size, rng, mask > 0) + dens.mottle * _mottle(x, y, rng)) * mask
     extra = np.zeros_like(x)
     if lung.side in findings.effusion_sides:
         low, high = EFFUSION_HEIGHTS[findings.effusion_size]
