@@ -58,3 +58,5 @@ def test_summary_counts() -> None:
     d = s.to_dict()
     assert d["dropped"] == {"bad": 3} and d["dropped_total"] == 3 and d["patients"] == 2
     assert "3  bad" in s.format()
+    s.views = {"": 2}
+    assert "(none)=2" in s.format()

@@ -135,6 +135,25 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- cache ------------------------------------------------------------------------------------
+def _add_cache(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cache", help="precompute latents (+ frozen text embeddings) of a training config's rows")
+    p.add_argument("config", help="YAML TrainConfig (manifests, split, image, model; cache.* for storage)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set cache.dtype=float16")
+    p.add_argument("--out", help="cache folder (default: the config's cache_dir)")
+    p.set_defaults(func=_cmd_cache)
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from cxrgen.cache import run_cache
+
+    summary = run_cache(args.config, args.overrides, args.out)
+    print(f"cache {summary['cache_dir']}: {summary['rows']} rows in {summary['shards']} shard(s), "
+          f"{summary['dtype']}, text embeddings: {summary['text_embeddings']}, {summary['bytes'] / 2**20:.1f} MiB")
+    return 0
+
+
 # --- main -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
@@ -146,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_train_autoencoder(sub)
     _add_phantom(sub)
+    _add_cache(sub)
     return parser
 
 

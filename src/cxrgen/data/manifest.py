@@ -96,7 +96,7 @@ class ReadSummary:
         """A short human-readable summary for the CLI."""
         lines = [
             f"{self.source}: {self.rows} rows, {self.patients} patients",
-            "  views:  " + ", ".join(f"{k}={v}" for k, v in sorted(self.views.items())),
+            "  views:  " + ", ".join(f"{k or '(none)'}={v}" for k, v in sorted(self.views.items())),
             "  splits: " + ", ".join(f"{k}={v}" for k, v in sorted(self.splits.items())),
         ]
         total = sum(self.dropped.values())

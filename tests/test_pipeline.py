@@ -1,0 +1,166 @@
+"""CXRPipeline: sampling, determinism, save/load, part checks, bad prompts (tiny random parts)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cxrgen.config import ModelConfig, SamplingConfig, ScheduleConfig, from_dict
+from cxrgen.denoisers import build_denoiser
+from cxrgen.errors import ConfigError
+from cxrgen.parts import build_parts
+from cxrgen.pipeline import MODEL_INDEX_NAME, CXRPipeline
+from cxrgen.samplers import training_scheduler
+from tiny_models import WIDTH, make_bert
+
+STEPS = 3
+PROMPTS = ["small left pleural effusion", "no acute disease"]
+
+
+def tiny_model_config(bert_dir: Path) -> ModelConfig:
+    """32 px images, 4x8x8 latents, a 2-layer BERT (width 16) and a 3-block U-ViT."""
+    return from_dict(ModelConfig, {
+        "image_size": 32,
+        "text_encoder": {"backend": "bert", "name_or_path": str(bert_dir), "max_length": 16},
+        "autoencoder": {"block_out_channels": [8, 16, 16], "norm_num_groups": 4, "layers_per_block": 1},
+        "denoiser": {"name": "uvit-tiny", "in_channels": 4, "sample_size": 8, "context_dim": WIDTH,
+                     "context_len": 16},
+    })  # fmt: skip
+
+
+def tiny_pipeline(root: Path, sampling: SamplingConfig | None = None) -> CXRPipeline:
+    """A random tiny pipeline (test-side seeding of the random init)."""
+    torch.manual_seed(0)
+    cfg = tiny_model_config(make_bert(root / "bert"))
+    parts = build_parts(cfg)
+    scheduler = training_scheduler(ScheduleConfig(), cfg.denoiser.prediction_type)
+    sampling = sampling or SamplingConfig(sampler="ddim", steps=STEPS, guidance_scale=3.0)
+    return CXRPipeline(parts.text_encoder, parts.autoencoder, parts.denoiser, scheduler, cfg.image_size,
+                       sampling).eval()
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory) -> CXRPipeline:
+    return tiny_pipeline(tmp_path_factory.mktemp("pipe"))
+
+
+@pytest.fixture(scope="module")
+def saved(pipe: CXRPipeline, tmp_path_factory) -> Path:
+    return pipe.save_pretrained(tmp_path_factory.mktemp("saved") / "model")
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_output_shape_range_and_prompts(pipe: CXRPipeline) -> None:
+    out = pipe(PROMPTS, num_images_per_prompt=2, generator=_gen(0), progress=False)
+    assert out.images.shape == (4, 1, 32, 32)
+    assert torch.isfinite(out.images).all()
+    assert out.images.min() >= -1 and out.images.max() <= 1
+    assert out.prompts == [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]]
+
+
+def test_same_seed_identical_other_seed_differs(pipe: CXRPipeline) -> None:
+    a = pipe(PROMPTS, generator=_gen(7), progress=False).images
+    b = pipe(PROMPTS, generator=_gen(7), progress=False).images
+    c = pipe(PROMPTS, generator=_gen(8), progress=False).images
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_per_image_generators_make_images_independent_of_batch(pipe: CXRPipeline) -> None:
+    """With one generator per image, an image depends on its own seed, not on its batch mates."""
+    both = pipe([PROMPTS[0]], num_images_per_prompt=2, generator=[_gen(3), _gen(4)], progress=False).images
+    alone = pipe([PROMPTS[0]], num_images_per_prompt=1, generator=[_gen(4)], progress=False).images
+    torch.testing.assert_close(both[1:], alone, rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match="generators"):
+        pipe([PROMPTS[0]], num_images_per_prompt=2, generator=[_gen(3)], progress=False)
+
+
+def test_guidance_and_negative_prompt_change_the_image(pipe: CXRPipeline) -> None:
+    base = pipe(PROMPTS[:1], guidance_scale=1.0, generator=_gen(1), progress=False).images
+    guided = pipe(PROMPTS[:1], guidance_scale=4.0, generator=_gen(1), progress=False).images
+    negative = pipe(PROMPTS[:1], guidance_scale=4.0, negative_prompt="right lower lobe opacity",
+                    generator=_gen(1), progress=False).images
+    assert not torch.allclose(base, guided) and not torch.allclose(guided, negative)
+
+
+def test_save_load_gives_identical_images(pipe: CXRPipeline, saved: Path) -> None:
+    index = json.loads((saved / MODEL_INDEX_NAME).read_text())
+    assert index["_class_name"] == "CXRPipeline" and index["image_size"] == 32
+    assert {p.name for p in saved.iterdir()} >= {"text_encoder", "autoencoder", "denoiser", "scheduler",
+                                                  "sampling.yaml"}
+    assert not list(saved.rglob("*.bin")) and not list(saved.rglob("*.pt"))  # safetensors only
+    loaded = CXRPipeline.from_pretrained(saved)
+    assert loaded.sampling == pipe.sampling
+    a = pipe(PROMPTS, generator=_gen(5), progress=False).images
+    b = loaded(PROMPTS, generator=_gen(5), progress=False).images
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("part", ["denoiser", "scheduler", "text_encoder", "autoencoder"])
+def test_missing_part_folder_is_named(saved: Path, tmp_path: Path, part: str) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(saved, copy)
+    shutil.rmtree(copy / part)
+    with pytest.raises(ConfigError, match=part):
+        CXRPipeline.from_pretrained(copy)
+
+
+def test_broken_part_is_named(saved: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(saved, copy)
+    (copy / "denoiser" / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="denoiser"):
+        CXRPipeline.from_pretrained(copy)
+
+
+def test_mismatched_parts_are_named(pipe: CXRPipeline, saved: Path, tmp_path: Path) -> None:
+    other = pipe.denoiser.config
+    wide = build_denoiser(type(other)(**{**other.__dict__, "context_dim": 2 * WIDTH}))
+    with pytest.raises(ConfigError, match="context_dim"):
+        CXRPipeline(pipe.text_encoder, pipe.autoencoder, wide, pipe.scheduler, 32)
+    with pytest.raises(ConfigError, match="image_size"):
+        CXRPipeline(pipe.text_encoder, pipe.autoencoder, pipe.denoiser, pipe.scheduler, 64)
+    with pytest.raises(ConfigError, match="prediction_type"):
+        CXRPipeline(pipe.text_encoder, pipe.autoencoder, pipe.denoiser,
+                    training_scheduler(ScheduleConfig(), "v_prediction"), 32)
+    copy = tmp_path / "model"  # a saved model whose denoiser expects other latent channels
+    shutil.copytree(saved, copy)
+    cfg_path = copy / "denoiser" / "denoiser_config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["in_channels"] = 8
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="denoiser"):
+        CXRPipeline.from_pretrained(copy)
+
+
+def test_unknown_location_and_offline_hub_id(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        CXRPipeline.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="local"):
+        CXRPipeline.from_pretrained("no-such-owner-cxrgen/no-such-model")  # offline or absent: clear error
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=MODEL_INDEX_NAME):
+        CXRPipeline.from_pretrained(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("prompts", [[""], ["   "], [], ["fine", ""]])
+def test_empty_prompt_is_an_error(pipe: CXRPipeline, prompts: list[str]) -> None:
+    with pytest.raises(ConfigError, match="prompt"):
+        pipe(prompts, progress=False)
+
+
+def test_long_prompt_warns_and_truncates(pipe: CXRPipeline, caplog) -> None:
+    long = " ".join(["left pleural effusion"] * 20)
+    with caplog.at_level(logging.WARNING):
+        out = pipe([long], num_inference_steps=1, generator=_gen(0), progress=False)
+    assert out.images.shape == (1, 1, 32, 32)
+    assert any("truncated" in r.getMessage() for r in caplog.records)
