@@ -66,6 +66,13 @@ def test_missing_columns_are_named(csv_collection: Path) -> None:
         build_manifest("csv", csv_collection, DataConfig(), {"imagepath": "file"})
 
 
+def test_relative_root_gives_absolute_paths(csv_collection: Path, monkeypatch) -> None:
+    monkeypatch.chdir(csv_collection.parent.parent)
+    rel = Path(csv_collection.parent.name) / csv_collection.name
+    df, _ = build_manifest("csv", rel, DataConfig(), {"image_path": "file", "report": "text"})
+    assert all(Path(p).is_absolute() and Path(p).exists() for p in df["image_path"])
+
+
 def test_unknown_source_and_missing_root(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="choose one of"):
         build_manifest("chexpert", tmp_path, DataConfig())

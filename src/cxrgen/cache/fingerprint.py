@@ -94,15 +94,25 @@ def fingerprint_mismatches(cached: dict[str, Any], current: dict[str, Any], text
     embeddings ignored); a frozen one needs embeddings made by the same encoder.
     """
     problems = []
-    for key in ("autoencoder", "image", "split", "manifests"):
+    for key in ("autoencoder", "image", "split"):
         if cached.get(key) != current.get(key):
             problems.append(f"{key}: {_describe(cached.get(key), current.get(key))}")
+    problems.extend(_manifest_changes(cached.get("manifests") or [], current.get("manifests") or []))
     if text_frozen:
         if cached.get("text_encoder") is None:
             problems.append("text_encoder: the cache holds no text embeddings but the text encoder is frozen")
         elif cached["text_encoder"] != current.get("text_encoder"):
             problems.append(f"text_encoder: {_describe(cached['text_encoder'], current.get('text_encoder'))}")
     return problems
+
+
+def _manifest_changes(cached: list[dict[str, str]], current: list[dict[str, str]]) -> list[str]:
+    """Manifests swapped for others, or edited since the cache was built."""
+    cached_paths, current_paths = [m["path"] for m in cached], [m["path"] for m in current]
+    if cached_paths != current_paths:
+        return [f"manifests: the cache was built from {cached_paths}, the config names {current_paths}"]
+    return [f"manifests: {now['path']} changed since the cache was built"
+            for was, now in zip(cached, current) if was["sha1"] != now["sha1"]]
 
 
 def _describe(cached: Any, current: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -74,6 +75,8 @@ def build_manifest(source: str, path: str | Path, cfg: DataConfig,
         raise ConfigError("--column applies to the generic CSV reader only (source 'csv')")
     collection = READERS[source](path, cfg, summary, **options)
     df = new_manifest(collection.rows.to_dict("records"))
+    if collection.has_images:  # absolute, so the manifest works from any working directory
+        df["image_path"] = [os.path.abspath(p) for p in df["image_path"]]
     if cfg.views:
         wanted = {v.upper() for v in cfg.views}
         other = ~df["view"].str.upper().isin(wanted)
