@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from safetensors import safe_open
+from tiny_models import WIDTH, make_bert
 
 from cxrgen.autoencoder import LatentCodec
 from cxrgen.cache import (
@@ -28,12 +29,17 @@ from cxrgen.cache import (
     shard_name,
 )
 from cxrgen.cli import main
-from cxrgen.config import AutoencoderConfig, ImageConfig, TrainConfig, apply_overrides, from_dict
+from cxrgen.config import (
+    AutoencoderConfig,
+    ImageConfig,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+)
 from cxrgen.data.images import load_image, save_png
 from cxrgen.data.manifest import new_manifest, write_manifest
 from cxrgen.errors import ConfigError, DataError
 from cxrgen.text import build_text_encoder
-from tiny_models import WIDTH, make_bert
 
 N_TRAIN, SIZE, MAX_LEN = 7, 32, 12
 WORDS = ["left", "right", "pleural", "effusion", "no", "acute", "disease", "lower", "lobe", "opacity"]
@@ -104,7 +110,7 @@ def _prompts(manifest: Path) -> list[str]:
 
 def _shard(path: Path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle is not iterable)
 
 
 def test_shards_hold_exact_encodings(world, parts, built: Path) -> None:
@@ -114,7 +120,8 @@ def test_shards_hold_exact_encodings(world, parts, built: Path) -> None:
     assert [s["rows"] for s in index["shards"]] == [3, 3, 1]  # 7 rows in shards of 3: rows cross boundaries
     prompts = _prompts(world["manifest"])
     assert index["prompts"] == prompts[:N_TRAIN]  # the validate row is not cached
-    assert index["image_paths"] == [str(world["root"].resolve() / "images" / f"{i}.png") for i in range(N_TRAIN)]
+    expected = [(world["root"] / "images" / f"{i}.png").resolve() for i in range(N_TRAIN)]
+    assert [Path(p).resolve() for p in index["image_paths"]] == expected  # relative to the manifest's folder
     stored = [_shard(built / shard_name(k)) for k in range(3)]
     cat = {key: torch.cat([s[key] for s in stored]) for key in stored[0]}
     for batch in ([0, 1], [2], [3, 4], [5], [6]):  # batches of 2 never cross a shard of 3
@@ -240,6 +247,8 @@ def test_fingerprint_detects_changed_manifest(world, parts, tmp_path: Path) -> N
         f"manifests: {manifest.resolve()} changed since the cache was built"]
     other = apply_overrides(cfg, [f"manifests=[{world['manifest']}]"])
     assert cache_mismatches(other, tmp_path / "cache", codec, text)[0].startswith("manifests: the cache was built from")
+    cache_only = apply_overrides(cfg, ["manifests=[]"])  # training from a copied cache alone
+    assert cache_matches(cache_only, tmp_path / "cache", codec, text)
 
 
 def test_different_parts_rebuild(world, parts, built: Path, tmp_path: Path) -> None:
@@ -280,3 +289,35 @@ def test_cli_end_to_end(world, built: Path, tmp_path: Path, capsys) -> None:
     assert torch.allclose(CachedDataset(out)[5]["latent_mean"], CachedDataset(built)[5]["latent_mean"], atol=1e-6)
     assert main(["cache", str(config)]) == 2  # neither --out nor cache_dir
     assert "cache_dir" in capsys.readouterr().err
+
+
+def test_unpadded_text_is_padded_to_the_token_limit(world, parts, tmp_path: Path) -> None:
+    codec, _ = parts
+    cfg = apply_overrides(from_dict(TrainConfig, _cfg_dict(world)), ["model.text_encoder.pad_to_max_length=false"])
+    text = build_text_encoder(cfg.model.text_encoder)
+    ds = CachedDataset(build_cache(cfg, tmp_path, codec, text))
+    context, mask = text.encode([ds.prompts[2]])  # (1, L', D) with L' the prompt's own length
+    item = ds[2]
+    assert item["context"].shape == (MAX_LEN, WIDTH) and ds.null_text()[0].shape == (MAX_LEN, WIDTH)
+    length = context.shape[1]
+    assert torch.equal(item["mask"][:length], mask[0]) and not item["mask"][length:].any()
+    assert torch.allclose(item["context"][:length], context[0], atol=1e-5)
+    assert not item["context"][length:].any()  # padding is zeros
+
+
+def test_fresh_codec_matches_the_trainers(world, tmp_path: Path) -> None:
+    data = _cfg_dict(world)
+    data["model"]["autoencoder"]["pretrained"] = None  # an untrained codec, seeded by cfg.seed as in training
+    cfg = from_dict(TrainConfig, data)
+    build_cache(cfg, tmp_path)
+    assert cache_matches(cfg, tmp_path)
+    assert not cache_matches(apply_overrides(cfg, ["seed=1"]), tmp_path)
+
+
+def test_float16_overflow_is_refused(world, parts, tmp_path: Path, monkeypatch) -> None:
+    codec, text = parts
+    cfg = from_dict(TrainConfig, _cfg_dict(world, cache={"shard_size": 3, "batch_size": 2, "dtype": "float16"}))
+    real = codec.encode_distribution
+    monkeypatch.setattr(codec, "encode_distribution", lambda images: tuple(x * 1e6 for x in real(images)))
+    with pytest.raises(DataError, match="float32"):
+        build_cache(cfg, tmp_path, codec, text)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrgen.config import (DataConfig, PromptConfig, apply_overrides, load_config, save_config,
-                           to_dict)
+from cxrgen.config import DataConfig, PromptConfig, apply_overrides, load_config, save_config, to_dict
 from cxrgen.errors import ConfigError
 
 

@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from cxrgen.data.manifest import (CHEXPERT_LABELS, MANIFEST_COLUMNS, ReadSummary, new_manifest,
-                                  read_manifest, validate_manifest, write_manifest)
+from cxrgen.data.manifest import (
+    CHEXPERT_LABELS,
+    MANIFEST_COLUMNS,
+    ReadSummary,
+    new_manifest,
+    read_manifest,
+    validate_manifest,
+    write_manifest,
+)
 from cxrgen.errors import DataError, MissingColumnsError
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_models import WIDTH, make_bert
 
 from cxrgen.cli import main
 from cxrgen.config import ModelConfig, apply_overrides, from_dict
 from cxrgen.errors import ConfigError
 from cxrgen.parts import PART_FOLDERS, build_parts, check_consistent, describe, latent_shape
-from tiny_models import WIDTH, make_bert
 
 REPO = Path(__file__).resolve().parents[1]
 

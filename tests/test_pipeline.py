@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_models import WIDTH, make_bert
 
 from cxrgen.config import ModelConfig, SamplingConfig, ScheduleConfig, from_dict
 from cxrgen.denoisers import build_denoiser
@@ -17,7 +18,6 @@ from cxrgen.errors import ConfigError
 from cxrgen.parts import build_parts
 from cxrgen.pipeline import MODEL_INDEX_NAME, CXRPipeline
 from cxrgen.samplers import training_scheduler
-from tiny_models import WIDTH, make_bert
 
 STEPS = 3
 PROMPTS = ["small left pleural effusion", "no acute disease"]
@@ -75,13 +75,26 @@ def test_same_seed_identical_other_seed_differs(pipe: CXRPipeline) -> None:
     assert not torch.allclose(a, c)
 
 
-def test_per_image_generators_make_images_independent_of_batch(pipe: CXRPipeline) -> None:
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])  # ddpm also draws noise in every step
+def test_per_image_generators_make_images_independent_of_batch(pipe: CXRPipeline, sampler: str) -> None:
     """With one generator per image, an image depends on its own seed, not on its batch mates."""
-    both = pipe([PROMPTS[0]], num_images_per_prompt=2, generator=[_gen(3), _gen(4)], progress=False).images
-    alone = pipe([PROMPTS[0]], num_images_per_prompt=1, generator=[_gen(4)], progress=False).images
+    both = pipe([PROMPTS[0]], num_images_per_prompt=2, sampler=sampler, generator=[_gen(3), _gen(4)],
+                progress=False).images
+    alone = pipe([PROMPTS[0]], num_images_per_prompt=1, sampler=sampler, generator=[_gen(4)], progress=False).images
     torch.testing.assert_close(both[1:], alone, rtol=0, atol=1e-5)
     with pytest.raises(ConfigError, match="generators"):
         pipe([PROMPTS[0]], num_images_per_prompt=2, generator=[_gen(3)], progress=False)
+
+
+def test_sampling_runs_in_eval_mode_and_restores_modes(pipe: CXRPipeline) -> None:
+    """Dropout of a module left in train mode (e.g. mid-training previews) must not randomize images."""
+    ref = pipe(PROMPTS[:1], generator=_gen(9), progress=False).images
+    pipe.text_encoder.model.train()  # the tiny BERT has dropout 0.1
+    try:
+        assert torch.equal(pipe(PROMPTS[:1], generator=_gen(9), progress=False).images, ref)
+        assert pipe.text_encoder.model.training
+    finally:
+        pipe.eval()
 
 
 def test_guidance_and_negative_prompt_change_the_image(pipe: CXRPipeline) -> None:

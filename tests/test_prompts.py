@@ -8,8 +8,14 @@ import pytest
 
 from cxrgen.config import PromptConfig
 from cxrgen.data.manifest import ReadSummary, new_manifest
-from cxrgen.data.prompts import (cap_no_finding, filter_prompts, fit_sentences, select_prompt,
-                                 split_sentences, token_counter)
+from cxrgen.data.prompts import (
+    cap_no_finding,
+    filter_prompts,
+    fit_sentences,
+    select_prompt,
+    split_sentences,
+    token_counter,
+)
 from cxrgen.errors import ConfigError
 
 SECTIONS = {"findings": "Small left effusion.", "impression": "Left effusion."}

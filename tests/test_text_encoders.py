@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import WIDTH, make_bert, make_clip
 from transformers import BertTokenizer
 
 from cxrgen.config import TextEncoderConfig
 from cxrgen.errors import ConfigError
 from cxrgen.text import TEXT_ENCODER_CONFIG_NAME, TEXT_ENCODERS, build_text_encoder, load_text_encoder
-from tiny_models import WIDTH, make_bert, make_clip
 
 MAX_LENGTH = 24  # the tiny CLIP vocab is character-level: "left pleural effusion" is 21 tokens
 PROMPTS = ["left pleural effusion", "no acute disease", ""]

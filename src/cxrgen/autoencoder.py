@@ -88,20 +88,24 @@ class LatentCodec(nn.Module):
 
     # --- construction and persistence --------------------------------------------------------
     @classmethod
-    def build(cls, cfg: AutoencoderConfig) -> "LatentCodec":
-        """Load ``cfg.pretrained`` (hub id or path) or build a fresh codec from the fields of ``cfg``."""
+    def build(cls, cfg: AutoencoderConfig) -> "LatentCodec | IdentityCodec":
+        """Load ``cfg.pretrained`` (hub id or path) or build a fresh codec; ``kind="identity"``: pixel space."""
+        if cfg.kind == "identity":
+            return IdentityCodec(cfg)
         if cfg.pretrained is None:
             return cls(build_vae(cfg), cfg)
         log.info("loading AutoencoderKL %s (subfolder %s)", cfg.pretrained, cfg.subfolder)
         return cls(load_vae(cfg.pretrained, cfg.subfolder), cfg)
 
     @classmethod
-    def from_pretrained(cls, dir_or_id: str | Path, subfolder: str | None = None) -> "LatentCodec":
-        """Load a saved codec, or any AutoencoderKL (scale/shift then from its scaling/shift_factor)."""
-        vae = load_vae(str(dir_or_id), subfolder)
+    def from_pretrained(cls, dir_or_id: str | Path, subfolder: str | None = None) -> "LatentCodec | IdentityCodec":
+        """Load a saved codec (an identity one too), or any AutoencoderKL (scale/shift from its config)."""
         folder = Path(dir_or_id) / (subfolder or "")
         codec_yaml = folder / CODEC_CONFIG_NAME
         cfg = load_config(AutoencoderConfig, codec_yaml) if codec_yaml.is_file() else None
+        if cfg is not None and cfg.kind == "identity":
+            return IdentityCodec(cfg)
+        vae = load_vae(str(dir_or_id), subfolder)
         if cfg is None:
             cfg = AutoencoderConfig(pretrained=str(dir_or_id), subfolder=subfolder)
         return cls(vae, cfg)
@@ -188,6 +192,93 @@ class LatentCodec(nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Reconstruction decode(encode(images)) (B, 1, H, W)."""
+        return self.decode(self.encode(images, generator))
+
+
+class IdentityCodec(nn.Module):
+    """No autoencoder: the denoiser works on pixels (f = 1, C = 1); LatentCodec's interface, no weights.
+
+    For small images (the 32x32 phantom tests) where a learned codec costs more than it saves.
+    Latents are z = (image - shift) * scale with scale 1 and shift 0 unless set.
+    """
+
+    def __init__(self, cfg: AutoencoderConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or AutoencoderConfig(kind="identity")
+        if cfg.kind != "identity":
+            raise ConfigError(f"IdentityCodec got autoencoder.kind={cfg.kind!r}: use LatentCodec.build for it")
+        self.cfg = dataclasses.replace(cfg, scale=1.0 if cfg.scale is None else cfg.scale,
+                                       shift=0.0 if cfg.shift is None else cfg.shift)
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """Write ``codec.yaml`` (kind identity, scale, shift) into ``out_dir``; there are no weights."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, out_dir / CODEC_CONFIG_NAME)
+        return out_dir
+
+    @classmethod
+    def from_pretrained(cls, dir_or_id: str | Path, subfolder: str | None = None) -> "IdentityCodec":
+        """Load a folder written by :meth:`save_pretrained`."""
+        path = Path(dir_or_id) / (subfolder or "") / CODEC_CONFIG_NAME
+        if not path.is_file():
+            raise ConfigError(f"no {CODEC_CONFIG_NAME} in {path.parent}: give a folder written by save_pretrained")
+        return cls(load_config(AutoencoderConfig, path))
+
+    def set_scale(self, scale: float, shift: float) -> "IdentityCodec":
+        """Store a pixel ``scale`` and ``shift`` in the config."""
+        self.cfg = dataclasses.replace(self.cfg, scale=float(scale), shift=float(shift))
+        return self
+
+    @property
+    def scale(self) -> float:
+        """Multiplier applied after the shift."""
+        return float(self.cfg.scale)
+
+    @property
+    def shift(self) -> float:
+        """Subtracted from the pixels before scaling."""
+        return float(self.cfg.shift)
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels C of the 'latents': the one grayscale channel."""
+        return 1
+
+    @property
+    def downsample_factor(self) -> int:
+        """No downsampling: f = 1."""
+        return 1
+
+    def encode_distribution(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, zeros): a point mass at the pixels, each (B, 1, H, W)."""
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise DataError(f"images must be (B, 1, H, W) grayscale; got shape {tuple(images.shape)}")
+        images = images.float()
+        return images, torch.zeros_like(images)
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """z = (pixels - shift) * scale."""
+        return (latents - self.shift) * self.scale
+
+    def unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`scale_latents`."""
+        return z / self.scale + self.shift
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled pixels (B, 1, H, W); ``generator`` is accepted for LatentCodec's signature (nothing to sample)."""
+        return self.scale_latents(self.encode_distribution(images)[0])
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 1, H, W) from scaled latents."""
+        return self.unscale_latents(latents)
+
+    def decode_unscaled(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw latents are the pixels."""
+        return raw
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """decode(encode(images)): the images themselves."""
         return self.decode(self.encode(images, generator))
 
 

@@ -154,6 +154,102 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train ------------------------------------------------------------------------------------
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the diffusion model (accelerate: `accelerate launch -m cxrgen.cli train`)")
+    p.add_argument("config", help="YAML TrainConfig (e.g. src/cxrgen/configs/train-tiny.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set steps=2000")
+    p.add_argument("--resume", help="'latest' (newest checkpoint under the output folder) or a checkpoint folder")
+    p.add_argument("--out", help="output folder (default: the config's out_dir)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cxrgen.train.trainer import run_train
+
+    summary = run_train(args.config, args.overrides, args.resume, args.out)
+    if summary["rank"] == 0:  # one report under `accelerate launch`
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    return 0
+
+
+# --- generate ---------------------------------------------------------------------------------
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate synthetic chest X-rays (PNG or DICOM) from report text")
+    p.add_argument("prompt", nargs="?", help="report text (or use --prompts FILE.csv)")
+    p.add_argument("--prompts", dest="prompts_file", help="CSV with a 'prompt' column: batch mode")
+    p.add_argument("-n", type=int, help="images per prompt (default: the model's sampling.yaml)")
+    p.add_argument("--steps", type=int, help="sampling steps")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale w (1 = none)")
+    p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler")
+    p.add_argument("--seed", type=int, help="seed of the first image; image g gets seed + g")
+    p.add_argument("--negative-prompt", help="replaces the null prompt of guidance")
+    p.add_argument("--model", help="model directory or hub id (default: the packaged model)")
+    p.add_argument("--out", required=True, help="output folder (existing images are kept and skipped)")
+    p.add_argument("--dicom", action="store_true", help="write DICOM Secondary Capture instead of PNG")
+    p.add_argument("--batch-size", type=int, help="images of one prompt sampled together (default 4)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_generate)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from cxrgen.generate import run_generate
+
+    paths = run_generate(args.prompt, args.out, model=args.model, prompts_file=args.prompts_file, n=args.n,
+                         steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed,
+                         negative_prompt=args.negative_prompt, fmt="dicom" if args.dicom else "png",
+                         batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
+    print(f"{len(paths)} image(s) in {Path(args.out).resolve()}")
+    return 0
+
+
+# --- control ----------------------------------------------------------------------------------
+def _add_control(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("control", help="controllability benchmark: generate phantom prompts, measure the findings")
+    p.add_argument("--model", required=True, help="model directory (CXRPipeline) trained on phantoms")
+    p.add_argument("--json", required=True, help="output JSON (scores, per-prompt measurements, settings)")
+    p.add_argument("--n-per-prompt", type=int, default=2, help="images per benchmark prompt")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's sampling.yaml)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale w (1 = none)")
+    p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler")
+    p.add_argument("--seed", type=int, default=0, help="seed of the benchmark's noise")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.set_defaults(func=_cmd_control)
+
+
+def _cmd_control(args: argparse.Namespace) -> int:
+    import math
+
+    from cxrgen.phantom.control import CONTROL_KEYS, run_control
+
+    result = run_control(args.model, n_per_prompt=args.n_per_prompt, steps=args.steps, guidance=args.guidance,
+                         sampler=args.sampler, seed=args.seed, device=args.device)
+    result.update({k: None for k in CONTROL_KEYS if isinstance(result[k], float) and math.isnan(result[k])})
+    _write_json(result, args.json)
+    print(json.dumps({k: result[k] for k in CONTROL_KEYS}))
+    return 0
+
+
+# --- train-evaluator --------------------------------------------------------------------------
+def _add_train_evaluator(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-evaluator", help="train the cxrgen-evaluator CXR classifier (FID_cxr, AUROC)")
+    p.add_argument("config", help="YAML EvaluatorTrainConfig (e.g. src/cxrgen/configs/evaluator-small.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set epochs=5")
+    p.add_argument("--out", help="output folder (default: the config's out_dir)")
+    p.set_defaults(func=_cmd_train_evaluator)
+
+
+def _cmd_train_evaluator(args: argparse.Namespace) -> int:
+    from cxrgen.evaluate.train_evaluator import run_train_evaluator
+
+    metrics = run_train_evaluator(args.config, args.overrides, args.out)
+    print(json.dumps(metrics.get("test", metrics), indent=2, default=str))
+    return 0
+
+
 # --- main -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
@@ -165,7 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_train_autoencoder(sub)
     _add_phantom(sub)
+    _add_train_evaluator(sub)
     _add_cache(sub)
+    _add_train(sub)
+    _add_generate(sub)
+    _add_control(sub)
     return parser
 
 

@@ -38,11 +38,11 @@ class ModelParts:
 
 def latent_shape(cfg: ModelConfig) -> tuple[int, int, int]:
     """(C, h, w) of the latents of ``cfg.image_size`` images under the configured autoencoder."""
-    factor = 2 ** (len(cfg.autoencoder.block_out_channels) - 1)
+    factor = cfg.autoencoder.downsample_factor
     if cfg.image_size % factor:
         raise ConfigError(f"image_size={cfg.image_size} is not divisible by the autoencoder factor {factor}")
     side = cfg.image_size // factor
-    return (cfg.autoencoder.latent_channels, side, side)
+    return (cfg.autoencoder.channels, side, side)
 
 
 def check_consistent(cfg: ModelConfig) -> None:

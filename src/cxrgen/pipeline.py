@@ -21,6 +21,8 @@ import inspect
 import json
 import logging
 import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,12 @@ class CXRPipeline:
         only on its own generator); None uses a CPU generator seeded with ``sampling.seed``.
         """
         cfg = self._settings(num_images_per_prompt, num_inference_steps, guidance_scale, negative_prompt, sampler)
+        return self.sample(prompts, cfg, generator, progress)
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str] | str, cfg: SamplingConfig, generator: Generators = None,
+               progress: bool = True) -> PipelineOutput:
+        """Sample with every setting from ``cfg`` (its negative_prompt None means the null prompt)."""
         prompts = check_prompts([prompts] if isinstance(prompts, str) else prompts)
         image_prompts = [p for p in prompts for _ in range(cfg.num_images_per_prompt)]
         n = len(image_prompts)
@@ -180,9 +188,10 @@ class CXRPipeline:
             generator = torch.Generator().manual_seed(cfg.seed)
         if isinstance(generator, list) and len(generator) != n:
             raise ConfigError(f"got {len(generator)} generators for {n} images: give one per image or a single one")
-        context, mask, uncond_context, uncond_mask = self._encode(prompts, cfg)
-        latents = self._denoise(context, mask, uncond_context, uncond_mask, cfg, generator, progress)
-        images = self.autoencoder.decode(latents).float()  # (N, 1, H, W)
+        with _eval_mode(self.modules()):  # no dropout, even mid-training; modes restored after
+            context, mask, uncond_context, uncond_mask = self._encode(prompts, cfg)
+            latents = self._denoise(context, mask, uncond_context, uncond_mask, cfg, generator, progress)
+            images = self.autoencoder.decode(latents).float()  # (N, 1, H, W)
         images = images.clamp(self.image_config.low, self.image_config.high)
         return PipelineOutput(images=images.cpu(), prompts=image_prompts)
 
@@ -207,7 +216,8 @@ class CXRPipeline:
             uncond_context, uncond_mask = self.text_encoder.encode_null(1)  # (1, L', D)
         else:
             uncond_context, uncond_mask = self.text_encoder.encode([cfg.negative_prompt])
-        return (context, mask, uncond_context.expand(n, -1, -1).to(device), uncond_mask.expand(n, -1).to(device))
+        uncond_context = uncond_context.expand(n, -1, -1).to(device)  # (N, L', D)
+        return context, mask, uncond_context, uncond_mask.expand(n, -1).to(device)
 
     def _denoise(self, context: torch.Tensor, mask: torch.Tensor, uncond_context: torch.Tensor | None,
                  uncond_mask: torch.Tensor | None, cfg: SamplingConfig, generator: Generators,
@@ -299,6 +309,19 @@ def _load_part(part: str, loader: Any, folder: Path) -> Any:
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ConfigError(f"cannot load the {part} from {folder} ({type(exc).__name__}: {exc}); "
                           f"re-save the model or replace the {part}/ folder") from exc
+
+
+@contextmanager
+def _eval_mode(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Put every (sub)module in eval mode inside the block, then restore each one's own flag."""
+    flags = [(m, m.training) for module in modules for m in module.modules()]
+    for module, _ in flags:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
 
 
 def _accepts(fn: Any, name: str) -> bool:

@@ -22,18 +22,22 @@ from cxrgen.config.sampling import SAMPLER_NAMES
 from cxrgen.config.training import ScheduleConfig
 from cxrgen.errors import ConfigError
 
-#: Where the inference timesteps sit: "trailing" starts at the last training step, so the first step
+#: Where the inference timesteps sit. "trailing" starts at the last training step, so the first step
 #: sees pure noise as the initial latent is (Lin et al. 2024, "Common diffusion noise schedules and
-#: sample steps are flawed", sec. 3.3 / table 2). The same for every sampler so they compare fairly.
-TIMESTEP_SPACING = "trailing"
+#: sample steps are flawed", sec. 3.3); DDPM, DPM-Solver++ and Euler step to the next listed timestep.
+TRAILING: dict[str, Any] = {"timestep_spacing": "trailing"}
+#: DDIM and PNDM in diffusers step by a fixed stride num_train_timesteps // steps, which only matches
+#: evenly spaced timesteps: Stable Diffusion's "leading" spacing with offset 1 (RoentGen used it too).
+#: ``set_alpha_to_one``: the last step lands on clean data (alpha_bar = 1), not on the t = 0 noise level.
+EVEN_STRIDE: dict[str, Any] = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": True}
 
 #: Sampler name -> (diffusers scheduler class, config overrides on top of the training config).
 SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
-    "ddpm": (DDPMScheduler, {}),  # ancestral sampling (Ho et al. 2020, alg. 2)
-    "ddim": (DDIMScheduler, {}),  # deterministic, eta = 0 (Song et al. 2021, eq. 12)
-    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),  # PLMS (Liu et al. 2022); RoentGen: 75 steps, w = 4
-    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),  # Lu et al. 2022
-    "euler": (EulerDiscreteScheduler, {}),  # Karras et al. 2022, alg. 2 (deterministic Euler)
+    "ddpm": (DDPMScheduler, TRAILING),  # ancestral sampling (Ho et al. 2020, alg. 2)
+    "ddim": (DDIMScheduler, EVEN_STRIDE),  # deterministic, eta = 0 (Song et al. 2021, eq. 12)
+    "pndm": (PNDMScheduler, {**EVEN_STRIDE, "skip_prk_steps": True}),  # PLMS (Liu et al. 2022); RoentGen
+    "dpm++": (DPMSolverMultistepScheduler, {**TRAILING, "algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "euler": (EulerDiscreteScheduler, TRAILING),  # Karras et al. 2022, alg. 2 (deterministic Euler)
 }
 assert tuple(SAMPLERS) == SAMPLER_NAMES, "cxrgen.config.SAMPLER_NAMES and SAMPLERS must agree"
 
@@ -59,4 +63,4 @@ def make_scheduler(name: str, config: Mapping[str, Any] | SchedulerMixin) -> Sch
     if isinstance(config, SchedulerMixin):
         config = config.config
     cls, overrides = SAMPLERS[name]
-    return cls.from_config(dict(config), **{"timestep_spacing": TIMESTEP_SPACING, **overrides})
+    return cls.from_config(dict(config), **overrides)

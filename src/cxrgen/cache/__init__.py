@@ -11,7 +11,6 @@ from cxrgen.cache.build import (
     cache_mismatches,
     check_cache,
     load_cache_parts,
-    manifest_rows,
     run_cache,
 )
 from cxrgen.cache.dataset import CachedDataset
@@ -29,7 +28,6 @@ __all__ = [
     "cache_mismatches",
     "check_cache",
     "load_cache_parts",
-    "manifest_rows",
     "read_index",
     "run_cache",
     "shard_name",

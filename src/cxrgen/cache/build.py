@@ -16,7 +16,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cxrgen.autoencoder import LatentCodec
-from cxrgen.cache.fingerprint import REBUILD_HINT, StaleCacheError, cache_fingerprint, fingerprint_mismatches
+from cxrgen.cache.fingerprint import (
+    REBUILD_HINT,
+    StaleCacheError,
+    cache_fingerprint,
+    fingerprint_mismatches,
+)
 from cxrgen.cache.store import (
     CACHE_FORMAT,
     CACHE_VERSION,
@@ -30,10 +35,9 @@ from cxrgen.cache.store import (
     write_tensors,
 )
 from cxrgen.config import TrainConfig, load_config, save_config, to_dict
-from cxrgen.data.manifest import read_manifest
 from cxrgen.errors import ConfigError, DataError
-from cxrgen.text import TextEncoder, build_text_encoder
-from cxrgen.train.autoencoder import ImageFiles
+from cxrgen.text import TextEncoder
+from cxrgen.train.data import ManifestImageDataset
 
 log = logging.getLogger(__name__)
 
@@ -44,31 +48,6 @@ CACHE_CONFIG_NAME = "cache_config.yaml"
 # --------------------------------------------------------------------------------------------
 # Inputs: rows and parts
 # --------------------------------------------------------------------------------------------
-def manifest_rows(cfg: TrainConfig) -> tuple[list[str], list[str]]:
-    """(image paths, prompts) of the ``cfg.split`` rows of ``cfg.manifests``, in manifest order.
-
-    Relative image paths are resolved against the manifest's folder; rows without an image path
-    are skipped (and counted in the log).
-    """
-    if not cfg.manifests:
-        raise ConfigError("no manifests to cache: set manifests in the training config (from `cxrgen prepare`)")
-    paths: list[str] = []
-    prompts: list[str] = []
-    for manifest in cfg.manifests:
-        df = read_manifest(manifest)
-        df = df[df["split"] == cfg.split]
-        has_path = df["image_path"].str.len() > 0
-        if (~has_path).any():
-            log.warning("%s: %d %s row(s) without image_path skipped", manifest, int((~has_path).sum()), cfg.split)
-        base = Path(manifest).resolve().parent
-        for image, prompt in zip(df.loc[has_path, "image_path"], df.loc[has_path, "prompt"]):
-            paths.append(str(Path(image) if Path(image).is_absolute() else base / image))
-            prompts.append(str(prompt))
-    if not paths:
-        raise DataError(f"manifests {list(cfg.manifests)} have no {cfg.split!r} rows with an image path")
-    return paths, prompts
-
-
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; any other name as given."""
     if name == "auto":
@@ -79,22 +58,25 @@ def resolve_device(name: str) -> torch.device:
 def load_cache_parts(
     cfg: TrainConfig, codec: LatentCodec | None = None, text_encoder: TextEncoder | None = None
 ) -> tuple[LatentCodec, TextEncoder | None]:
-    """The given parts, else the codec of ``cfg.model`` and (when frozen) its text encoder on ``cfg.cache.device``.
+    """The given parts, else those the trainer builds from ``cfg.model``, on ``cfg.cache.device``.
 
-    ``autoencoder.pretrained`` may name a trained codec folder (or a model folder with subfolder
-    ``autoencoder``); a fresh codec has random weights, useful for smoke tests only.
+    The text encoder is None when it is trainable (nothing to cache). ``autoencoder.pretrained``
+    may name a trained codec folder; without it the codec is the trainer's fresh one (seeded by
+    ``cfg.seed``), useful for smoke tests only.
     """
-    device = resolve_device(cfg.cache.device)
-    if codec is None:
-        if cfg.model.autoencoder.pretrained is None:
-            log.warning("autoencoder.pretrained is not set: using an untrained, random autoencoder, which "
-                        "only the trainer's very codec matches; set autoencoder.pretrained to a trained codec")
-        codec = LatentCodec.build(cfg.model.autoencoder).to(device)
-    if cfg.model.text_encoder.trainable:
-        return codec, None
-    if text_encoder is None:
-        text_encoder = build_text_encoder(cfg.model.text_encoder).to(device)
-    return codec, text_encoder
+    frozen = not cfg.model.text_encoder.trainable
+    if codec is None or (frozen and text_encoder is None):
+        # the trainer's own construction and seeding, so a fresh codec matches the trainer's
+        from cxrgen.train.trainer import build_model_parts
+
+        if codec is None and cfg.model.autoencoder.pretrained is None:
+            log.warning("autoencoder.pretrained is not set: caching latents of an untrained autoencoder "
+                        "(smoke tests only); set it to a trained codec folder")
+        parts = build_model_parts(cfg)
+        device = resolve_device(cfg.cache.device)
+        codec = parts.autoencoder.to(device) if codec is None else codec
+        text_encoder = parts.text_encoder.to(device) if text_encoder is None else text_encoder
+    return codec, text_encoder if frozen else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,8 +142,10 @@ def _pad_text(context: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[t
 
 def _stored(tensor: torch.Tensor, dtype: str, what: str) -> torch.Tensor:
     """``tensor`` on the CPU in the storage dtype; values the dtype cannot hold are an error."""
+    if not torch.isfinite(tensor).all():
+        raise DataError(f"{what} has NaN or infinite values: check the autoencoder / text encoder weights")
     out = tensor.detach().to("cpu", DTYPES[dtype])
-    if out.is_floating_point() and not torch.isfinite(out).all():
+    if not torch.isfinite(out).all():
         raise DataError(f"{what} overflows cache.dtype={dtype}: rebuild with --set cache.dtype=float32")
     return out
 
@@ -220,9 +204,12 @@ def build_cache(
     target = out_dir if out_dir is not None else cfg.cache_dir
     if target is None:
         raise ConfigError("no cache folder: set cache_dir in the training config or pass --out DIR")
+    if not cfg.manifests:
+        raise ConfigError("no manifests to cache: set manifests in the training config (from `cxrgen prepare`)")
     cache_dir = Path(target)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    paths, prompts = manifest_rows(cfg)
+    rows = ManifestImageDataset(cfg.manifests, cfg.split, cfg.image)  # the trainer's rows, in its order
+    paths, prompts = rows.paths, rows.prompts
     codec, text = load_cache_parts(cfg, codec, text_encoder)
     expected = {"format": CACHE_FORMAT, "version": CACHE_VERSION, **_layout(cfg, codec, text, len(paths)),
                 "fingerprint": cache_fingerprint(cfg, codec, text), "prompts": prompts, "image_paths": paths}
@@ -242,7 +229,7 @@ def build_cache(
         if text is not None:
             _encode_null(text, cache_dir, cfg.cache.dtype)
         index = {**expected, "info": _info(codec, text), "shards": done, "complete": False}
-        _write_shards(cfg, codec, text, paths, prompts, bounds, {s["file"]: s for s in done}, index, cache_dir)
+        _write_shards(cfg, codec, text, rows, bounds, {s["file"]: s for s in done}, index, cache_dir)
     finally:
         codec.train(was_training)
     index["complete"] = True
@@ -257,26 +244,26 @@ def _info(codec: LatentCodec, text: TextEncoder | None) -> dict[str, Any]:
             "text_encoder_config": None if text is None else to_dict(text.config)}
 
 
-def _write_shards(cfg: TrainConfig, codec: LatentCodec, text: TextEncoder | None, paths: list[str],
-                  prompts: list[str], bounds: list[tuple[int, int]], records: dict[str, dict],
-                  index: dict[str, Any], cache_dir: Path) -> None:
+def _write_shards(cfg: TrainConfig, codec: LatentCodec, text: TextEncoder | None, rows: ManifestImageDataset,
+                  bounds: list[tuple[int, int]], records: dict[str, dict], index: dict[str, Any],
+                  cache_dir: Path) -> None:
     """Encode every shard not in ``records`` (batches never cross a shard), writing the index after each."""
     pending = [(k, start, stop) for k, (start, stop) in enumerate(bounds) if shard_name(k) not in records]
     step = cfg.cache.batch_size
     batches = [list(range(i, min(i + step, stop))) for _, start, stop in pending for i in range(start, stop, step)]
-    loader = DataLoader(ImageFiles(paths, cfg.image), batch_sampler=batches, num_workers=cfg.cache.num_workers)
+    loader = DataLoader(rows, batch_sampler=batches, num_workers=cfg.cache.num_workers)
     device = next(codec.parameters()).device
-    batch_iter = iter(zip(batches, loader))
+    batch_iter = iter(loader)
     bar = tqdm(total=sum(stop - start for _, start, stop in pending), desc="cache", unit="img",
                disable=not cfg.progress)
     for k, start, stop in pending:
         parts: list[dict[str, torch.Tensor]] = []
         while sum(len(p["latent_mean"]) for p in parts) < stop - start:
-            rows, images = next(batch_iter)
-            encoded = _encode_batch(codec, text, images.to(device), [prompts[i] for i in rows])
+            batch = next(batch_iter)
+            encoded = _encode_batch(codec, text, batch["image"].to(device), list(batch["prompt"]))
             parts.append({key: _stored(v, cfg.cache.dtype, key) if v.is_floating_point() else v.cpu()
                           for key, v in encoded.items()})
-            bar.update(len(rows))
+            bar.update(len(batch["prompt"]))
         tensors = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}  # (n, ...)
         size = write_tensors(tensors, cache_dir / shard_name(k), {"start": str(start), "stop": str(stop)})
         records[shard_name(k)] = {"file": shard_name(k), "start": start, "rows": stop - start, "bytes": size}

@@ -91,13 +91,15 @@ def fingerprint_mismatches(cached: dict[str, Any], current: dict[str, Any], text
     """Human-readable differences between a cache's fingerprint and the current one (empty: they match).
 
     A cache with text embeddings still serves a trainable text encoder (its latents are used, its
-    embeddings ignored); a frozen one needs embeddings made by the same encoder.
+    embeddings ignored); a frozen one needs embeddings made by the same encoder. A config naming no
+    manifests (training from a copied cache alone) skips the manifest comparison.
     """
     problems = []
     for key in ("autoencoder", "image", "split"):
         if cached.get(key) != current.get(key):
             problems.append(f"{key}: {_describe(cached.get(key), current.get(key))}")
-    problems.extend(_manifest_changes(cached.get("manifests") or [], current.get("manifests") or []))
+    if current.get("manifests"):  # a config without manifests trains on the cache's own rows
+        problems.extend(_manifest_changes(cached.get("manifests") or [], current["manifests"]))
     if text_frozen:
         if cached.get("text_encoder") is None:
             problems.append("text_encoder: the cache holds no text embeddings but the text encoder is frozen")

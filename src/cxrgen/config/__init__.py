@@ -6,6 +6,7 @@ a literal in the code that uses it. One module per area; everything is importabl
 
 from cxrgen.config.base import apply_overrides, from_dict, load_config, save_config, to_dict
 from cxrgen.config.data import DataConfig, ImageConfig, PromptConfig, SplitConfig
+from cxrgen.config.evaluation import UNCERTAIN_POLICIES, EvaluatorConfig, EvaluatorTrainConfig
 from cxrgen.config.models import (
     PREDICTION_TYPES,
     AutoencoderConfig,
@@ -32,6 +33,8 @@ __all__ = [
     "CacheConfig",
     "DataConfig",
     "DenoiserConfig",
+    "EvaluatorConfig",
+    "EvaluatorTrainConfig",
     "ImageConfig",
     "ModelConfig",
     "PhantomConfig",
@@ -41,6 +44,7 @@ __all__ = [
     "SplitConfig",
     "TextEncoderConfig",
     "TrainConfig",
+    "UNCERTAIN_POLICIES",
     "apply_overrides",
     "from_dict",
     "load_config",

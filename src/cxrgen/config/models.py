@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from cxrgen.errors import ConfigError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers' names for the target
+AUTOENCODER_KINDS = ("kl", "identity")  # AutoencoderKL latents, or pixels (cxrgen.autoencoder.IdentityCodec)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class AutoencoderConfig:
     scale and shift are measured on data with ``cxrgen.autoencoder.measure_scale``.
     """
 
+    kind: str = "kl"  # kl: an AutoencoderKL | identity: no codec, the denoiser works on pixels (f = 1)
     pretrained: str | None = None  # hub id or local dir to start from; None: build a fresh one
     subfolder: str | None = None  # e.g. "vae" inside a Stable Diffusion repository
     vae_channels: int = 1  # image channels of the AutoencoderKL: 1 (own CXR codec) or 3 (RGB, e.g. SD)
@@ -70,6 +72,8 @@ class AutoencoderConfig:
     shift: float | None = None  # None: the AutoencoderKL config's shift_factor (0 when it has none)
 
     def __post_init__(self) -> None:
+        if self.kind not in AUTOENCODER_KINDS:
+            raise ConfigError(f"autoencoder.kind={self.kind!r}: use one of {list(AUTOENCODER_KINDS)}")
         if self.vae_channels not in (1, 3):
             raise ConfigError(f"autoencoder.vae_channels={self.vae_channels}: use 1 (grayscale) or 3 (RGB)")
         if not self.block_out_channels or min(self.block_out_channels) <= 0:
@@ -81,6 +85,16 @@ class AutoencoderConfig:
             )
         if self.scale is not None and self.scale <= 0:
             raise ConfigError(f"autoencoder.scale={self.scale}: give a positive factor (1 / latent std)")
+
+    @property
+    def downsample_factor(self) -> int:
+        """Spatial factor f between image and latent: 1 in pixel space, else one 2x per level but the last."""
+        return 1 if self.kind == "identity" else 2 ** (len(self.block_out_channels) - 1)
+
+    @property
+    def channels(self) -> int:
+        """Channels C of what the denoiser sees: the image channels in pixel space, else latent_channels."""
+        return 1 if self.kind == "identity" else self.latent_channels
 
 
 @dataclass(frozen=True)

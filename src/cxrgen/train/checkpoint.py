@@ -158,3 +158,8 @@ def prune(root: Path, keep: int) -> list[Path]:
     for path in old:
         shutil.rmtree(path, ignore_errors=True)
     return old
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file written by :func:`write_json`."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -44,6 +44,7 @@ class TrainingRun:
     step: int = 0
     consumed: int = 0  # samples taken from the global stream (all ranks)
     global_batch: int = 0
+    dataset_size: int = 1
     last_checkpoint: Path | None = None
     history: list[dict] = field(default_factory=list)
 

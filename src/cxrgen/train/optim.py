@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import torch
-from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+from diffusers.optimization import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+)
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 

@@ -1,0 +1,246 @@
+"""Batch generation to files: PNG or DICOM with their metadata, resumable and sharded over processes.
+
+Image k of prompt p has the global index g = p * n_per_prompt + k, the file ``{p:05d}_{k:03d}.png``
+and the seed ``seed + g`` (its own torch.Generator), so a file never depends on batching, sharding
+or resuming. Work is cut into fixed batches (consecutive images of one prompt); process i of P takes
+the batches with index % P == i, so a sharded run forms the same batches as a single process and
+writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+import cxrgen
+from cxrgen.config import SamplingConfig
+from cxrgen.data.images import save_png
+from cxrgen.dicom import read_synthetic_metadata, write_dicom
+from cxrgen.errors import ConfigError, MissingColumnsError
+from cxrgen.pipeline import CXRPipeline, check_prompts
+
+log = logging.getLogger(__name__)
+
+#: The packaged default model (shipped by a later release); until then ``--model DIR`` is needed.
+DEFAULT_MODEL = Path(cxrgen.__file__).parent / "models" / "default"
+DEFAULT_BATCH_SIZE = 4
+#: Output format -> file suffix.
+FORMATS = {"png": ".png", "dicom": ".dcm"}
+PROMPT_COLUMN = "prompt"
+#: Metadata that must agree for an existing file to count as done when resuming.
+RESUME_KEYS = ("prompt", "seed", "sampler", "steps", "guidance", "negative_prompt", "model")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Images ``ks`` of prompt ``prompt_index``, sampled together."""
+
+    prompt_index: int
+    ks: tuple[int, ...]
+
+
+def resolve_model(model: str | Path | None) -> str:
+    """The model to load: ``model``, else the packaged default (an error saying to pass --model if absent)."""
+    if model is not None:
+        return str(model)
+    if not (DEFAULT_MODEL / "model_index.json").is_file():
+        raise ConfigError(f"no default model is packaged at {DEFAULT_MODEL} yet: pass --model DIR (a model "
+                          "directory written by `cxrgen train` or CXRPipeline.save_pretrained)")
+    return str(DEFAULT_MODEL)
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """The ``prompt`` column of a CSV file, one prompt per row (empty rows are errors later)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompts file {path} does not exist: give a CSV with a '{PROMPT_COLUMN}' column")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if PROMPT_COLUMN not in table.columns:
+        raise MissingColumnsError(f"{path} has no '{PROMPT_COLUMN}' column (columns: {list(table.columns)}); "
+                                  f"put one report text per row under a '{PROMPT_COLUMN}' header")
+    return table[PROMPT_COLUMN].tolist()
+
+
+def check_writable(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` and prove a file can be written there (ConfigError otherwise)."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write to output directory {out_dir} ({type(exc).__name__}: {exc}); "
+                          "give a writable --out directory") from exc
+    return out_dir
+
+
+def output_name(prompt_index: int, k: int, fmt: str) -> str:
+    """File name of image ``k`` of prompt ``prompt_index``."""
+    return f"{prompt_index:05d}_{k:03d}{FORMATS[fmt]}"
+
+
+def plan_batches(n_prompts: int, n_per_prompt: int, batch_size: int) -> list[Batch]:
+    """All batches of a run in order: consecutive images of one prompt, at most ``batch_size`` each."""
+    return [Batch(p, tuple(range(start, min(start + batch_size, n_per_prompt))))
+            for p in range(n_prompts) for start in range(0, n_per_prompt, batch_size)]
+
+
+def image_metadata(prompt: str, seed: int, settings: SamplingConfig, model_name: str) -> dict[str, str]:
+    """What is recorded in each file: prompt, seed, sampler, steps, guidance, model, synthetic: true."""
+    return {"prompt": prompt, "seed": str(seed), "sampler": settings.sampler, "steps": str(settings.steps),
+            "guidance": str(settings.guidance_scale), "negative_prompt": settings.negative_prompt or "",
+            "model": model_name, "synthetic": "true", "software": f"cxrgen {cxrgen.__version__}"}
+
+
+def _read_metadata(path: Path, fmt: str) -> dict[str, Any]:
+    if fmt == "dicom":
+        return read_synthetic_metadata(path)
+    with Image.open(path) as im:
+        return dict(im.text)
+
+
+def _check_existing(path: Path, fmt: str, expected: dict[str, str]) -> None:
+    """An existing output must record the same settings, else resuming would mix two runs."""
+    found = _read_metadata(path, fmt)
+    differ = [k for k in RESUME_KEYS if str(found.get(k, "")) != expected[k]]
+    if differ:
+        raise ConfigError(f"{path} exists but was made with other {differ} "
+                          f"({ {k: found.get(k) for k in differ} }): use a new --out directory or delete it")
+
+
+def _write(image: torch.Tensor, path: Path, fmt: str, pipe: CXRPipeline, meta: dict[str, str]) -> None:
+    """Write one image atomically (temp file + rename), so a killed run leaves no half file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if fmt == "dicom":
+        write_dicom(image, tmp, pipe.image_config, meta)
+    else:
+        save_png(image, tmp, pipe.image_config, text=meta)
+    os.replace(tmp, path)
+
+
+def _process_state():
+    """accelerate's per-process state (rank, world size, device); CPU processes join as gloo without CUDA."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _shard(process_index: int | None, num_processes: int | None) -> tuple[int, int]:
+    if process_index is None or num_processes is None:
+        state = _process_state()
+        process_index = state.process_index if process_index is None else process_index
+        num_processes = state.num_processes if num_processes is None else num_processes
+    if not 0 <= process_index < num_processes:
+        raise ConfigError(f"process_index={process_index} must be in [0, num_processes={num_processes})")
+    return process_index, num_processes
+
+
+def generate_images(
+    pipe: CXRPipeline,
+    prompts: list[str],
+    out_dir: str | Path,
+    n_per_prompt: int | None = None,
+    sampling: SamplingConfig | None = None,
+    seed: int | None = None,
+    fmt: str = "png",
+    model_name: str = "cxrgen",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    process_index: int | None = None,
+    num_processes: int | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Sample ``n_per_prompt`` images per prompt into ``out_dir``; returns this process's files.
+
+    Unset ``n_per_prompt``/``sampling``/``seed`` come from ``pipe.sampling``; files that exist (with the
+    same recorded settings) are skipped; ``process_index``/``num_processes`` default to accelerate's.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"format {fmt!r}: use one of {list(FORMATS)}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size}: give a positive number")
+    settings = sampling or pipe.sampling
+    n_per_prompt = settings.num_images_per_prompt if n_per_prompt is None else n_per_prompt
+    seed = settings.seed if seed is None else seed
+    settings = dataclasses.replace(settings, num_images_per_prompt=n_per_prompt, seed=seed)  # checks n >= 1
+    prompts = check_prompts(prompts)
+    out_dir = check_writable(out_dir)  # before any sampling
+    rank, world = _shard(process_index, num_processes)
+    mine = [b for i, b in enumerate(plan_batches(len(prompts), n_per_prompt, batch_size)) if i % world == rank]
+
+    todo: list[tuple[Batch, list[Path], list[dict[str, str]]]] = []
+    paths: list[Path] = []
+    for batch in mine:
+        batch_paths = [out_dir / output_name(batch.prompt_index, k, fmt) for k in batch.ks]
+        metas = [image_metadata(prompts[batch.prompt_index], seed + batch.prompt_index * n_per_prompt + k,
+                                settings, model_name) for k in batch.ks]  # seed + global image index
+        for path, meta in zip(batch_paths, metas):
+            if path.exists():
+                _check_existing(path, fmt, meta)
+        paths += batch_paths
+        if not all(p.exists() for p in batch_paths):
+            todo.append((batch, batch_paths, metas))
+    n_todo = sum(len(b.ks) for b, _, _ in todo)
+    log.info("process %d/%d: %d images to sample, %d already in %s", rank, world, n_todo, len(paths) - n_todo,
+             out_dir)
+
+    with tqdm(total=n_todo, desc="generating", unit="img", disable=not progress) as bar:
+        for batch, batch_paths, metas in todo:
+            _sample_batch(pipe, prompts[batch.prompt_index], settings, batch_paths, metas, fmt)
+            bar.update(len(batch.ks))
+    return paths
+
+
+def _sample_batch(pipe: CXRPipeline, prompt: str, settings: SamplingConfig, paths: list[Path],
+                  metas: list[dict[str, str]], fmt: str) -> None:
+    """Sample one batch of a prompt, each image from its own seed, and write the missing files."""
+    generators = [torch.Generator().manual_seed(int(m["seed"])) for m in metas]
+    batch_settings = dataclasses.replace(settings, num_images_per_prompt=len(paths))
+    out = pipe.sample([prompt], batch_settings, generators, progress=False)
+    for image, path, meta in zip(out.images, paths, metas):
+        if not path.exists():  # a batch cut short by a kill is re-sampled whole: same bytes
+            _write(image, path, fmt, pipe, meta)
+
+
+def run_generate(
+    prompt: str | None,
+    out: str | Path,
+    model: str | None = None,
+    prompts_file: str | Path | None = None,
+    n: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    sampler: str | None = None,
+    seed: int | None = None,
+    negative_prompt: str | None = None,
+    fmt: str = "png",
+    batch_size: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> list[Path]:
+    """``cxrgen generate``: load the model, apply the given settings over its defaults, write the files."""
+    if (prompt is None) == (prompts_file is None):
+        raise ConfigError("give either one report text or --prompts FILE.csv (not both)")
+    prompts = [prompt] if prompts_file is None else read_prompts(prompts_file)
+    check_prompts(prompts)
+    check_writable(out)  # before loading anything big
+    location = resolve_model(model)
+    pipe = CXRPipeline.from_pretrained(location)
+    if device == "auto":
+        device = str(_process_state().device)
+    pipe.to(device)
+    given = {"steps": steps, "guidance_scale": guidance, "sampler": sampler, "negative_prompt": negative_prompt}
+    sampling = dataclasses.replace(pipe.sampling, **{k: v for k, v in given.items() if v is not None})
+    local = Path(location)
+    model_name = str(local.resolve()) if local.is_dir() else location
+    return generate_images(pipe, prompts, out, n_per_prompt=n, sampling=sampling, seed=seed, fmt=fmt,
+                           model_name=model_name, batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=progress)
