@@ -44,3 +44,28 @@ def shared_data() -> Path:
 def iu_archive(shared_data: Path) -> Path:
     """The IU X-ray report archive (text only)."""
     return shared_data / "iu-xray-reports" / "NLMCXR_reports.tgz"
+
+
+@pytest.fixture(scope="session")
+def covid_run(shared_data: Path, tmp_path_factory) -> dict:
+    """The engine through the CLI on the shared covid set: prepare -> cache -> train a tiny model 200 steps.
+
+    Shared by the engine and evaluation tests (trained once per session, about 15 s).
+    """
+    import yaml
+    from train_helpers import covid_tiny_config
+
+    from cxrgen.cli import main
+
+    root = tmp_path_factory.mktemp("covid_run")
+    manifest = root / "covid" / "manifest.parquet"
+    assert main(["prepare", "covid", str(shared_data / "covid-cxr-256"), "--out", str(manifest.parent),
+                 "--set", "views=[PA, AP, AP SUPINE]"]) == 0
+    steps = 200
+    config = covid_tiny_config(root, manifest, steps, cache_dir=str(root / "cache"), checkpoint_every=steps // 2)
+    config_path = root / "train.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    assert main(["cache", str(config_path)]) == 0
+    assert main(["train", str(config_path)]) == 0
+    return {"root": root, "config": config_path, "out": root / "run", "model": root / "run" / "model",
+            "manifest": manifest, "steps": steps}

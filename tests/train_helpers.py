@@ -70,3 +70,23 @@ def write_config(root: Path, name: str = "train.yaml", **fields: Any) -> Path:
     path = root / name
     path.write_text(yaml.safe_dump(tiny_config_dict(root, **fields)))
     return path
+
+
+def covid_tiny_config(root: Path, manifest: Path, steps: int, **fields: Any) -> dict[str, Any]:
+    """A tiny model (fresh f=4 codec, frozen real MiniLM, U-ViT tiny) on a prepared covid manifest, 32 px."""
+    data: dict[str, Any] = {
+        "model": {
+            "image_size": IMAGE_SIZE,
+            "text_encoder": {"backend": "minilm", "max_length": 32},
+            "autoencoder": {"block_out_channels": [8, 16, 16], "norm_num_groups": 4, "layers_per_block": 1,
+                            "mid_block_add_attention": False},
+            "denoiser": {"name": "uvit-tiny", "in_channels": 4, "sample_size": 8, "context_dim": 384,
+                         "context_len": 32},
+        },
+        "manifests": [str(manifest)],
+        "image": {"size": IMAGE_SIZE},
+        "steps": steps, "batch_size": 8, "lr": 1e-3, "checkpoint_every": steps, "keep_checkpoints": 2,
+        "log_every": 20, "progress": False, "out_dir": str(root / "run"), "ema_decay": 0.99,
+    }
+    data.update(fields)
+    return data

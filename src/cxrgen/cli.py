@@ -250,6 +250,48 @@ def _cmd_train_evaluator(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- evaluate ---------------------------------------------------------------------------------
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="generate K images per prompt, then FID/KID, MS-SSIM, AUROC, memorization")
+    p.add_argument("--model", help="model directory or hub id (default: the packaged model)")
+    p.add_argument("--prompts", required=True, help="CSV with a 'prompt' column (optional image_path, label columns)")
+    p.add_argument("--real", required=True, help="manifest of the real reference images")
+    p.add_argument("--out", required=True, help="output folder: generated/ (reused), report.md, grids, plots")
+    p.add_argument("--json", dest="json_out", help="metrics JSON path (default: OUT/metrics.json)")
+    p.add_argument("--extractor", dest="extractors", action="append", metavar="NAME",
+                   help="FID feature space, repeatable: cxrgen-evaluator (default), xrv-densenet, clip-image")
+    p.add_argument("--extractor-weights", action="append", default=[], metavar="NAME=WEIGHTS",
+                   help="weights of an extractor other than cxrgen-evaluator, e.g. xrv-densenet=densenet121-res224-all")
+    p.add_argument("--evaluator", help="cxrgen-evaluator folder (default: the shipped one)")
+    p.add_argument("--train-manifest", help="the model's training manifest, for memorization")
+    p.add_argument("--n-per-prompt", type=int, default=4, help="images per prompt (RoentGen: 4)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's sampling.yaml)")
+    p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale w (1 = none)")
+    p.add_argument("--seed", type=int, help="seed of the first image; image g gets seed + g")
+    p.add_argument("--batch-size", type=int, default=4, help="images sampled together (throughput is at this size)")
+    p.add_argument("--max-real", type=int, help="random subset of the real reference rows")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from cxrgen.config import EvalConfig
+    from cxrgen.evaluate.run import RESULT_KEYS, run_evaluation
+
+    cfg = EvalConfig(model=args.model, prompts=args.prompts, real_manifest=args.real, out_dir=args.out,
+                     json_path=args.json_out, extractors=tuple(args.extractors or ("cxrgen-evaluator",)),
+                     extractor_weights=tuple(args.extractor_weights), evaluator=args.evaluator,
+                     train_manifest=args.train_manifest, n_per_prompt=args.n_per_prompt, steps=args.steps,
+                     sampler=args.sampler, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
+                     max_real=args.max_real, device=args.device, progress=not args.no_progress)
+    result = run_evaluation(cfg)
+    print(json.dumps({k: result[k] for k in RESULT_KEYS if k != "compute"}, indent=2))
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 # --- main -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
@@ -266,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_generate(sub)
     _add_control(sub)
+    _add_evaluate(sub)
     return parser
 
 

@@ -91,3 +91,51 @@ class EvaluatorTrainConfig:
             raise ConfigError(f"max_rotation_deg={self.max_rotation_deg}: give a small angle in [0, 45]")
         if not 0.0 <= self.intensity_jitter < 0.5 or self.gamma_jitter < 0:
             raise ConfigError("intensity_jitter must be in [0, 0.5) and gamma_jitter >= 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One ``cxrgen evaluate`` run: model, prompts, real reference set, metric settings, outputs."""
+
+    model: str | None = None  # model directory or hub id; None: the packaged default model
+    prompts: str = ""  # CSV (or parquet) with a 'prompt' column; optional image_path and label columns
+    real_manifest: str = ""  # manifest of the real reference images (FID, held-out rows for memorization)
+    out_dir: str = "runs/evaluate"  # generated/ images, report.md, plots, grids
+    json_path: str | None = None  # where the metrics JSON goes; None: out_dir/metrics.json
+    extractors: tuple[str, ...] = ("cxrgen-evaluator",)  # FID / KID feature spaces
+    extractor_weights: tuple[str, ...] = ()  # NAME=WEIGHTS for extractors other than cxrgen-evaluator
+    evaluator: str | None = None  # cxrgen-evaluator folder; None: the one shipped in cxrgen/models/evaluator
+    train_manifest: str | None = None  # the model's training rows (memorization); None: real manifest's train rows
+    image_root: str | None = None  # relative image paths join this; None: the table's own folder
+    n_per_prompt: int = 4  # images per prompt (RoentGen's MS-SSIM protocol)
+    steps: int | None = None  # None: the model's sampling.yaml
+    sampler: str | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    batch_size: int = 4  # images of one prompt sampled together (throughput is measured at this size)
+    eval_batch_size: int = 64  # images per feature-extractor batch
+    max_real: int | None = None  # seeded random subset of the real reference rows; None: all
+    heldout_splits: tuple[str, ...] = ("test", "validate")  # real rows that calibrate the copy threshold
+    train_split: str = "train"
+    copy_quantile: float = 0.99  # held-out-vs-train similarity quantile above which a sample is a copy
+    top_pairs: int = 8  # nearest (generated, training) pairs saved as a grid
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000  # clipped to the smaller set (with a warning)
+    grid_prompts: int = 8  # prompts shown in the report's sample grid
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_per_prompt < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError("n_per_prompt, batch_size and eval_batch_size must be >= 1")
+        if not self.extractors:
+            raise ConfigError("extractors is empty: name at least one, e.g. cxrgen-evaluator")
+        if not 0.0 < self.copy_quantile < 1.0:
+            raise ConfigError(f"copy_quantile={self.copy_quantile}: give a value strictly between 0 and 1")
+        if min(self.top_pairs, self.kid_subsets, self.kid_subset_size, self.grid_prompts) < 1:
+            raise ConfigError("top_pairs, kid_subsets, kid_subset_size and grid_prompts must be >= 1")
+        if self.max_real is not None and self.max_real < 2:
+            raise ConfigError(f"max_real={self.max_real}: give at least 2 (or null for all rows)")
+        for item in self.extractor_weights:
+            if "=" not in item:
+                raise ConfigError(f"extractor weights {item!r}: write them as NAME=WEIGHTS")
