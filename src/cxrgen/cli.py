@@ -23,6 +23,22 @@ def _write_json(obj: dict, path: str | None) -> None:
     print(f"wrote {out}")
 
 
+def _add_overrides(p: argparse.ArgumentParser, example: str) -> None:
+    """The ``--set KEY=VALUE`` option every config-driven sub-command has."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config field, e.g. --set {example}")
+
+
+def _config_command(sub: argparse._SubParsersAction, name: str, help: str, config_help: str, example: str,
+                    out_help: str = "output folder (default: the config's out_dir)") -> argparse.ArgumentParser:
+    """A sub-command that runs one YAML config: ``NAME CONFIG [--set KEY=VALUE] [--out DIR]``."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("config", help=config_help)
+    _add_overrides(p, example)
+    p.add_argument("--out", help=out_help)
+    return p
+
+
 # --- prepare ----------------------------------------------------------------------------------
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="read a collection into a manifest (parquet or CSV)")
@@ -30,8 +46,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="root folder (or file) of the collection")
     p.add_argument("--out", required=True, help="output folder for manifest, summary and config")
     p.add_argument("--config", help="YAML DataConfig (prompt, image, split)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set prompt.section=findings")
+    _add_overrides(p, "prompt.section=findings")
     p.add_argument("--column", dest="columns", action="append", default=[], metavar="FIELD=COLUMN",
                    help="generic CSV only: which CSV column holds a manifest field, e.g. image_path=file")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
@@ -86,8 +101,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameters of each part and denoiser GFLOPs per forward")
     p.add_argument("model", help="a model YAML config (e.g. src/cxrgen/configs/uvit-s2-256.yaml) or a model folder")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set denoiser.name=uvit-m")
+    _add_overrides(p, "denoiser.name=uvit-m")
     p.add_argument("--json", dest="json_out", help="write the JSON here instead of printing it")
     p.set_defaults(func=_cmd_info)
 
@@ -101,11 +115,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 # --- train-autoencoder ------------------------------------------------------------------------
 def _add_train_autoencoder(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-autoencoder", help="train the 1-channel CXR latent autoencoder")
-    p.add_argument("config", help="YAML AutoencoderTrainConfig (e.g. src/cxrgen/configs/autoencoder-tiny.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set steps=1000")
-    p.add_argument("--out", help="output folder (default: the config's out_dir)")
+    p = _config_command(sub, "train-autoencoder", "train the 1-channel CXR latent autoencoder",
+                        "YAML AutoencoderTrainConfig (e.g. src/cxrgen/configs/autoencoder-tiny.yaml)", "steps=1000")
     p.set_defaults(func=_cmd_train_autoencoder)
 
 
@@ -137,11 +148,9 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 # --- cache ------------------------------------------------------------------------------------
 def _add_cache(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cache", help="precompute latents (+ frozen text embeddings) of a training config's rows")
-    p.add_argument("config", help="YAML TrainConfig (manifests, split, image, model; cache.* for storage)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set cache.dtype=float16")
-    p.add_argument("--out", help="cache folder (default: the config's cache_dir)")
+    p = _config_command(sub, "cache", "precompute latents (+ frozen text embeddings) of a training config's rows",
+                        "YAML TrainConfig (manifests, split, image, model; cache.* for storage)",
+                        "cache.dtype=float16", out_help="cache folder (default: the config's cache_dir)")
     p.set_defaults(func=_cmd_cache)
 
 
@@ -156,12 +165,9 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 # --- train ------------------------------------------------------------------------------------
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train the diffusion model (accelerate: `accelerate launch -m cxrgen.cli train`)")
-    p.add_argument("config", help="YAML TrainConfig (e.g. src/cxrgen/configs/train-tiny.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set steps=2000")
+    p = _config_command(sub, "train", "train the diffusion model (accelerate: `accelerate launch -m cxrgen.cli train`)",
+                        "YAML TrainConfig (e.g. src/cxrgen/configs/train-tiny.yaml)", "steps=2000")
     p.add_argument("--resume", help="'latest' (newest checkpoint under the output folder) or a checkpoint folder")
-    p.add_argument("--out", help="output folder (default: the config's out_dir)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -234,11 +240,8 @@ def _cmd_control(args: argparse.Namespace) -> int:
 
 # --- train-evaluator --------------------------------------------------------------------------
 def _add_train_evaluator(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-evaluator", help="train the cxrgen-evaluator CXR classifier (FID_cxr, AUROC)")
-    p.add_argument("config", help="YAML EvaluatorTrainConfig (e.g. src/cxrgen/configs/evaluator-small.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set epochs=5")
-    p.add_argument("--out", help="output folder (default: the config's out_dir)")
+    p = _config_command(sub, "train-evaluator", "train the cxrgen-evaluator CXR classifier (FID_cxr, AUROC)",
+                        "YAML EvaluatorTrainConfig (e.g. src/cxrgen/configs/evaluator-small.yaml)", "epochs=5")
     p.set_defaults(func=_cmd_train_evaluator)
 
 
