@@ -212,7 +212,7 @@ def test_cxrgen_evaluator_extractor_from_a_folder(evaluator, tmp_path):
         extract_features(extractor, [], progress=False)
 
 
-def test_inception_v3_says_why_it_is_unavailable():
+def test_inception_v3_without_weights_says_where_to_get_them():
     with pytest.raises(ExtractorUnavailableError, match="torchvision") as info:
         build_extractor("inception-v3", "pt_inception-2015-12-05-6726825d.pth")
     assert "pytorch-fid" in str(info.value) and "cxrgen-evaluator" in str(info.value)

@@ -8,7 +8,8 @@ them to what its network expects (range, size, channels) and returns features (B
   local safetensors file; pooled penultimate features as RoentGen's FID_XRV.
 - ``clip-image``: an open_clip image tower (extra ``[biomedclip]``): ``hf-hub:<id>``, ``local-dir:<dir>``
   or a folder with ``open_clip_config.json``; unnormalised image embeddings.
-- ``inception-v3``: not built in (see ``InceptionV3Unavailable``); the error says what to use instead.
+- ``inception-v3``: the FID Inception network (``cxrgen.evaluate.inception``, plain torch), 2048-d pool3
+  features as pytorch-fid; weights by path: pytorch-fid's or torch-fidelity's .pth, or .safetensors.
 
 Optional packages are imported only when their extractor is built.
 """
@@ -29,6 +30,14 @@ from tqdm.auto import tqdm
 
 from cxrgen.errors import ConfigError
 from cxrgen.evaluate.evaluator import EVALUATOR_NAME, CXREvaluator, as_evaluator_input
+from cxrgen.evaluate.inception import (
+    FID_FEATURE_DIM,
+    FID_INPUT_SIZE,
+    FIDInceptionV3,
+    fid_inception_input,
+    inception_weights_help,
+    load_fid_inception,
+)
 
 log = logging.getLogger(__name__)
 
@@ -219,27 +228,30 @@ def clip_source(weights: str | Path | None) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# InceptionV3: not built in
+# FID InceptionV3
 # --------------------------------------------------------------------------------------------
-class InceptionV3Unavailable(FeatureExtractor):
-    """Placeholder for the FID InceptionV3 (pool3, 2048-d): building it always raises, saying why."""
+class InceptionV3Extractor(FeatureExtractor):
+    """The FID Inception network (TF graph 2015-12-05, as pytorch-fid): pool3 features (B, 2048)."""
 
     name = "inception-v3"
+    feature_dim = FID_FEATURE_DIM
+
+    def __init__(self, model: FIDInceptionV3, image_size: int = FID_INPUT_SIZE) -> None:
+        self.model = model.eval()
+        self.image_size = image_size  # 299 for FID; smaller (>= 75) only to test quickly
 
     @classmethod
-    def load(cls, weights: str | Path | None = None, device: str = "cpu") -> InceptionV3Unavailable:
-        """Always raises ExtractorUnavailableError with what to use instead."""
-        raise ExtractorUnavailableError(
-            "feature extractor 'inception-v3' is not available in cxrgen: the FID InceptionV3 of pytorch-fid "
-            "and torch-fidelity is built on torchvision, which cxrgen's core does not install, and its weights "
-            "(pt_inception-2015-12-05-6726825d.pth) are a pickle, which cxrgen never loads. For the classic "
-            "Inception FID, install torch-fidelity or pytorch-fid (both bring torchvision: "
-            "`pip install pytorch-fid`) and run it on the saved PNGs; inside cxrgen use 'cxrgen-evaluator' "
-            "(FID_cxr), 'xrv-densenet' or 'clip-image'."
-        )
+    def load(cls, weights: str | Path | None, device: str = "cpu") -> InceptionV3Extractor:
+        """From a local pytorch-fid / torch-fidelity .pth state dict or a .safetensors file; never downloads."""
+        if weights is None or not Path(weights).is_file():
+            raise ExtractorUnavailableError(inception_weights_help(weights))
+        return cls(load_fid_inception(weights, device=device))
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - never built
-        raise ExtractorUnavailableError("inception-v3 is not available; see InceptionV3Unavailable.load")
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) in [-1, 1] -> RGB, bilinear to 299 x 299, [-1, 1] -> pool3 features (B, 2048)."""
+        x = fid_inception_input(images.to(next(self.model.parameters()).device), self.image_size)
+        with torch.no_grad():
+            return self.model(x)
 
 
 #: Registry: name -> loader(weights, device) -> FeatureExtractor.
@@ -247,7 +259,7 @@ EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
     CXREvaluatorExtractor.name: CXREvaluatorExtractor.load,
     XRVDenseNetExtractor.name: XRVDenseNetExtractor.load,
     CLIPImageExtractor.name: CLIPImageExtractor.load,
-    InceptionV3Unavailable.name: InceptionV3Unavailable.load,
+    InceptionV3Extractor.name: InceptionV3Extractor.load,
 }
 
 

@@ -137,7 +137,7 @@ class DenseNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-def init_densenet(model: DenseNet, generator: torch.Generator) -> DenseNet:
+def init_densenet(model: nn.Module, generator: torch.Generator) -> nn.Module:
     """He-normal convs (He et al. 2015), BN to identity, zero biases; all draws from ``generator``."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
