@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED ?= ../shared/data
 OUT ?= out
-EXTRAS ?= test,minilm
+EXTRAS ?= test,minilm,demo
 
 .PHONY: install run test clean
 
