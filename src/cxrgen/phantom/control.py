@@ -109,7 +109,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float | int]:
     }
 
 
-def _measure_or_none(image: np.ndarray) -> MeasuredFindings | None:
+def measure_or_none(image: np.ndarray) -> MeasuredFindings | None:
+    """The measurer's findings, or None (logged) when the image is not a readable phantom."""
     try:
         return measure(image)
     except DataError as exc:  # e.g. a flat image with no air/abdomen contrast
@@ -158,7 +159,7 @@ def control_benchmark(pipe: Any, n_per_prompt: int = 2, sampling: SamplingConfig
     pixels = ((images[:, 0].float() - low) / (high - low)).numpy()  # (N * K, H, W) in [0, 1]
     rows, per_prompt = [], []
     for i, (prompt, truth) in enumerate(cases):
-        measured = [_measure_or_none(pixels[i * n_per_prompt + j]) for j in range(n_per_prompt)]
+        measured = [measure_or_none(pixels[i * n_per_prompt + j]) for j in range(n_per_prompt)]
         scored = [dict(score_image(m, truth, prompt), truth=truth) for m in measured]
         rows.extend(scored)
         per_prompt.append({"prompt": prompt, "truth": truth.to_row(),

@@ -1,0 +1,157 @@
+"""A small pixel-space model trained on phantoms in minutes on CPU: the end-to-end test's and README's recipe.
+
+``train_phantom_model`` composes named steps: write a phantom set (``write_phantom_set``), build a
+:func:`phantom_train_config` (identity codec, a U-ViT on 4x4 pixel patches, and either the frozen
+MiniLM text encoder, whose token features are computed once up front, or a scratch encoder trained
+jointly with a BPE tokenizer learned on the reports) and train on the images held in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from cxrgen.config import ImageConfig, PhantomConfig, TextEncoderConfig, TrainConfig, from_dict
+from cxrgen.data.images import load_image
+from cxrgen.errors import DataError
+from cxrgen.phantom.dataset import MANIFEST_NAME, write_phantom_set
+from cxrgen.text import build_text_encoder, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+DATA_DIR = "data"
+TOKENIZER_DIR = "tokenizer"
+RUN_DIR = "run"
+TEXT_BATCH = 256  # prompts encoded at a time when precomputing frozen text features
+
+
+@dataclass(frozen=True)
+class PhantomRecipe:
+    """Sizes of the small phantom model and its training run (defaults: ~2 minutes on 2 CPU cores)."""
+
+    n_images: int = 2000
+    image_size: int = 32
+    anatomy_jitter: float = 0.3  # PhantomConfig.anatomy_jitter of the training set (less nuisance variation)
+    text_backend: str = "minilm"  # minilm (frozen, real weights) | scratch (trained jointly)
+    vocab_size: int = 600
+    max_length: int = 48  # tokens per report (phantom reports are short)
+    text_width: int = 64
+    text_depth: int = 2
+    denoiser: str = "uvit-tiny"
+    hidden_size: int = 64
+    patch_size: int = 4
+    prediction_type: str = "sample"
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    ema_decay: float = 0.99
+    cfg_dropout: float = 0.1
+    sampler: str = "ddim"
+    sampling_steps: int = 20
+    guidance_scale: float = 3.0
+    seed: int = 0
+
+
+class PhantomImages(Dataset):
+    """A phantom set (``phantoms.csv`` + PNGs) in memory: item i is {"image" (1, H, W), "prompt", "index"}.
+
+    With a frozen ``text_encoder`` the items also carry its "context" (L, D) and "mask" (L,), computed
+    once here, which the trainer then uses instead of encoding every batch.
+    """
+
+    def __init__(self, table: str | Path, image_cfg: ImageConfig, text_encoder: Any | None = None) -> None:
+        table = Path(table)
+        if not table.is_file():
+            raise DataError(f"no phantom table at {table}: write one with `cxrgen phantom --out DIR`")
+        rows = pd.read_csv(table)
+        self.prompts = [str(p) for p in rows["prompt"]]
+        self.images = torch.stack([load_image(table.parent / p, image_cfg) for p in rows["image_path"]])  # (N, 1, H, W)
+        self.context: tuple[torch.Tensor, torch.Tensor] | None = None
+        if text_encoder is not None:
+            with torch.no_grad():
+                parts = [text_encoder.encode(self.prompts[i:i + TEXT_BATCH])
+                         for i in range(0, len(self.prompts), TEXT_BATCH)]
+            self.context = (torch.cat([c for c, _ in parts]), torch.cat([m for _, m in parts]))  # (N, L, D), (N, L)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {"image": self.images[index], "prompt": self.prompts[index], "index": index}
+        if self.context is not None:
+            item.update(context=self.context[0][index], mask=self.context[1][index])
+        return item
+
+
+def _text_config(recipe: PhantomRecipe, tokenizer_dir: str | Path | None) -> dict[str, Any]:
+    if recipe.text_backend == "scratch":
+        return {"backend": "scratch", "name_or_path": str(tokenizer_dir), "trainable": True,
+                "max_length": recipe.max_length, "width": recipe.text_width, "depth": recipe.text_depth,
+                "heads": 4, "seed": recipe.seed}
+    return {"backend": recipe.text_backend, "trainable": False, "max_length": recipe.max_length}
+
+
+def phantom_train_config(recipe: PhantomRecipe, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
+                         context_dim: int | None = None) -> TrainConfig:
+    """The TrainConfig of ``recipe``: pixel space (identity codec), its text encoder, a small U-ViT.
+
+    ``context_dim``: the frozen text encoder's width (None: the scratch encoder's ``text_width``).
+    """
+    return from_dict(TrainConfig, {
+        "model": {
+            "image_size": recipe.image_size,
+            "text_encoder": _text_config(recipe, tokenizer_dir),
+            "autoencoder": {"kind": "identity"},
+            "denoiser": {"name": recipe.denoiser, "in_channels": 1, "sample_size": recipe.image_size,
+                         "context_dim": context_dim or recipe.text_width, "context_len": recipe.max_length,
+                         "hidden_size": recipe.hidden_size, "patch_size": recipe.patch_size,
+                         "prediction_type": recipe.prediction_type},
+        },
+        "schedule": {"beta_schedule": "squaredcos_cap_v2"},  # cosine (Nichol & Dhariwal 2021): suits small images
+        "image": {"size": recipe.image_size},
+        "steps": recipe.steps, "batch_size": recipe.batch_size, "lr": recipe.lr,
+        "warmup_steps": recipe.warmup_steps, "lr_schedule": "cosine", "ema_decay": recipe.ema_decay,
+        "cfg_dropout": recipe.cfg_dropout, "seed": recipe.seed, "out_dir": str(out_dir),
+        "checkpoint_every": recipe.steps, "log_every": 50, "progress": False,
+        "sampling": {"sampler": recipe.sampler, "steps": recipe.sampling_steps,
+                     "guidance_scale": recipe.guidance_scale},
+    })  # fmt: skip
+
+
+def train_phantom_model(out_dir: str | Path, recipe: PhantomRecipe | None = None,
+                        wrap_dataset: Callable[[Dataset], Dataset] | None = None) -> dict[str, Any]:
+    """Phantoms -> tokenizer -> config -> trained CXRPipeline at ``out_dir/run/model``; returns train()'s summary.
+
+    ``wrap_dataset`` lets a caller transform the training items (the tests use it to simulate a bug).
+    """
+    from cxrgen.train.trainer import train
+
+    recipe = recipe or PhantomRecipe()
+    out_dir = Path(out_dir)
+    table = out_dir / DATA_DIR / MANIFEST_NAME
+    if not table.is_file():
+        look = PhantomConfig(size=recipe.image_size, anatomy_jitter=recipe.anatomy_jitter)
+        write_phantom_set(recipe.n_images, recipe.image_size, out_dir / DATA_DIR, seed=recipe.seed, cfg=look,
+                          progress=False)
+    image_cfg = ImageConfig(size=recipe.image_size)
+    if recipe.text_backend == "scratch":
+        prompts = [str(p) for p in pd.read_csv(table)["prompt"]]
+        train_tokenizer(prompts, recipe.vocab_size, out_dir / TOKENIZER_DIR)
+        cfg = phantom_train_config(recipe, out_dir / RUN_DIR, tokenizer_dir=out_dir / TOKENIZER_DIR)
+        data: Dataset = PhantomImages(table, image_cfg)
+    else:  # frozen: encode every report once
+        text = build_text_encoder(TextEncoderConfig(**_text_config(recipe, None))).eval()
+        cfg = phantom_train_config(recipe, out_dir / RUN_DIR, context_dim=text.hidden_size)
+        data = PhantomImages(table, image_cfg, text_encoder=text)
+    if wrap_dataset is not None:
+        data = wrap_dataset(data)
+    log.info("training a phantom model: %d images, %d steps -> %s", len(data), recipe.steps, cfg.out_dir)
+    return train(cfg, dataset=data)

@@ -1,0 +1,63 @@
+"""The phantom training recipe (tiny run) and the README grid figure."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxrgen.errors import DataError
+from cxrgen.phantom import PhantomFindings, render
+from cxrgen.phantom.grid import CELL, describe, phantom_grid
+from cxrgen.phantom.measure import measure
+from cxrgen.phantom.recipe import PhantomImages, PhantomRecipe, phantom_train_config, train_phantom_model
+from cxrgen.pipeline import CXRPipeline
+
+TINY = PhantomRecipe(n_images=12, text_backend="scratch", vocab_size=300, steps=2, batch_size=4,
+                     sampling_steps=2, warmup_steps=0)
+
+
+def test_tiny_recipe_trains_a_pixel_model_and_draws_the_grid(tmp_path: Path) -> None:
+    summary = train_phantom_model(tmp_path, TINY)
+    assert summary["steps"] == 2
+    data = PhantomImages(tmp_path / "data" / "phantoms.csv", dataclasses.replace(
+        phantom_train_config(TINY, tmp_path / "x", tokenizer_dir=tmp_path / "tokenizer").image))
+    item = data[0]
+    assert item["image"].shape == (1, 32, 32) and item["prompt"] and "context" not in item
+    pipe = CXRPipeline.from_pretrained(summary["model_dir"])
+    assert pipe.autoencoder.downsample_factor == 1 and pipe.denoiser.config.patch_size == TINY.patch_size
+    prompts = ["Large left pleural effusion.", "Unremarkable chest radiograph."]
+    lines = phantom_grid(pipe, prompts, tmp_path / "grid.png")
+    assert len(lines) == 2 and all(line.startswith("measured:") for line in lines)
+    with Image.open(tmp_path / "grid.png") as im:
+        assert im.size[1] == 2 * CELL
+
+
+def test_frozen_text_features_are_precomputed_per_item(tmp_path: Path) -> None:
+    from cxrgen.phantom import write_phantom_set
+
+    table = write_phantom_set(3, 32, tmp_path, progress=False)
+
+    class Encoder:  # stands in for a frozen encoder: context (B, L, D) = prompt length everywhere
+        def encode(self, prompts):
+            lengths = torch.tensor([float(len(p)) for p in prompts])
+            return lengths[:, None, None].expand(-1, 4, 2), torch.ones(len(prompts), 4, dtype=torch.bool)
+
+    data = PhantomImages(table, phantom_train_config(PhantomRecipe(), tmp_path).image, text_encoder=Encoder())
+    assert data[2]["context"].shape == (4, 2) and float(data[2]["context"][0, 0]) == len(data[2]["prompt"])
+    cfg = phantom_train_config(PhantomRecipe(), tmp_path / "run", context_dim=384)
+    assert cfg.model.text_encoder.backend == "minilm" and not cfg.model.text_encoder.trainable
+    assert cfg.model.denoiser.context_dim == 384 and cfg.model.autoencoder.kind == "identity"
+    with pytest.raises(DataError, match="cxrgen phantom"):
+        PhantomImages(tmp_path / "missing.csv", cfg.image)
+
+
+def test_describe_reads_measured_findings() -> None:
+    f = PhantomFindings(effusion_side="left", effusion_size="large")
+    line = describe(measure(render(f, 64, np.random.default_rng(0))))
+    assert "effusion left large" in line and "ptx none" in line
+    assert "not measurable" in describe(None)
