@@ -72,7 +72,51 @@ def _config_from_vae(vae: AutoencoderKL, base: AutoencoderConfig) -> Autoencoder
     )
 
 
-class LatentCodec(nn.Module):
+class _ScaledCodec(nn.Module):
+    """What every codec shares: latents z = (raw - shift) * scale, with scale and shift in ``self.cfg``."""
+
+    cfg: AutoencoderConfig
+
+    def set_scale(self, scale: float, shift: float) -> "_ScaledCodec":
+        """Store a measured ``scale`` and ``shift`` in the codec config."""
+        self.cfg = dataclasses.replace(self.cfg, scale=float(scale), shift=float(shift))
+        self._scale_changed()
+        return self
+
+    def _scale_changed(self) -> None:
+        """Hook for codecs that mirror scale/shift elsewhere."""
+
+    @property
+    def scale(self) -> float:
+        """Multiplier applied after the shift: 1 / std of the training latents."""
+        return float(self.cfg.scale)
+
+    @property
+    def shift(self) -> float:
+        """Mean of the training latents, subtracted before scaling."""
+        return float(self.cfg.shift)
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """z = (latents - shift) * scale, for raw latents (e.g. sampled from a cached mean/std)."""
+        return (latents - self.shift) * self.scale
+
+    def unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`scale_latents`: z / scale + shift."""
+        return z / self.scale + self.shift
+
+    def decode_unscaled(self, raw: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, H, W) from scaled latents."""
+        return self.decode_unscaled(self.unscale_latents(latents))
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """decode(encode(images)): the reconstruction, (B, 1, H, W)."""
+        return self.decode(self.encode(images, generator))
+
+
+class LatentCodec(_ScaledCodec):
     """Encode (B, 1, H, W) images to scaled latents (B, C, H/f, W/f) and decode them back."""
 
     def __init__(self, vae: AutoencoderKL, cfg: AutoencoderConfig | None = None) -> None:
@@ -118,27 +162,14 @@ class LatentCodec(nn.Module):
         save_config(self.cfg, out_dir / CODEC_CONFIG_NAME)
         return out_dir
 
-    def set_scale(self, scale: float, shift: float) -> "LatentCodec":
-        """Store a measured latent ``scale`` and ``shift`` in the codec config (and the VAE's config)."""
-        self.cfg = dataclasses.replace(self.cfg, scale=float(scale), shift=float(shift))
+    def _scale_changed(self) -> None:
         self._sync_vae_config()
-        return self
 
     def _sync_vae_config(self) -> None:
         """Mirror scale/shift into diffusers' scaling_factor/shift_factor, so config.json agrees."""
         self.vae.register_to_config(scaling_factor=self.scale, shift_factor=self.shift)
 
     # --- properties --------------------------------------------------------------------------
-    @property
-    def scale(self) -> float:
-        """Multiplier applied after the shift: 1 / std of the training latents."""
-        return float(self.cfg.scale)
-
-    @property
-    def shift(self) -> float:
-        """Mean of the training latents, subtracted before scaling."""
-        return float(self.cfg.shift)
-
     @property
     def latent_channels(self) -> int:
         """Channels C of the latents."""
@@ -166,36 +197,20 @@ class LatentCodec(nn.Module):
         posterior = self.vae.encode(self._to_vae_channels(images)).latent_dist
         return posterior.mean, posterior.std
 
-    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """z = (latents - shift) * scale, for raw latents (e.g. sampled from a cached mean/std)."""
-        return (latents - self.shift) * self.scale
-
-    def unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`scale_latents`: z / scale + shift."""
-        return z / self.scale + self.shift
-
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled latents (B, C, h, w): the posterior mean, or a sample when a generator is given."""
         mean, std = self.encode_distribution(images)
         raw = mean if generator is None else sample_posterior(mean, std, generator)
         return self.scale_latents(raw)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images (B, 1, H, W) from scaled latents; an RGB decoder's channels are averaged."""
-        return self.decode_unscaled(self.unscale_latents(latents))
-
     def decode_unscaled(self, raw: torch.Tensor) -> torch.Tensor:
-        """Images (B, 1, H, W) from raw (unscaled) latents, as the autoencoder's training sees them."""
+        """Images (B, 1, H, W) from raw (unscaled) latents; an RGB decoder's channels are averaged."""
         raw = raw.to(device=self.vae.device, dtype=self.vae.dtype)
         images = self.vae.decode(raw).sample  # (B, vae_channels, H, W)
         return images.mean(dim=1, keepdim=True) if images.shape[1] != 1 else images  # (B, 1, H, W)
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reconstruction decode(encode(images)) (B, 1, H, W)."""
-        return self.decode(self.encode(images, generator))
 
-
-class IdentityCodec(nn.Module):
+class IdentityCodec(_ScaledCodec):
     """No autoencoder: the denoiser works on pixels (f = 1, C = 1); LatentCodec's interface, no weights.
 
     For small images (the 32x32 phantom tests) where a learned codec costs more than it saves.
@@ -225,21 +240,6 @@ class IdentityCodec(nn.Module):
             raise ConfigError(f"no {CODEC_CONFIG_NAME} in {path.parent}: give a folder written by save_pretrained")
         return cls(load_config(AutoencoderConfig, path))
 
-    def set_scale(self, scale: float, shift: float) -> "IdentityCodec":
-        """Store a pixel ``scale`` and ``shift`` in the config."""
-        self.cfg = dataclasses.replace(self.cfg, scale=float(scale), shift=float(shift))
-        return self
-
-    @property
-    def scale(self) -> float:
-        """Multiplier applied after the shift."""
-        return float(self.cfg.scale)
-
-    @property
-    def shift(self) -> float:
-        """Subtracted from the pixels before scaling."""
-        return float(self.cfg.shift)
-
     @property
     def latent_channels(self) -> int:
         """Channels C of the 'latents': the one grayscale channel."""
@@ -257,29 +257,13 @@ class IdentityCodec(nn.Module):
         images = images.float()
         return images, torch.zeros_like(images)
 
-    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """z = (pixels - shift) * scale."""
-        return (latents - self.shift) * self.scale
-
-    def unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`scale_latents`."""
-        return z / self.scale + self.shift
-
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled pixels (B, 1, H, W); ``generator`` is accepted for LatentCodec's signature (nothing to sample)."""
         return self.scale_latents(self.encode_distribution(images)[0])
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Pixels (B, 1, H, W) from scaled latents."""
-        return self.unscale_latents(latents)
-
     def decode_unscaled(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw latents are the pixels."""
         return raw
-
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """decode(encode(images)): the images themselves."""
-        return self.decode(self.encode(images, generator))
 
 
 def sample_posterior(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
