@@ -43,13 +43,16 @@ def main() -> None:
     parser.add_argument("--n-per-prompt", type=int, default=2, help="benchmark images per prompt")
     parser.add_argument("--grid", default="docs/phantom_grid.png", help="where to write the figure")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--max-findings", type=int, default=PhantomRecipe.max_findings,
+                        help="at most this many findings per training phantom (default: no limit)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     start = time.perf_counter()
     model = args.model
     if model is None:
-        recipe = dataclasses.replace(PhantomRecipe(), steps=args.steps, seed=args.seed)
+        recipe = dataclasses.replace(PhantomRecipe(), steps=args.steps, seed=args.seed,
+                                     max_findings=args.max_findings)
         model = train_phantom_model(out, recipe)["model_dir"]
     trained = time.perf_counter()
     pipe = CXRPipeline.from_pretrained(model)

@@ -179,3 +179,13 @@ def test_cli_phantom(tmp_path: Path, capsys) -> None:
     assert main(["phantom", "--n", "3", "--size", "32", "--seed", "5", "--out", str(tmp_path / "p")]) == 0
     assert "wrote 3 phantoms" in capsys.readouterr().out
     assert len(pd.read_csv(tmp_path / "p" / "phantoms.csv")) == 3
+
+
+def test_max_findings_limits_each_study() -> None:
+    rng = np.random.default_rng(3)
+    drawn = [sample_findings(rng, PhantomConfig(max_findings=1)) for _ in range(300)]
+    assert max(f.n_findings for f in drawn) == 1 and any(f.is_normal for f in drawn)
+    free = [sample_findings(rng) for _ in range(300)]
+    assert max(f.n_findings for f in free) > 1  # without the limit studies combine findings
+    with pytest.raises(ConfigError, match="max_findings"):
+        PhantomConfig(max_findings=0)

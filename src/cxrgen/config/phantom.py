@@ -20,6 +20,7 @@ class PhantomConfig:
     anatomy_jitter: float = 1.0  # scales every random anatomy variation (0: canonical anatomy)
     noise_std: tuple[float, float] = (0.004, 0.015)  # per-pixel Gaussian noise std, drawn per image
     negation_prob: float = 0.5  # chance a report states each absent finding as a negation
+    max_findings: int | None = None  # redraw studies with more findings than this; None: no limit
 
     def __post_init__(self) -> None:
         if self.size < 16:
@@ -28,6 +29,8 @@ class PhantomConfig:
                     "cardiomegaly_prob", "negation_prob"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"phantom.{key}={getattr(self, key)}: give a probability in [0, 1]")
+        if self.max_findings is not None and self.max_findings < 1:
+            raise ConfigError(f"phantom.max_findings={self.max_findings}: give at least 1, or null for no limit")
         if not 0.0 <= self.anatomy_jitter <= 2.0:
             raise ConfigError(f"phantom.anatomy_jitter={self.anatomy_jitter}: give a value in [0, 2]")
         if len(self.noise_std) != 2 or not 0.0 <= self.noise_std[0] <= self.noise_std[1]:

@@ -80,6 +80,12 @@ class PhantomFindings:
         return (self.effusion_side == "none" and self.pneumothorax_side == "none"
                 and self.consolidation_lobe == "none" and not self.cardiomegaly)
 
+    @property
+    def n_findings(self) -> int:
+        """How many findings the study has (effusion, pneumothorax, consolidation, cardiomegaly)."""
+        return sum((self.effusion_side != "none", self.pneumothorax_side != "none",
+                    self.consolidation_lobe != "none", self.cardiomegaly))
+
     def conflicts(self) -> list[str]:
         """Reasons this combination cannot be read back reliably from pixels (empty when fine)."""
         out = []
@@ -114,7 +120,8 @@ def sample_ctr(rng: np.random.Generator, enlarged: bool) -> float:
 def sample_findings(rng: np.random.Generator, cfg: PhantomConfig | None = None) -> PhantomFindings:
     """Draw a balanced mix: ``cfg.normal_fraction`` normals, else findings drawn independently.
 
-    Combinations with :meth:`PhantomFindings.conflicts` are redrawn.
+    Combinations with :meth:`PhantomFindings.conflicts`, or with more than ``cfg.max_findings``
+    findings, are redrawn.
     """
     cfg = cfg or PhantomConfig()
     if rng.uniform() < cfg.normal_fraction:
@@ -127,5 +134,6 @@ def sample_findings(rng: np.random.Generator, cfg: PhantomConfig | None = None) 
         lobe = _choice(rng, LOBES, (1.0 - cfg.consolidation_prob,) + (cfg.consolidation_prob / 4,) * 4)
         ctr = sample_ctr(rng, enlarged=bool(rng.uniform() < cfg.cardiomegaly_prob))
         findings = PhantomFindings(eff_side, eff_size, ptx_side, ptx_extent, ctr, lobe)
-        if not findings.conflicts():
+        too_many = cfg.max_findings is not None and findings.n_findings > cfg.max_findings
+        if not findings.conflicts() and not too_many:
             return findings

@@ -39,6 +39,7 @@ class PhantomRecipe:
     n_images: int = 2000
     image_size: int = 32
     anatomy_jitter: float = 0.3  # PhantomConfig.anatomy_jitter of the training set (less nuisance variation)
+    max_findings: int | None = None  # PhantomConfig.max_findings of the training set (None: no limit)
     text_backend: str = "minilm"  # minilm (frozen, real weights) | scratch (trained jointly)
     vocab_size: int = 600
     max_length: int = 48  # tokens per report (phantom reports are short)
@@ -138,7 +139,8 @@ def train_phantom_model(out_dir: str | Path, recipe: PhantomRecipe | None = None
     out_dir = Path(out_dir)
     table = out_dir / DATA_DIR / MANIFEST_NAME
     if not table.is_file():
-        look = PhantomConfig(size=recipe.image_size, anatomy_jitter=recipe.anatomy_jitter)
+        look = PhantomConfig(size=recipe.image_size, anatomy_jitter=recipe.anatomy_jitter,
+                             max_findings=recipe.max_findings)
         write_phantom_set(recipe.n_images, recipe.image_size, out_dir / DATA_DIR, seed=recipe.seed, cfg=look,
                           progress=False)
     image_cfg = ImageConfig(size=recipe.image_size)
