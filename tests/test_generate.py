@@ -11,7 +11,7 @@ import pydicom
 import pytest
 import torch
 from PIL import Image
-from test_pipeline import PROMPTS, tiny_pipeline
+from tiny_models import PROMPTS, tiny_pipeline
 
 import cxrgen.generate as gen
 from cxrgen.cli import main

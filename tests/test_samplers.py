@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from test_pipeline import PROMPTS, tiny_pipeline
+from tiny_models import PROMPTS, tiny_pipeline
 from torch import nn
 
 from cxrgen.config import SAMPLER_NAMES, ScheduleConfig

@@ -9,6 +9,11 @@ import torch
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import BertConfig, BertModel, BertTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from cxrgen.config import ModelConfig, SamplingConfig, ScheduleConfig, from_dict
+from cxrgen.parts import build_parts
+from cxrgen.pipeline import CXRPipeline
+from cxrgen.samplers import training_scheduler
+
 WIDTH = 16
 WORDS = [
     "left", "right", "pleural", "effusion", "no", "acute", "disease", "lower", "lobe", "opacity", "finding",
@@ -52,3 +57,30 @@ def make_bert(directory: Path) -> Path:
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+# --- a tiny random CXRPipeline -------------------------------------------------------------------
+STEPS = 3
+PROMPTS = ["small left pleural effusion", "no acute disease"]
+
+
+def tiny_model_config(bert_dir: Path) -> ModelConfig:
+    """32 px images, 4x8x8 latents, a 2-layer BERT (width 16) and a 3-block U-ViT."""
+    return from_dict(ModelConfig, {
+        "image_size": 32,
+        "text_encoder": {"backend": "bert", "name_or_path": str(bert_dir), "max_length": 16},
+        "autoencoder": {"block_out_channels": [8, 16, 16], "norm_num_groups": 4, "layers_per_block": 1},
+        "denoiser": {"name": "uvit-tiny", "in_channels": 4, "sample_size": 8, "context_dim": WIDTH,
+                     "context_len": 16},
+    })  # fmt: skip
+
+
+def tiny_pipeline(root: Path, sampling: SamplingConfig | None = None) -> CXRPipeline:
+    """A random tiny pipeline (test-side seeding of the random init)."""
+    torch.manual_seed(0)
+    cfg = tiny_model_config(make_bert(root / "bert"))
+    parts = build_parts(cfg)
+    scheduler = training_scheduler(ScheduleConfig(), cfg.denoiser.prediction_type)
+    sampling = sampling or SamplingConfig(sampler="ddim", steps=STEPS, guidance_scale=3.0)
+    return CXRPipeline(parts.text_encoder, parts.autoencoder, parts.denoiser, scheduler, cfg.image_size,
+                       sampling).eval()
