@@ -43,6 +43,14 @@ def test_describe_tiny_config(tiny_yaml: Path) -> None:
     assert info["denoiser"]["gflops_fwd"] == pytest.approx(2 * info["denoiser"]["gmacs_fwd"])
 
 
+def test_describe_reads_the_model_section_of_a_training_yaml(tiny_yaml: Path, tmp_path: Path) -> None:
+    train_yaml = tmp_path / "train.yaml"
+    train_yaml.write_text(yaml.safe_dump({"model": yaml.safe_load(tiny_yaml.read_text()), "steps": 5}))
+    assert describe(train_yaml)["denoiser"]["params"] == describe(tiny_yaml)["denoiser"]["params"]
+    wider = describe(train_yaml, ["denoiser.hidden_size=64"])  # overrides address the model section
+    assert wider["denoiser"]["params"] > describe(tiny_yaml)["denoiser"]["params"]
+
+
 def test_saved_folder_gives_same_info(tiny_yaml: Path, tmp_path: Path) -> None:
     cfg = from_dict(ModelConfig, yaml.safe_load(tiny_yaml.read_text()))
     parts = build_parts(cfg)

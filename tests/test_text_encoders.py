@@ -19,7 +19,13 @@ from transformers import BertTokenizer
 
 from cxrgen.config import TextEncoderConfig
 from cxrgen.errors import ConfigError
-from cxrgen.text import TEXT_ENCODER_CONFIG_NAME, TEXT_ENCODERS, build_text_encoder, load_text_encoder
+from cxrgen.text import (
+    BY_REFERENCE_NAME,
+    TEXT_ENCODER_CONFIG_NAME,
+    TEXT_ENCODERS,
+    build_text_encoder,
+    load_text_encoder,
+)
 
 MAX_LENGTH = 24  # the tiny CLIP vocab is character-level: "left pleural effusion" is 21 tokens
 PROMPTS = ["left pleural effusion", "no acute disease", ""]
@@ -116,6 +122,29 @@ def test_save_then_load_by_path_gives_identical_outputs(tiny_dirs, backend, tmp_
     a, mask_a = encoder.encode(PROMPTS)
     b, mask_b = loaded.encode(PROMPTS)
     assert torch.equal(a, b) and torch.equal(mask_a, mask_b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frozen_encoder_saved_by_reference_reloads_from_its_source(tiny_dirs, backend, tmp_path):
+    encoder = build_text_encoder(_config(tiny_dirs, backend))
+    encoder.save_pretrained(tmp_path / "ref", weights=False)
+    names = {p.name for p in (tmp_path / "ref").iterdir()}
+    assert names == {TEXT_ENCODER_CONFIG_NAME, BY_REFERENCE_NAME}  # no weights, no tokenizer copy
+    loaded = load_text_encoder(tmp_path / "ref")
+    assert loaded.config.name_or_path == encoder.config.name_or_path
+    a, _ = encoder.encode(PROMPTS)
+    b, _ = loaded.encode(PROMPTS)
+    assert torch.equal(a, b)
+    encoder.save_pretrained(tmp_path / "ref")  # a full save over it drops the marker
+    assert not (tmp_path / "ref" / BY_REFERENCE_NAME).exists()
+    assert (tmp_path / "ref" / "model.safetensors").is_file()
+
+
+def test_by_reference_save_refuses_weights_it_would_lose(tiny_dirs, tmp_path):
+    tuned = build_text_encoder(_config(tiny_dirs, "bert", trainable=True))
+    with pytest.raises(ConfigError, match="weights=True"):
+        tuned.save_pretrained(tmp_path / "x", weights=False)
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -209,3 +209,27 @@ def test_scratch_config_round_trip_keeps_architecture(tokenizer_dir, tmp_path):
     assert loaded.config == expected and loaded.hidden_size == 16 and len(loaded.network.blocks.layers) == 1
     with pytest.raises(ConfigError, match="do not fit"):
         build_text_encoder(dataclasses.replace(config, name_or_path=str(tmp_path / "te"), width=32, heads=4))
+
+
+def test_scratch_encoder_cannot_be_saved_by_reference(tokenizer_dir, tmp_path):
+    encoder = build_text_encoder(_config(tokenizer_dir))
+    with pytest.raises(ConfigError, match="weights=True"):
+        encoder.save_pretrained(tmp_path / "ref", weights=False)
+
+
+def test_tokenizer_command_learns_from_manifest_text(tmp_path):
+    import pandas as pd
+
+    from cxrgen.cli import main
+    from cxrgen.text import manifest_texts
+
+    reports = [f"Small {side} pleural effusion. Heart size is normal. Case {i}." for i in range(40)
+               for side in ("left", "right")]
+    pd.DataFrame({"prompt": reports, "report": reports[::-1], "image_path": ""}).to_csv(tmp_path / "m.csv", index=False)
+    assert len(manifest_texts([tmp_path / "m.csv"])) == 2 * len(reports)
+    assert main(["tokenizer", str(tmp_path / "m.csv"), "--out", str(tmp_path / "tok"), "--vocab-size", "300"]) == 0
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    left, right = (tok(f"small {s} pleural effusion")["input_ids"] for s in ("left", "right"))
+    assert left != right and len(left) == len(right)
+    with pytest.raises(ConfigError, match="--column"):
+        manifest_texts([tmp_path / "m.csv"], ["impression"])  # a column with no text

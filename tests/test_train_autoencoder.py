@@ -26,6 +26,7 @@ from cxrgen.train.autoencoder import (
     evaluate_codec,
     holdout_split,
     jitter_intensity,
+    random_crop,
     resolve_images,
     run_train_autoencoder,
     train_autoencoder,
@@ -194,6 +195,18 @@ def test_intensity_jitter_is_an_increasing_affine_map_per_image():
         assert coef[0] > 0  # increasing: no inversion; same pixel positions: no flip
         torch.testing.assert_close(design @ coef, yi, atol=1e-5, rtol=0)
     assert jitter_intensity(x, 0.0, cfg, torch.Generator()) is x
+
+
+def test_random_crop_takes_windows_of_the_image_unflipped():
+    x = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16)
+    y = random_crop(x, 8, torch.Generator().manual_seed(0))
+    assert y.shape == (2, 1, 8, 8)
+    for xi, yi in zip(x, y):  # each crop is a contiguous window: rows and columns increase as in x
+        top, left = divmod(int(yi[0, 0, 0].item()) - int(xi[0, 0, 0].item()), 16)
+        assert torch.equal(yi, xi[:, top:top + 8, left:left + 8])
+    assert random_crop(x, None, torch.Generator()) is x and random_crop(x, 16, torch.Generator()) is x
+    with pytest.raises(ConfigError, match="crop_size"):
+        tiny_train_cfg(crop_size=4)
 
 
 def test_losses_behave():

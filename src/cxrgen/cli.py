@@ -113,6 +113,27 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- tokenizer --------------------------------------------------------------------------------
+def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tokenizer", help="learn a BPE tokenizer for the scratch text encoder from manifests' text")
+    p.add_argument("manifests", nargs="+", help="manifests from `cxrgen prepare` (reports and prompts)")
+    p.add_argument("--out", required=True, help="folder for the tokenizer files (text.name_or_path of a scratch encoder)")
+    p.add_argument("--vocab-size", type=int, default=4000)
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--column", dest="columns", action="append", default=[],
+                   help="text column to learn from (repeatable; default: prompt and report)")
+    p.set_defaults(func=_cmd_tokenizer)
+
+
+def _cmd_tokenizer(args: argparse.Namespace) -> int:
+    from cxrgen.text import manifest_texts, train_tokenizer
+
+    texts = manifest_texts(args.manifests, args.columns or ("prompt", "report"))
+    tok = train_tokenizer(texts, args.vocab_size, args.out, args.min_frequency)
+    print(f"learned {len(tok)} tokens from {len(texts)} texts; wrote {args.out}")
+    return 0
+
+
 # --- train-autoencoder ------------------------------------------------------------------------
 def _add_train_autoencoder(sub: argparse._SubParsersAction) -> None:
     p = _config_command(sub, "train-autoencoder", "train the 1-channel CXR latent autoencoder",
@@ -304,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(sub)
     _add_label(sub)
     _add_info(sub)
+    _add_tokenizer(sub)
     _add_train_autoencoder(sub)
     _add_phantom(sub)
     _add_train_evaluator(sub)

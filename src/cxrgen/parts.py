@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from cxrgen.autoencoder import LatentCodec
@@ -99,13 +100,22 @@ def load_parts(directory: str | Path) -> ModelParts:
     return ModelParts(denoiser, text, codec, shape, text.max_length)
 
 
+def _model_config(path: Path, overrides: list[str] | None) -> ModelConfig:
+    """The ModelConfig of a model YAML, or the ``model`` section of a training YAML (overrides apply to it)."""
+    if path.is_file() and "model" in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}):
+        from cxrgen.config import TrainConfig
+
+        return load_config(TrainConfig, path, [f"model.{o}" for o in overrides or []]).model
+    return load_config(ModelConfig, path, overrides)
+
+
 def describe(config_or_model: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Params of each part and denoiser GFLOPs/GMACs per forward, for a model YAML or a model folder."""
+    """Params of each part and denoiser GFLOPs/GMACs per forward, for a model or training YAML or a model folder."""
     path = Path(config_or_model)
     if path.is_dir():
         parts = load_parts(path)
     else:
-        parts = build_parts(load_config(ModelConfig, path, overrides), meta=True)
+        parts = build_parts(_model_config(path, overrides), meta=True)
     den_cfg = resolve_config(parts.denoiser.config)
     info: dict[str, Any] = {"denoiser": {"name": den_cfg.name, "params": count_params(parts.denoiser)}}
     info["denoiser"].update(denoiser_flops(parts.denoiser, parts.latent_shape, parts.context_len,

@@ -91,11 +91,15 @@ class CXRPipeline:
         """Pixels per side of the generated images."""
         return self.image_config.size
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write every part to its folder, the default sampling config and ``model_index.json``."""
+    def save_pretrained(self, directory: str | Path, text_weights: bool = True) -> Path:
+        """Write every part to its folder, the default sampling config and ``model_index.json``.
+
+        ``text_weights=False`` stores a frozen text encoder by reference to its source (hub id or
+        package, e.g. MiniLM) rather than copying its weights: a smaller folder that needs the source.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.text_encoder.save_pretrained(directory / FOLDERS["text_encoder"])
+        self.text_encoder.save_pretrained(directory / FOLDERS["text_encoder"], weights=text_weights)
         self.autoencoder.save_pretrained(directory / FOLDERS["autoencoder"])
         self.denoiser.save_pretrained(directory / FOLDERS["denoiser"])
         self.scheduler.save_pretrained(directory / FOLDERS["scheduler"])

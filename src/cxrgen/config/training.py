@@ -38,6 +38,7 @@ class AutoencoderTrainConfig:
     eval_max_images: int = 256
     scale_max_images: int = 512  # training images encoded to measure the latent scale and shift
     intensity_jitter: float = 0.0  # largest random gain/offset on [0, 1]-mapped pixels; never a flip
+    crop_size: int | None = None  # train on random crops of this side (the codec is convolutional); eval on full images
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
@@ -53,6 +54,8 @@ class AutoencoderTrainConfig:
             raise ConfigError("loss weights must be >= 0")
         if not 0.0 <= self.intensity_jitter < 0.5:
             raise ConfigError(f"intensity_jitter={self.intensity_jitter}: give a value in [0, 0.5)")
+        if self.crop_size is not None and not 8 <= self.crop_size <= self.image.size:
+            raise ConfigError(f"crop_size={self.crop_size}: give a side in [8, image.size={self.image.size}] or null")
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # max global grad norm; None: no clipping
     mixed_precision: str = "no"  # no | bf16 | fp16 (through accelerate)
     ema_decay: float | None = 0.999  # EMA of denoiser weights; None: no EMA
+    text_by_reference: bool = False  # final model names a frozen text encoder's source instead of copying it
     # checkpoints, samples, logs
     out_dir: str = "runs/cxrgen"
     checkpoint_every: int = 500

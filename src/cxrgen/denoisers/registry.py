@@ -32,10 +32,14 @@ DENOISERS: dict[str, dict[str, Any]] = {
     "uvit-s-deep": dict(_UVIT_PAPER, depth=17, hidden_size=512, num_heads=8),
     "uvit-m": dict(_UVIT_PAPER, depth=17, hidden_size=768, num_heads=12),
     "uvit-l": dict(_UVIT_PAPER, depth=21, hidden_size=1024, num_heads=16),
+    # the shipped CPU default: patch 4 on 32x32x4 latents (64 patch tokens), 7.8 M parameters
+    "uvit-xs": dict(_UVIT_PAPER, depth=9, hidden_size=256, num_heads=4, patch_size=4),
     # CPU-sized, for tests and smoke runs
     "uvit-tiny": dict(_UVIT_PAPER, depth=3, hidden_size=32, num_heads=2, time_embed="mlp"),
     "uvit-mini": dict(_UVIT_PAPER, depth=5, hidden_size=64, num_heads=4),
     "sd15-unet": dict(_UNET_SD, block_out_channels=(320, 640, 1280, 1280)),
+    # SD 1.x-shaped (cross-attention in all but the last level, 2 ResNets per level) scaled to a CPU
+    "unet-xs": dict(_UNET_SD, block_out_channels=(32, 64, 128)),
     "unet-tiny": dict(_UNET_SD, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8),
 }
 

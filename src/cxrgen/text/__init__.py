@@ -16,11 +16,11 @@ import torch
 
 from cxrgen.config import TextEncoderConfig, load_config
 from cxrgen.errors import ConfigError
-from cxrgen.text.base import TEXT_ENCODER_CONFIG_NAME, TextEncoder
+from cxrgen.text.base import BY_REFERENCE_NAME, TEXT_ENCODER_CONFIG_NAME, TextEncoder
 from cxrgen.text.biomedclip import BiomedCLIPTextEncoder
 from cxrgen.text.hf import BertTextEncoder, CLIPTextEncoder, TransformersTextEncoder
 from cxrgen.text.minilm import MiniLMTextEncoder
-from cxrgen.text.scratch import ScratchTextEncoder, train_tokenizer
+from cxrgen.text.scratch import ScratchTextEncoder, manifest_texts, train_tokenizer
 
 
 class _Factory(Protocol):
@@ -59,6 +59,8 @@ def load_text_encoder(directory: str | Path, trainable: bool | None = None) -> T
             "TextEncoder.save_pretrained (or build a new encoder with build_text_encoder)"
         )
     saved = load_config(TextEncoderConfig, config_path)
+    if (directory / BY_REFERENCE_NAME).is_file():  # weights live at the saved source, not here
+        return build_text_encoder(saved if trainable is None else dataclasses.replace(saved, trainable=trainable))
     config = dataclasses.replace(
         saved,
         name_or_path=str(directory),
@@ -72,6 +74,7 @@ def load_text_encoder(directory: str | Path, trainable: bool | None = None) -> T
 __all__ = [
     "TEXT_ENCODERS",
     "TEXT_ENCODER_CONFIG_NAME",
+    "BY_REFERENCE_NAME",
     "BertTextEncoder",
     "BiomedCLIPTextEncoder",
     "CLIPTextEncoder",
@@ -83,4 +86,5 @@ __all__ = [
     "build_text_encoder",
     "load_text_encoder",
     "train_tokenizer",
+    "manifest_texts",
 ]

@@ -8,6 +8,7 @@ ids become token features (``encode_tokens``) and how its weights are saved.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 #: File name of the TextEncoderConfig inside a saved text-encoder directory.
 TEXT_ENCODER_CONFIG_NAME = "text_encoder_config.yaml"
+#: Marker of a folder that refers to a frozen encoder's source (hub id, local dir or package) instead
+#: of holding its weights; ``load_text_encoder`` loads from the source named in the config.
+BY_REFERENCE_NAME = "by_reference.json"
 
 
 class TextEncoder(nn.Module, ABC):
@@ -130,14 +134,32 @@ class TextEncoder(nn.Module, ABC):
             raise ConfigError(f"encode_null(batch_size={batch_size}): give a positive batch size")
         return self.encode([self.config.null_prompt] * batch_size)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config (YAML), weights (safetensors) and tokenizer files, for ``load_text_encoder``."""
+    def save_pretrained(self, directory: str | Path, weights: bool = True) -> Path:
+        """Write config (YAML), weights (safetensors) and tokenizer files, for ``load_text_encoder``.
+
+        ``weights=False`` writes only the config and a marker: the folder then refers to the frozen
+        encoder's source (e.g. the packaged MiniLM), which must be loadable wherever it is read.
+        """
         directory = Path(directory)
+        if not weights:
+            self._check_by_reference()
         directory.mkdir(parents=True, exist_ok=True)
         save_config(self.config, directory / TEXT_ENCODER_CONFIG_NAME)
+        if not weights:
+            marker = {"backend": self.backend, "name_or_path": self.config.name_or_path}
+            (directory / BY_REFERENCE_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+            return directory
+        (directory / BY_REFERENCE_NAME).unlink(missing_ok=True)
         self._save_weights(directory)
         self.tokenizer.save_pretrained(str(directory))
         return directory
+
+    def _check_by_reference(self) -> None:
+        """Refuse a by-reference save that would lose weights (trained, or with no source to reload)."""
+        if self.trainable:
+            raise ConfigError("a trainable text encoder has its own weights: save it with weights=True")
+        if self.backend == "scratch":
+            raise ConfigError("the scratch text encoder exists only in its saved weights: save it with weights=True")
 
 
 def _check_prompts(prompts: list[str]) -> list[str]:

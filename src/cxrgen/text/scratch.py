@@ -35,6 +35,26 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, CLS, SEP, MASK)
 SCRATCH_WEIGHTS_NAME = "model.safetensors"
 
 
+def manifest_texts(manifests: Iterable[str | Path], columns: Iterable[str] = ("prompt", "report")) -> list[str]:
+    """Every non-empty text of the named columns of the manifests (a report corpus for a tokenizer)."""
+    from cxrgen.data.manifest import read_manifest
+
+    texts: list[str] = []
+    columns, manifests = tuple(columns), list(manifests)
+    for path in manifests:
+        table = read_manifest(path)
+        absent = [c for c in columns if c not in table.columns]
+        if len(absent) == len(columns):
+            raise ConfigError(f"{path} has none of the text columns {list(columns)}; name others with --column")
+        for column in columns:
+            if column in table.columns:
+                texts += [t for t in table[column].dropna().astype(str) if t.strip()]
+    if not texts:
+        raise ConfigError(f"no text in the columns {list(columns)} of {[str(m) for m in manifests]}; "
+                          "name the columns holding reports with --column")
+    return texts
+
+
 def train_tokenizer(
     texts: Iterable[str], vocab_size: int, out_dir: str | Path, min_frequency: int = 2
 ) -> PreTrainedTokenizerFast:

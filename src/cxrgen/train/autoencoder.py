@@ -106,6 +106,16 @@ def resolve_images(
 # --------------------------------------------------------------------------------------------
 # One batch
 # --------------------------------------------------------------------------------------------
+def random_crop(images: torch.Tensor, size: int | None, generator: torch.Generator) -> torch.Tensor:
+    """One random ``size`` x ``size`` window per image (same place across channels); never a flip."""
+    if size is None or size >= min(images.shape[-2:]):
+        return images
+    b, (h, w) = images.shape[0], images.shape[-2:]
+    tops = torch.randint(0, h - size + 1, (b,), generator=generator).tolist()
+    lefts = torch.randint(0, w - size + 1, (b,), generator=generator).tolist()
+    return torch.stack([img[..., t:t + size, x:x + size] for img, t, x in zip(images, tops, lefts)])
+
+
 def jitter_intensity(
     images: torch.Tensor, amount: float, image_cfg: ImageConfig, generator: torch.Generator
 ) -> torch.Tensor:
@@ -229,7 +239,8 @@ def fit_autoencoder(
     losses: list[float] = []
     bar = tqdm(range(1, cfg.steps + 1), desc="autoencoder", disable=not cfg.progress)
     for step in bar:
-        images = jitter_intensity(next(batches), cfg.intensity_jitter, cfg.image, gen).to(device)
+        images = random_crop(next(batches), cfg.crop_size, gen)
+        images = jitter_intensity(images, cfg.intensity_jitter, cfg.image, gen).to(device)
         loss, recon, parts = reconstruction_loss(codec, images, cfg, gen)
         adversarial = disc is not None and step >= cfg.disc_start
         if adversarial:

@@ -171,7 +171,7 @@ def save_final_model(run: TrainingRun) -> Path:
     """The trained model (EMA weights) as a CXRPipeline directory at OUT/model (main process)."""
     path = run.out_dir / MODEL_DIR
     if run.accelerator.is_main_process:
-        make_pipeline(run).save_pretrained(path)
+        make_pipeline(run).save_pretrained(path, text_weights=not run.cfg.text_by_reference)
         save_config(run.cfg, path / ckpt.CONFIG_NAME)
     run.accelerator.wait_for_everyone()
     return path
