@@ -7,7 +7,9 @@ SHARED ?= ../shared/data
 OUT ?= out
 EXTRAS ?= test,minilm,demo
 
-.PHONY: install run test clean
+PROMPT ?= PA chest radiograph. Large right pleural effusion.
+
+.PHONY: install run data test clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +20,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
-## The main job: prepare the shared data and print its summary.
+## The main job: report text in, chest X-rays out (PNG), offline, with the packaged default model.
 run: install
+	$(VENV)/bin/cxrgen generate "$(PROMPT)" -n 2 --out $(OUT)/generated
+
+## Prepare the shared data into manifests (what training and evaluation read) and print summaries.
+data: install
 	$(VENV)/bin/cxrgen prepare covid $(SHARED)/covid-cxr-256 --out $(OUT)/covid
 	$(VENV)/bin/cxrgen prepare pediatric $(SHARED)/pediatric-pneumonia-224 --out $(OUT)/pediatric
 	$(VENV)/bin/cxrgen prepare iu $(SHARED)/iu-xray-reports --out $(OUT)/iu

@@ -40,10 +40,20 @@ def _absolute(df: pd.DataFrame, manifest: Path) -> pd.DataFrame:
     return df
 
 
+def _balanced_prompts(test: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame:
+    """``n`` test rows, half of them normal (No Finding = 1) where the set has that many, so AUROC has both classes."""
+    normal = (test["No Finding"] == 1).to_numpy()
+    n_normal = min(n // 2, int(normal.sum()))
+    picks = [rng.choice(np.flatnonzero(normal), n_normal, replace=False),
+             rng.choice(np.flatnonzero(~normal), min(n - n_normal, int((~normal).sum())), replace=False)]
+    return test.iloc[np.sort(np.concatenate(picks))]
+
+
 def eval_sets(manifests: list[str], out_dir: Path, prompts_per_set: int, seed: int = 0) -> EvalSets:
     """Balanced held-out sets: ``prompts_per_set`` test prompts and an equal share of test/validate images per set.
 
-    Each manifest (collection) gives the same number of prompts (its test rows) and of real
+    Each manifest (collection) gives the same number of prompts (its test rows, half of them normal
+    where it has enough) and of real
     reference images (its test + validate rows, capped at the smallest collection's count), so the
     reference mixes the collections as the prompts do.
     """
@@ -54,8 +64,7 @@ def eval_sets(manifests: list[str], out_dir: Path, prompts_per_set: int, seed: i
     per_set = min(len(h) for h in held)
     prompts, real = [], []
     for table, h in zip(tables, held):
-        test = table[table["split"] == "test"]
-        prompts.append(test.iloc[np.sort(rng.choice(len(test), min(prompts_per_set, len(test)), replace=False))])
+        prompts.append(_balanced_prompts(table[table["split"] == "test"], prompts_per_set, rng))
         real.append(h.iloc[np.sort(rng.choice(len(h), per_set, replace=False))])
     sets = EvalSets(out_dir / "prompts.csv", out_dir / "real.csv", out_dir / "train.csv")
     columns = ["prompt", "image_path", *LABELS]
@@ -73,6 +82,54 @@ def train_arm(config: str, overrides: list[str], out_dir: Path, steps: int) -> d
     cfg = load_config(TrainConfig, config, [*overrides, f"steps={steps}", f"out_dir={out_dir}",
                                             "checkpoint_every=1000000", "sample_every=0"])
     return train(cfg, out_dir=out_dir)
+
+
+def raw_model(run_dir: Path) -> Path:
+    """RUN/model-raw: the run's model with the last checkpoint's raw (not EMA) denoiser weights.
+
+    Short runs trained before the EMA warm-up existed hold much of their random init in the EMA
+    (0.995 ** 200 = 37%); the raw weights show what the arm learned. Made once, then reused.
+    """
+    from cxrgen.pipeline import CXRPipeline
+    from cxrgen.text import BY_REFERENCE_NAME
+    from cxrgen.train.checkpoint import list_checkpoints, read_module
+    from cxrgen.train.state import DENOISER_FILE
+
+    dest = run_dir / "model-raw"
+    if (dest / "model_index.json").is_file():
+        return dest
+    pipe = CXRPipeline.from_pretrained(run_dir / "model")
+    read_module(pipe.denoiser, list_checkpoints(run_dir / "checkpoints")[-1] / DENOISER_FILE)
+    by_reference = (run_dir / "model" / "text_encoder" / BY_REFERENCE_NAME).is_file()
+    pipe.save_pretrained(dest, text_weights=not by_reference)
+    return dest
+
+
+def conditioning(model: Path, manifests: list[str], out: Path, per_set: int = 64, seed: int = 0) -> dict:
+    """Conditioning gain of ``model`` on ``per_set`` validate rows of each manifest (cached in ``out``)."""
+    import torch
+
+    from cxrgen.config import ImageConfig
+    from cxrgen.data.images import load_image
+    from cxrgen.evaluate.conditioning import conditioning_gain
+    from cxrgen.pipeline import CXRPipeline
+
+    if out.is_file():
+        return json.loads(out.read_text())
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m in manifests:
+        table = _absolute(read_manifest(m), Path(m))
+        val = table[table["split"] == "validate"]
+        rows.append(val.iloc[np.sort(rng.choice(len(val), min(per_set, len(val)), replace=False))])
+    rows = pd.concat(rows)
+    pipe = CXRPipeline.from_pretrained(model).eval()
+    cfg = ImageConfig(size=pipe.image_size)
+    images = torch.stack([load_image(p, cfg) for p in rows["image_path"]])
+    result = conditioning_gain(pipe, images, [str(p) for p in rows["prompt"]], seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
 
 
 def score_model(model: Path, sets: EvalSets, out_dir: Path, n_per_prompt: int = 4, **sampling) -> dict:

@@ -8,7 +8,8 @@
 Prints Markdown tables (parameters, GFLOPs per forward, FID_cxr, alignment AUROC, MS-SSIM,
 sampling s/image, train images/s, and U-ViT / U-Net ratios; or per sampler FID_cxr and s/image)
 and writes OUT/results.json. FID_cxr is FID in the shipped cxrgen-evaluator's feature space on
-held-out images (see arms.eval_sets); every run of an arm is reused when it exists.
+held-out images (see arms.eval_sets); cond_gain is the conditioning gain (cxrgen.evaluate.conditioning:
+1 - held-out denoising loss with the report / with the null prompt). Every finished run is reused.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import argparse
 import json
 from pathlib import Path
 
-from arms import eval_sets, markdown_table, ratio_row, score_model, summary_row, train_arm
+from arms import conditioning, eval_sets, markdown_table, ratio_row, raw_model, score_model, summary_row, train_arm
 
 from cxrgen.generate import resolve_model
 
 ARMS = {"U-ViT": ["model.denoiser.name=uvit-xs"], "U-Net": ["model.denoiser.name=unet-xs"]}
-ARM_COLUMNS = ["arm", "params_M", "gflops_forward", "fid_cxr", "auroc", "ms_ssim", "s_per_image",
+ARM_COLUMNS = ["arm", "params_M", "gflops_forward", "fid_cxr", "auroc", "ms_ssim", "cond_gain", "s_per_image",
                "train_images_per_s"]
 #: (name, sampler, steps): DPM-Solver++ 20 / 25, DDIM 50, PNDM 75 (RoentGen's setting).
 SAMPLERS = [("DPM++ 20", "dpm++", 20), ("DPM++ 25", "dpm++", 25), ("DDIM 50", "ddim", 50), ("PNDM 75", "pndm", 75)]
@@ -42,12 +43,16 @@ def run_arms(args: argparse.Namespace) -> dict:
     rows = []
     for name, overrides in ARMS.items():
         trained = train_arm(args.config, overrides + list(args.overrides), out / name, args.steps)
-        result = score_model(out / name / "model", sets, out / name / "eval", args.n_per_prompt)
-        rows.append(summary_row(name, result, trained))
+        model = raw_model(out / name) if args.weights == "raw" else out / name / "model"
+        result = score_model(model, sets, out / name / f"eval-{args.weights}", args.n_per_prompt)
+        row = summary_row(name, result, trained)
+        row["cond_gain"] = conditioning(model, args.manifests, out / name / f"conditioning-{args.weights}.json")["gain"]
+        rows.append(row)
     rows.append(ratio_row(rows[0], rows[1], ARM_COLUMNS))
     print(f"\n{args.steps} steps x batch = {rows[0]['images_seen']} images seen per arm\n")
     print(markdown_table(rows, ARM_COLUMNS))
-    return {"rows": rows, "steps": args.steps, "config": args.config, "overrides": args.overrides}
+    return {"rows": rows, "steps": args.steps, "config": args.config, "overrides": args.overrides,
+            "weights": args.weights}
 
 
 def run_samplers(args: argparse.Namespace) -> dict:
@@ -73,6 +78,8 @@ def main() -> None:
     arms.add_argument("--config", default="src/cxrgen/configs/cxr256-cpu.yaml")
     arms.add_argument("--steps", type=int, default=150)
     arms.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    arms.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                      help="score the EMA weights (the saved model) or the last checkpoint's raw weights")
     samplers = sub.add_parser("samplers", help="score one model with each sampler setting")
     _common(samplers)
     samplers.add_argument("--model", help="model folder (default: the shipped default model)")

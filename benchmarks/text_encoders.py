@@ -5,8 +5,8 @@ encoder trained from scratch on the shared report corpus, with the same U-ViT, c
         out/iu/manifest.parquet --out runs/tokenizer-cxr --vocab-size 4000
     .venv/bin/python benchmarks/text_encoders.py --steps 150 --out runs/bench/text
 
-Prints one Markdown table (FID_cxr, alignment AUROC, MS-SSIM, train images/s, text parameters)
-and writes OUT/results.json; finished arms are reused.
+Prints one Markdown table (conditioning gain, FID_cxr, alignment AUROC, MS-SSIM, train images/s,
+text parameters) and writes OUT/results.json; finished arms are reused.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-from arms import eval_sets, markdown_table, score_model, summary_row, train_arm
+from arms import conditioning, eval_sets, markdown_table, raw_model, score_model, summary_row, train_arm
 
-COLUMNS = ["arm", "fid_cxr", "auroc", "ms_ssim", "train_images_per_s", "text_params_M", "s_per_image"]
+COLUMNS = ["arm", "cond_gain", "fid_cxr", "auroc", "ms_ssim", "train_images_per_s", "text_params_M", "s_per_image"]
 
 
 def arms(tokenizer: str) -> dict[str, list[str]]:
@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--prompts-per-set", type=int, default=16)
     parser.add_argument("--n-per-prompt", type=int, default=4)
     parser.add_argument("--only", action="append", help="run only these arms (repeatable)")
+    parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                        help="score the EMA weights (the saved model) or the last checkpoint's raw weights")
     args = parser.parse_args()
     out = Path(args.out)
     sets = eval_sets(args.manifests, out / "sets", args.prompts_per_set)
@@ -50,8 +52,10 @@ def main() -> None:
             continue
         folder = out / name.replace(" ", "-")
         trained = train_arm(args.config, overrides, folder, args.steps)
-        result = score_model(folder / "model", sets, folder / "eval", args.n_per_prompt)
+        model = raw_model(folder) if args.weights == "raw" else folder / "model"
+        result = score_model(model, sets, folder / f"eval-{args.weights}", args.n_per_prompt)
         row = summary_row(name, result, trained)
+        row["cond_gain"] = conditioning(model, args.manifests, folder / f"conditioning-{args.weights}.json")["gain"]
         row["text_params_M"] = result["compute"]["text_encoder_params"] / 1e6
         rows.append(row)
     print(f"\n{args.steps} steps per arm\n")

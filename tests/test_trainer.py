@@ -98,6 +98,18 @@ def test_ema_update_math() -> None:
     assert torch.equal(follow.model[0].weight, model[0].weight)
 
 
+def test_ema_warmup_lowers_the_decay_early() -> None:
+    model = nn.Linear(2, 2)
+    ema = EMA(model, decay=0.999, warmup=True)
+    decays = []
+    for _ in range(200):
+        decays.append(ema.current_decay())
+        ema.update(model)
+    assert decays[0] == pytest.approx(0.1) and decays[10] == pytest.approx(11 / 20)
+    assert all(a <= b for a, b in zip(decays, decays[1:])) and decays[-1] < 0.999
+    assert EMA(model, decay=0.999).current_decay() == 0.999  # off: the plain decay from the first update
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
 def test_lr_warmup_then_schedule(tmp_path: Path, schedule: str) -> None:
     cfg = tiny_config(tmp_path, lr=0.01, warmup_steps=4, steps=12, lr_schedule=schedule)

@@ -121,6 +121,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # max global grad norm; None: no clipping
     mixed_precision: str = "no"  # no | bf16 | fp16 (through accelerate)
     ema_decay: float | None = 0.999  # EMA of denoiser weights; None: no EMA
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) at update n: short runs forget the init
     text_by_reference: bool = False  # final model names a frozen text encoder's source instead of copying it
     # checkpoints, samples, logs
     out_dir: str = "runs/cxrgen"

@@ -94,6 +94,7 @@ def load_run_state(run: TrainingRun, path: Path) -> None:
         acc.scaler.load_state_dict(ckpt.read_state(path / SCALER_FILE))
     _load_rng(run, path)
     run.step, run.consumed, run.history = state["step"], state["consumed"], list(state.get("history", []))
+    run.ema.num_updates = run.step  # one EMA update per optimizer step: the warm-up resumes where it was
     run.last_checkpoint = path
 
 

@@ -105,7 +105,7 @@ def setup_run(cfg: TrainConfig, out_dir: Path, parts: ModelParts | None = None,
     denoiser, text, codec = parts.denoiser, parts.text_encoder, parts.autoencoder
     joint = text.trainable
     codec.requires_grad_(False).eval().to(acc.device)
-    ema = EMA(denoiser, cfg.ema_decay).to(acc.device)
+    ema = EMA(denoiser, cfg.ema_decay, warmup=cfg.ema_warmup).to(acc.device)
     optimizer = build_optimizer(cfg, denoiser, text if joint else None)
     lr_schedule = build_lr_schedule(cfg, optimizer)
     if joint:

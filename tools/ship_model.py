@@ -1,0 +1,65 @@
+"""Copy a trained model folder into the package as the default model, with a training record.
+
+    .venv/bin/python tools/ship_model.py runs/cxr256-cpu --autoencoder runs/ae-cxr256 \
+        --recipe "cxr256-cpu.yaml + autoencoder-cxr256.yaml" [--dest src/cxrgen/models/default]
+
+Writes DEST/training.json: the recipe, the hardware it ran on (CPU model, cores, torch), wall time
+and images seen of the diffusion run (its metrics.json, summed over resumed segments as recorded
+in segments), and the autoencoder's held-out PSNR / SSIM (its metrics.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else platform.processor()."""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a `cxrgen train` output folder (holds model/ and metrics.json)")
+    parser.add_argument("--autoencoder", required=True, help="the `cxrgen train-autoencoder` output folder")
+    parser.add_argument("--recipe", required=True, help="the configs and commands that made it")
+    parser.add_argument("--segments", nargs="*", default=[], help="metrics.json of earlier segments of a resumed run")
+    parser.add_argument("--dest", default="src/cxrgen/models/default")
+    args = parser.parse_args()
+    run, dest = Path(args.run), Path(args.dest)
+    metrics = [json.loads(Path(p).read_text()) for p in args.segments] + [json.loads((run / "metrics.json").read_text())]
+    ae = json.loads((Path(args.autoencoder) / "metrics.json").read_text())
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(run / "model", dest)
+    record = {
+        "recipe": args.recipe,
+        "hardware": {"device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+                     "cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                     "threads": torch.get_num_threads()},
+        "steps": metrics[-1]["steps"],
+        "images_seen": metrics[-1]["images_seen"],
+        "wall_s": sum(m["wall_s"] for m in metrics),
+        "final_loss": metrics[-1]["final_loss"],
+        "autoencoder": {"steps": ae["steps"], "train_images": ae["train_images"], "heldout": ae["eval"],
+                        "scale": ae["scale"], "shift": ae["shift"]},
+        "weights_bytes": sum(p.stat().st_size for p in dest.rglob("*.safetensors")),
+    }
+    (dest / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
