@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--recipe", required=True, help="the configs and commands that made it")
     parser.add_argument("--segments", nargs="*", default=[], help="metrics.json of earlier segments of a resumed run")
     parser.add_argument("--dest", default="src/cxrgen/models/default")
+    parser.add_argument("--wall-s", type=float, help="training wall time when the run was stopped and finished "
+                        "with --resume (its metrics.json then times only the last segment)")
     args = parser.parse_args()
     run, dest = Path(args.run), Path(args.dest)
     metrics = [json.loads(Path(p).read_text()) for p in args.segments] + [json.loads((run / "metrics.json").read_text())]
@@ -51,7 +53,7 @@ def main() -> None:
                      "threads": torch.get_num_threads()},
         "steps": metrics[-1]["steps"],
         "images_seen": metrics[-1]["images_seen"],
-        "wall_s": sum(m["wall_s"] for m in metrics),
+        "wall_s": args.wall_s if args.wall_s is not None else sum(m["wall_s"] for m in metrics),
         "final_loss": metrics[-1]["final_loss"],
         "autoencoder": {"steps": ae["steps"], "train_images": ae["train_images"], "heldout": ae["eval"],
                         "scale": ae["scale"], "shift": ae["shift"]},
