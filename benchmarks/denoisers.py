@@ -20,6 +20,7 @@ from pathlib import Path
 
 from arms import conditioning, eval_sets, markdown_table, ratio_row, raw_model, score_model, summary_row, train_arm
 
+from cxrgen.errors import ConfigError
 from cxrgen.generate import resolve_model
 
 ARMS = {"U-ViT": ["model.denoiser.name=uvit-xs"], "U-Net": ["model.denoiser.name=unet-xs"]}
@@ -61,8 +62,13 @@ def run_samplers(args: argparse.Namespace) -> dict:
     model = Path(resolve_model(args.model))
     rows = []
     for name, sampler, steps in SAMPLERS:
-        result = score_model(model, sets, out / name.replace(" ", "-").replace("+", "p"), args.n_per_prompt,
-                             sampler=sampler, steps=steps)
+        try:
+            result = score_model(model, sets, out / name.replace(" ", "-").replace("+", "p"), args.n_per_prompt,
+                                 sampler=sampler, steps=steps)
+        except ConfigError as exc:  # e.g. PNDM cannot sample an x0-prediction model
+            print(f"{name}: skipped: {exc}")
+            rows.append({"arm": name, "note": str(exc)})
+            continue
         row = summary_row(name, result)
         row["gflops_per_image"] = result["compute"]["gflops_per_image"]
         rows.append(row)

@@ -76,15 +76,21 @@ class PointMassOracle(nn.Module):
             self.first_input_std = z_t.std().item()
         abar = self.abar[t.long()].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
         eps = (z_t - abar.sqrt() * self.x0) / (1 - abar).sqrt()
+        if self.config.prediction_type == "sample":
+            return self.x0.expand_as(z_t)
         if self.config.prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x0
             return abar.sqrt() * eps - (1 - abar).sqrt() * self.x0
         return eps
 
 
 @pytest.mark.parametrize("name", SAMPLER_NAMES)
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_samplers_reach_the_data_with_an_exact_denoiser(pipe: CXRPipeline, name: str, prediction_type: str) -> None:
     """Fails if a sampler got the prediction type, init_noise_sigma or scale_model_input (Euler) wrong."""
+    if (name, prediction_type) == ("pndm", "sample"):
+        with pytest.raises(ConfigError, match="pndm sampler needs an epsilon"):
+            make_scheduler("pndm", training_scheduler(ScheduleConfig(), "sample"))
+        return
     train = training_scheduler(ScheduleConfig(), prediction_type)
     cfg = dataclasses.replace(pipe.denoiser.config, prediction_type=prediction_type)
     x0 = torch.randn(1, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=torch.Generator().manual_seed(1))

@@ -62,5 +62,9 @@ def make_scheduler(name: str, config: Mapping[str, Any] | SchedulerMixin) -> Sch
         raise ConfigError(f"sampler {name!r} is unknown: use one of {list(SAMPLERS)}")
     if isinstance(config, SchedulerMixin):
         config = config.config
+    predicts = dict(config).get("prediction_type", "epsilon")
+    if name == "pndm" and predicts not in ("epsilon", "v_prediction"):
+        raise ConfigError(f"the pndm sampler needs an epsilon or v_prediction model; this one predicts "
+                          f"{predicts!r}: use ddim, dpm++, euler or ddpm")
     cls, overrides = SAMPLERS[name]
     return cls.from_config(dict(config), **overrides)
