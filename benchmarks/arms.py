@@ -144,6 +144,17 @@ def score_model(model: Path, sets: EvalSets, out_dir: Path, n_per_prompt: int = 
     return result
 
 
+def run_arm(name: str, config: str, overrides: list[str], folder: Path, steps: int, sets: EvalSets,
+            manifests: list[str], n_per_prompt: int, weights: str = "ema") -> tuple[dict, dict]:
+    """Train (or reuse) one arm, score its EMA or raw weights and add the conditioning gain: (row, result)."""
+    trained = train_arm(config, overrides, folder, steps)
+    model = raw_model(folder) if weights == "raw" else folder / "model"
+    result = score_model(model, sets, folder / f"eval-{weights}", n_per_prompt)
+    row = summary_row(name, result, trained)
+    row["cond_gain"] = conditioning(model, manifests, folder / f"conditioning-{weights}.json")["gain"]
+    return row, result
+
+
 def summary_row(name: str, result: dict, trained: dict | None = None) -> dict:
     """The figures the tables print, from an evaluation result and the run's training metrics."""
     compute = result["compute"]

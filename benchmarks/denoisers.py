@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from arms import conditioning, eval_sets, markdown_table, ratio_row, raw_model, score_model, summary_row, train_arm
+from arms import eval_sets, markdown_table, ratio_row, run_arm, score_model, summary_row
 
 from cxrgen.errors import ConfigError
 from cxrgen.generate import resolve_model
@@ -43,11 +43,8 @@ def run_arms(args: argparse.Namespace) -> dict:
     sets = eval_sets(args.manifests, out / "sets", args.prompts_per_set)
     rows = []
     for name, overrides in ARMS.items():
-        trained = train_arm(args.config, overrides + list(args.overrides), out / name, args.steps)
-        model = raw_model(out / name) if args.weights == "raw" else out / name / "model"
-        result = score_model(model, sets, out / name / f"eval-{args.weights}", args.n_per_prompt)
-        row = summary_row(name, result, trained)
-        row["cond_gain"] = conditioning(model, args.manifests, out / name / f"conditioning-{args.weights}.json")["gain"]
+        row, _ = run_arm(name, args.config, overrides + list(args.overrides), out / name, args.steps, sets,
+                         args.manifests, args.n_per_prompt, args.weights)
         rows.append(row)
     rows.append(ratio_row(rows[0], rows[1], ARM_COLUMNS))
     print(f"\n{args.steps} steps x batch = {rows[0]['images_seen']} images seen per arm\n")

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from arms import conditioning, eval_sets, markdown_table, raw_model, score_model, summary_row, train_arm
+from arms import eval_sets, markdown_table, run_arm
 
 COLUMNS = ["arm", "cond_gain", "fid_cxr", "auroc", "ms_ssim", "train_images_per_s", "text_params_M", "s_per_image"]
 
@@ -51,11 +51,8 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         folder = out / name.replace(" ", "-")
-        trained = train_arm(args.config, overrides, folder, args.steps)
-        model = raw_model(folder) if args.weights == "raw" else folder / "model"
-        result = score_model(model, sets, folder / f"eval-{args.weights}", args.n_per_prompt)
-        row = summary_row(name, result, trained)
-        row["cond_gain"] = conditioning(model, args.manifests, folder / f"conditioning-{args.weights}.json")["gain"]
+        row, result = run_arm(name, args.config, overrides, folder, args.steps, sets, args.manifests,
+                              args.n_per_prompt, args.weights)
         row["text_params_M"] = result["compute"]["text_encoder_params"] / 1e6
         rows.append(row)
     print(f"\n{args.steps} steps per arm\n")

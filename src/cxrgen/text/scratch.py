@@ -43,8 +43,7 @@ def manifest_texts(manifests: Iterable[str | Path], columns: Iterable[str] = ("p
     columns, manifests = tuple(columns), list(manifests)
     for path in manifests:
         table = read_manifest(path)
-        absent = [c for c in columns if c not in table.columns]
-        if len(absent) == len(columns):
+        if not any(c in table.columns for c in columns):
             raise ConfigError(f"{path} has none of the text columns {list(columns)}; name others with --column")
         for column in columns:
             if column in table.columns:
