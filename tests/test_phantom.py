@@ -159,6 +159,15 @@ def test_benchmark_prompts_fixed_heldout_and_covering() -> None:
     assert all(not f.conflicts() for f in truths)
 
 
+def test_benchmark_prompts_in_training_wording_keep_the_findings() -> None:
+    heldout, train = benchmark_prompts(), benchmark_prompts(wording="train")
+    assert [f for _, f in train] == [f for _, f in heldout]  # same findings, other words
+    heldout_sentences = _all_sentences("heldout")
+    assert not any(s in text for text, _ in train for s in heldout_sentences)
+    with pytest.raises(ConfigError, match="wording"):
+        benchmark_prompts(wording="test")
+
+
 def test_write_phantom_set(tmp_path: Path) -> None:
     csv = write_phantom_set(6, 32, tmp_path / "set", seed=11, progress=False)
     df = pd.read_csv(csv)
@@ -189,3 +198,19 @@ def test_max_findings_limits_each_study() -> None:
     assert max(f.n_findings for f in free) > 1  # without the limit studies combine findings
     with pytest.raises(ConfigError, match="max_findings"):
         PhantomConfig(max_findings=0)
+
+
+def test_present_lists_the_shown_findings() -> None:
+    assert PhantomFindings().present == frozenset()
+    both = PhantomFindings(effusion_side="left", effusion_size="small", consolidation_lobe="right_upper", ctr=0.6)
+    assert both.present == {"effusion", "consolidation", "cardiomegaly"} and both.n_findings == 3
+
+
+def test_benchmark_prompts_restricted_to_some_findings() -> None:
+    full = benchmark_prompts()
+    effusion = benchmark_prompts(findings=("effusion",))
+    assert effusion and all(f.present <= {"effusion"} for _, f in effusion)
+    assert {f.effusion_side for _, f in effusion} == {"none", "right", "left", "bilateral"}
+    assert set(effusion) < set(full)  # the same prompts (same wording draws), fewer of them
+    with pytest.raises(ConfigError, match="findings"):
+        benchmark_prompts(findings=("fracture",))

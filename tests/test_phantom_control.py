@@ -74,8 +74,11 @@ def test_oracle_scores_high_and_mirrored_oracle_fails_laterality() -> None:
         assert good[key] >= 0.95, (key, good[key])
     assert good["size_spearman"] >= 0.9
     assert len(good["per_prompt"]) == len(CASES) and good["settings"]["n_per_prompt"] == 1
+    assert min(good["laterality_by_finding"].values()) >= 0.95
     mirrored = control_benchmark(OraclePipe(_mirror), n_per_prompt=1, progress=False)
     assert mirrored["laterality_acc"] < 0.2  # bilateral effusions are the only sides that survive a mirror
+    assert mirrored["laterality_by_finding"]["pneumothorax"] == 0.0
+    assert mirrored["laterality_by_finding"]["consolidation"] < 0.1
     assert mirrored["presence_acc"] >= 0.95 and mirrored["size_spearman"] >= 0.9  # presence/size ignore side
 
 
@@ -91,13 +94,15 @@ def test_score_of_unreadable_image_counts_every_item_wrong() -> None:
     truth = PhantomFindings(effusion_side="left", effusion_size="large", pneumothorax_side="right",
                             pneumothorax_extent="apical")
     row = score_image(None, truth, "A large effusion is seen in the left pleural space. No airspace opacity.")
-    assert row["laterality"] == [False, False] and row["negation"] == [False]
+    assert row["laterality"] == {"effusion": False, "pneumothorax": False} and row["negation"] == [False]
     assert not any(row["presence"].values()) and not row["cardiomegaly"]
     measured = measure(render(truth, 64, np.random.default_rng(1)))
     good = score_image(measured, truth, "")
-    assert good["laterality"] == [True, True] and good["fluid_height"] > 0.4
+    assert good["laterality"] == {"effusion": True, "pneumothorax": True} and good["fluid_height"] > 0.4
     scores = summarise([dict(good, truth=truth), dict(row, truth=truth)])
     assert scores["laterality_acc"] == 0.5 and scores["n"] == 2
+    assert scores["laterality_by_finding"]["effusion"] == 0.5 and scores["laterality_by_finding"]["pneumothorax"] == 0.5
+    assert math.isnan(scores["laterality_by_finding"]["consolidation"])  # not prompted: undefined
     empty = summarise([dict(score_image(None, PhantomFindings(), "Normal chest."), truth=PhantomFindings())])
     assert math.isnan(empty["negation_acc"]) and math.isnan(empty["size_spearman"])  # no items: undefined
 
@@ -114,7 +119,19 @@ def test_control_cli_writes_the_json_keys(tmp_path: Path, tiny_pixel_model: Path
     result = json.loads(out.read_text())
     assert set(CONTROL_KEYS) <= set(result) and result["n"] == len(CASES)
     assert result["settings"] == {"sampler": "ddim", "steps": 2, "guidance_scale": 2.0, "n_per_prompt": 1,
-                                  "seed": 3, "prompts": len(CASES), "image_size": SIZE}
+                                  "seed": 3, "prompts": len(CASES), "image_size": SIZE, "wording": "heldout",
+                                  "findings": ["effusion", "pneumothorax", "consolidation", "cardiomegaly"]}
+    assert set(result["laterality_by_finding"]) == {"effusion", "pneumothorax", "consolidation"}
+    assert main(["control", "--model", str(tiny_pixel_model), "--json", str(out), "--n-per-prompt", "1",
+                 "--steps", "1", "--wording", "train"]) == 0
+    trained = json.loads(out.read_text())
+    assert trained["settings"]["wording"] == "train"
+    assert [p["prompt"] for p in trained["per_prompt"]] == [p for p, _ in benchmark_prompts(wording="train")]
+    assert main(["control", "--model", str(tiny_pixel_model), "--json", str(out), "--n-per-prompt", "1",
+                 "--steps", "1", "--findings", "effusion"]) == 0
+    effusion = json.loads(out.read_text())
+    assert effusion["n"] == len(benchmark_prompts(findings=("effusion",))) < len(CASES)
+    assert effusion["laterality_by_finding"]["pneumothorax"] is None  # not prompted: null in the JSON
     assert all(result[k] is None or 0.0 <= result[k] <= 1.0 for k in CONTROL_KEYS if k.endswith("_acc"))
 
 

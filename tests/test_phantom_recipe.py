@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrgen.errors import DataError
+from cxrgen.config import PhantomConfig
+from cxrgen.errors import ConfigError, DataError
 from cxrgen.phantom import PhantomFindings, render
 from cxrgen.phantom.grid import CELL, describe, phantom_grid
 from cxrgen.phantom.measure import measure
@@ -61,3 +62,17 @@ def test_describe_reads_measured_findings() -> None:
     line = describe(measure(render(f, 64, np.random.default_rng(0))))
     assert "effusion left large" in line and "ptx none" in line
     assert "not measurable" in describe(None)
+
+
+def test_recipe_findings_switch_the_others_off() -> None:
+    from cxrgen.phantom.findings import sample_findings
+    from cxrgen.phantom.recipe import phantom_config
+
+    cfg = phantom_config(dataclasses.replace(PhantomRecipe(), findings=("effusion",)))
+    assert cfg.pneumothorax_prob == cfg.consolidation_prob == cfg.cardiomegaly_prob == 0.0
+    assert cfg.effusion_prob == PhantomConfig().effusion_prob and cfg.size == PhantomRecipe.image_size
+    rng = np.random.default_rng(0)
+    drawn = [sample_findings(rng, cfg) for _ in range(200)]
+    assert all(f.present <= {"effusion"} for f in drawn) and any(f.present for f in drawn)
+    with pytest.raises(ConfigError, match="findings"):
+        phantom_config(dataclasses.replace(PhantomRecipe(), findings=("fracture",)))

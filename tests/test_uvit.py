@@ -7,10 +7,11 @@ import dataclasses
 import pytest
 import torch
 
+import cxrgen.denoisers.uvit
 from cxrgen.compute import count_params
 from cxrgen.config import DenoiserConfig
 from cxrgen.denoisers import DENOISERS, UViT, build_denoiser, load_denoiser, resolve_config
-from cxrgen.denoisers.uvit import timestep_embedding, unpatchify
+from cxrgen.denoisers.uvit import timestep_embedding, trim_padding, unpatchify
 from cxrgen.errors import ConfigError
 
 B, C, SIZE, L, D_TEXT = 3, 4, 32, 8, 16
@@ -76,12 +77,32 @@ def test_mask_makes_padding_equal_to_truncation(monkeypatch: pytest.MonkeyPatch)
     n_real = 5
     mask = torch.zeros(B, L, dtype=torch.bool)
     mask[:, :n_real] = True
+    mask[1] = True  # one unpadded row: no position is padding in every row, so nothing is trimmed
+    short = [0, 2]
     with torch.no_grad():
-        truncated = model(z, t, context[:, :n_real], None)
-        torch.testing.assert_close(model(z, t, context, mask), truncated, rtol=0, atol=TOL)
+        truncated = model(z[short], t[short], context[short, :n_real], None)
+        torch.testing.assert_close(model(z, t, context, mask)[short], truncated, rtol=0, atol=TOL)
         monkeypatch.setattr(UViT, "_attention_mask", staticmethod(lambda mask, n_tokens: None))
-        unmasked = model(z, t, context, mask)
+        unmasked = model(z, t, context, mask)[short]
     assert (unmasked - truncated).abs().max() > 10 * TOL  # about 300x TOL at this init
+
+
+def test_padding_in_every_row_is_trimmed_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model()
+    z, t, context, mask = _inputs()
+    mask[1, 6:] = False  # position 6.. is now padding in every row
+    trimmed, trimmed_mask = trim_padding(context, mask)
+    assert trimmed.shape == (B, 6, D_TEXT) and trimmed_mask.tolist() == mask[:, :6].tolist()
+    assert trim_padding(context, torch.zeros_like(mask))[0].shape == (B, 0, D_TEXT)  # all padding: no text
+    seen = []
+    hook = model.in_blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    with torch.no_grad():
+        out = model(z, t, context, mask)
+    hook.remove()
+    assert seen == [1 + 6 + model.grid**2]  # time + 6 text + patches, not + L text
+    monkeypatch.setattr(cxrgen.denoisers.uvit, "trim_padding", lambda context, mask: (context, mask))
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(z, t, context, mask), rtol=0, atol=TOL)  # untrimmed: same output
 
 
 def test_attention_mask_keeps_time_and_patches() -> None:

@@ -243,6 +243,12 @@ def _add_control(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler")
     p.add_argument("--seed", type=int, default=0, help="seed of the benchmark's noise")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--wording", choices=("heldout", "train"), default="heldout",
+                   help="heldout: the benchmark (wordings unseen in training); train: the training wordings, "
+                        "to tell a model that ignores the text from one that does not generalise the wording")
+    p.add_argument("--findings", nargs="+", metavar="FINDING",
+                   help="keep the prompts whose findings are all among these (effusion pneumothorax consolidation "
+                        "cardiomegaly): for a model trained on fewer kinds; default all")
     p.set_defaults(func=_cmd_control)
 
 
@@ -250,10 +256,14 @@ def _cmd_control(args: argparse.Namespace) -> int:
     import math
 
     from cxrgen.phantom.control import CONTROL_KEYS, run_control
+    from cxrgen.phantom.findings import FINDINGS
 
     result = run_control(args.model, n_per_prompt=args.n_per_prompt, steps=args.steps, guidance=args.guidance,
-                         sampler=args.sampler, seed=args.seed, device=args.device)
+                         sampler=args.sampler, seed=args.seed, device=args.device, wording=args.wording,
+                         findings=tuple(args.findings) if args.findings else FINDINGS)
     result.update({k: None for k in CONTROL_KEYS if isinstance(result[k], float) and math.isnan(result[k])})
+    by = result["laterality_by_finding"]
+    by.update({k: None for k, v in by.items() if math.isnan(v)})  # NaN is not JSON
     _write_json(result, args.json)
     print(json.dumps({k: result[k] for k in CONTROL_KEYS}))
     return 0

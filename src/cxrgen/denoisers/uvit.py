@@ -40,6 +40,17 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: int = MAX_PERIOD) 
     return emb
 
 
+def trim_padding(context: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the trailing text positions that are padding in every row: (B, L, D), (B, L) -> (B, L', ...).
+
+    Exact for the U-ViT (padded tokens are never attended to and are not decoded) and cheaper: reports
+    padded to ``max_length`` often carry half as many real tokens.
+    """
+    real = mask.any(dim=0).nonzero()  # (R, 1) indices of positions real in some row
+    n = int(real[-1, 0]) + 1 if real.numel() else 0
+    return context[:, :n], mask[:, :n]
+
+
 def unpatchify(x: torch.Tensor, channels: int, patch: int, grid: int) -> torch.Tensor:
     """Patch tokens (B, grid*grid, patch*patch*C) -> latents (B, C, grid*patch, grid*patch)."""
     b = x.shape[0]
@@ -172,6 +183,8 @@ class UViT(nn.Module):
         """Predict (B, C, h, w) from latents (B, C, h, w), t (B,), context (B, L, D_text), mask (B, L)."""
         cfg = self.config
         mask = check_inputs(cfg, z_t, context, mask)
+        if mask is not None:
+            context, mask = trim_padding(context, mask)
         b, _, h, w = z_t.shape
         n_text = context.shape[1]
         if h != cfg.sample_size or w != cfg.sample_size:

@@ -5,7 +5,8 @@ wordings, never seen in training) and read back with the phantom measurer. Score
 0/1 items over every image):
 
 - ``laterality_acc``: measured side == prompted side, for every effusion (right / left /
-  bilateral), pneumothorax and consolidation a prompt states;
+  bilateral), pneumothorax and consolidation a prompt states (``laterality_by_finding`` splits it
+  per finding);
 - ``size_spearman``: Spearman correlation between prompted effusion size (small < moderate < large)
   and the measured fluid height (the higher side's, so size is scored apart from laterality);
 - ``presence_acc``: effusion, pneumothorax and consolidation measured present exactly when prompted;
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from cxrgen.config import SamplingConfig
 from cxrgen.errors import ConfigError, DataError
-from cxrgen.phantom.findings import EFFUSION_SIZES, PhantomFindings
+from cxrgen.phantom.findings import EFFUSION_SIZES, FINDINGS, PhantomFindings
 from cxrgen.phantom.measure import MeasuredFindings, measure
 from cxrgen.phantom.reports import TEMPLATES, benchmark_prompts
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 #: The keys every benchmark result has (``per_prompt`` and ``settings`` are added beside them).
 CONTROL_KEYS = ("laterality_acc", "size_spearman", "presence_acc", "negation_acc", "cardiomegaly_acc", "n")
-#: Findings scored for presence / negation (cardiomegaly is scored on its own as well).
+#: Findings scored for presence / negation / side (cardiomegaly is scored on its own as well).
 PRESENCE_FINDINGS = ("effusion", "pneumothorax", "consolidation")
 #: Negation template key -> the findings it states absent ("normal_heart": no cardiomegaly).
 NEGATION_KEYS: dict[str, tuple[str, ...]] = {
@@ -62,7 +63,9 @@ def _present(m: MeasuredFindings | PhantomFindings) -> dict[str, bool]:
 
 def score_image(measured: MeasuredFindings | None, truth: PhantomFindings, prompt: str) -> dict[str, Any]:
     """The benchmark items of one generated image (``measured`` None: unreadable, every item wrong)."""
-    laterality, negation = [], []
+    negation: list[bool] = []
+    sides = dict(zip(PRESENCE_FINDINGS, (truth.effusion_side, truth.pneumothorax_side, truth.consolidation_side)))
+    laterality = {k: False for k, side in sides.items() if side != "none"}  # finding -> side right
     presence = {k: False for k in PRESENCE_FINDINGS}
     cardio, height = False, 0.0
     if measured is not None:
@@ -72,14 +75,11 @@ def score_image(measured: MeasuredFindings | None, truth: PhantomFindings, promp
         cardio = measured.cardiomegaly == truth.cardiomegaly
         if truth.effusion_side != "none":  # the larger side: size is scored apart from laterality
             height = float(max(measured.effusion_height.values()))
-        pairs = ((truth.effusion_side, measured.effusion_side),
-                 (truth.pneumothorax_side, measured.pneumothorax_side),
-                 (truth.consolidation_side, measured.consolidation_lobe.split("_")[0]))
-        laterality = [want_side == got_side for want_side, got_side in pairs if want_side != "none"]
+        got_sides = dict(zip(PRESENCE_FINDINGS, (measured.effusion_side, measured.pneumothorax_side,
+                                                 measured.consolidation_lobe.split("_")[0])))
+        laterality = {k: got_sides[k] == sides[k] for k in laterality}
     else:
         negation = [False] * len(negated_findings(prompt))
-        sides = (truth.effusion_side, truth.pneumothorax_side, truth.consolidation_side)
-        laterality = [False for side in sides if side != "none"]
     return {"laterality": laterality, "presence": presence, "negation": negation, "cardiomegaly": cardio,
             "fluid_height": height}
 
@@ -88,7 +88,7 @@ def _mean(items: list[bool]) -> float:
     return float(np.mean(items)) if items else math.nan
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, float | int]:
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The benchmark's scores from :func:`score_image` rows that carry their ``truth``."""
     if not rows:
         raise DataError("no benchmark images to score; give at least one prompt and image")
@@ -100,12 +100,14 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float | int]:
         # constant measured heights carry no size information: agreement 0, not undefined
         rho = 0.0 if np.ptp(heights) == 0 else float(spearmanr(ranks, heights).statistic)
     return {
-        "laterality_acc": _mean([x for r in rows for x in r["laterality"]]),
+        "laterality_acc": _mean([x for r in rows for x in r["laterality"].values()]),
         "size_spearman": rho,
         "presence_acc": _mean([x for r in rows for x in r["presence"].values()]),
         "negation_acc": _mean([x for r in rows for x in r["negation"]]),
         "cardiomegaly_acc": _mean([r["cardiomegaly"] for r in rows]),
         "n": len(rows),
+        "laterality_by_finding": {k: _mean([r["laterality"][k] for r in rows if k in r["laterality"]])
+                                  for k in PRESENCE_FINDINGS},
     }
 
 
@@ -143,16 +145,20 @@ def generate_for(pipe: Any, prompts: list[str], sampling: SamplingConfig, seed: 
 
 def control_benchmark(pipe: Any, n_per_prompt: int = 2, sampling: SamplingConfig | None = None, seed: int = 0,
                       cases: list[tuple[str, PhantomFindings]] | None = None,
-                      progress: bool = True) -> dict[str, Any]:
+                      progress: bool = True, wording: str = "heldout",
+                      findings: tuple[str, ...] = FINDINGS) -> dict[str, Any]:
     """Generate ``n_per_prompt`` images per benchmark prompt with ``pipe`` (a CXRPipeline) and score them.
 
-    ``sampling`` None: the pipeline's defaults. ``cases`` replaces :func:`benchmark_prompts` (tests).
+    ``sampling`` None: the pipeline's defaults. ``cases`` replaces :func:`benchmark_prompts` (tests);
+    ``wording`` "train" scores the same findings worded as in training (a diagnostic, not the benchmark);
+    ``findings`` keeps the prompts whose findings are all among them (a model trained on fewer kinds).
     Returns the CONTROL_KEYS scores plus ``per_prompt`` (measurements) and ``settings``.
     """
     if n_per_prompt < 1:
         raise ConfigError(f"n_per_prompt={n_per_prompt}: give at least 1 image per prompt")
     sampling = dataclasses.replace(sampling or pipe.sampling, num_images_per_prompt=n_per_prompt)
-    cases = benchmark_prompts() if cases is None else cases
+    custom = cases is not None
+    cases = cases if custom else benchmark_prompts(wording=wording, findings=findings)
     prompts = [prompt for prompt, _ in cases]
     images = generate_for(pipe, prompts, sampling, seed, progress)
     low, high = pipe.image_config.low, pipe.image_config.high
@@ -169,17 +175,20 @@ def control_benchmark(pipe: Any, n_per_prompt: int = 2, sampling: SamplingConfig
     result["per_prompt"] = per_prompt
     result["settings"] = {"sampler": sampling.sampler, "steps": sampling.steps,
                           "guidance_scale": sampling.guidance_scale, "n_per_prompt": n_per_prompt,
-                          "seed": seed, "prompts": len(cases), "image_size": pipe.image_size}
+                          "seed": seed, "prompts": len(cases), "image_size": pipe.image_size,
+                          "wording": "custom" if custom else wording,
+                          "findings": "custom" if custom else list(findings)}
     log.info("control benchmark: %s", {k: result[k] for k in CONTROL_KEYS})
     return result
 
 
 def run_control(model: str, n_per_prompt: int = 2, steps: int | None = None, guidance: float | None = None,
-                sampler: str | None = None, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+                sampler: str | None = None, seed: int = 0, device: str = "cpu",
+                wording: str = "heldout", findings: tuple[str, ...] = FINDINGS) -> dict[str, Any]:
     """What ``cxrgen control --model M`` calls: load the pipeline, override sampling, run the benchmark."""
     from cxrgen.pipeline import CXRPipeline
 
     pipe = CXRPipeline.from_pretrained(model).to(device)
     given = {"steps": steps, "guidance_scale": guidance, "sampler": sampler}
     sampling = dataclasses.replace(pipe.sampling, **{k: v for k, v in given.items() if v is not None})
-    return control_benchmark(pipe, n_per_prompt, sampling, seed)
+    return control_benchmark(pipe, n_per_prompt, sampling, seed, wording=wording, findings=findings)

@@ -15,6 +15,8 @@ from cxrgen.config import PhantomConfig
 from cxrgen.errors import ConfigError
 
 SIDES: tuple[str, ...] = ("right", "left")  # patient's sides
+#: The kinds of finding a phantom can show.
+FINDINGS: tuple[str, ...] = ("effusion", "pneumothorax", "consolidation", "cardiomegaly")
 EFFUSION_SIDES: tuple[str, ...] = ("none", "right", "left", "bilateral")
 EFFUSION_SIZES: tuple[str, ...] = ("none", "small", "moderate", "large")
 PNEUMOTHORAX_SIDES: tuple[str, ...] = ("none", "right", "left")
@@ -81,10 +83,16 @@ class PhantomFindings:
                 and self.consolidation_lobe == "none" and not self.cardiomegaly)
 
     @property
+    def present(self) -> frozenset[str]:
+        """The FINDINGS this study shows (empty for a normal study)."""
+        shown = (self.effusion_side != "none", self.pneumothorax_side != "none",
+                 self.consolidation_lobe != "none", self.cardiomegaly)
+        return frozenset(name for name, on in zip(FINDINGS, shown) if on)
+
+    @property
     def n_findings(self) -> int:
         """How many findings the study has (effusion, pneumothorax, consolidation, cardiomegaly)."""
-        return sum((self.effusion_side != "none", self.pneumothorax_side != "none",
-                    self.consolidation_lobe != "none", self.cardiomegaly))
+        return len(self.present)
 
     def conflicts(self) -> list[str]:
         """Reasons this combination cannot be read back reliably from pixels (empty when fine)."""

@@ -20,8 +20,9 @@ from torch.utils.data import Dataset
 
 from cxrgen.config import ImageConfig, PhantomConfig, TextEncoderConfig, TrainConfig, from_dict
 from cxrgen.data.images import load_image
-from cxrgen.errors import DataError
+from cxrgen.errors import ConfigError, DataError
 from cxrgen.phantom.dataset import MANIFEST_NAME, write_phantom_set
+from cxrgen.phantom.findings import FINDINGS
 from cxrgen.text import build_text_encoder, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class PhantomRecipe:
     image_size: int = 32
     anatomy_jitter: float = 0.3  # PhantomConfig.anatomy_jitter of the training set (less nuisance variation)
     max_findings: int | None = None  # PhantomConfig.max_findings of the training set (None: no limit)
+    findings: tuple[str, ...] = FINDINGS  # kinds of finding the training set draws (the others never occur)
     text_backend: str = "minilm"  # minilm (frozen, real weights) | scratch (trained jointly)
     vocab_size: int = 600
     max_length: int = 48  # tokens per report (phantom reports are short)
@@ -92,6 +94,16 @@ class PhantomImages(Dataset):
         return item
 
 
+def phantom_config(recipe: PhantomRecipe) -> PhantomConfig:
+    """The PhantomConfig of the recipe's training set: its size, jitter and kinds of finding."""
+    unknown = set(recipe.findings) - set(FINDINGS)
+    if unknown or not recipe.findings:
+        raise ConfigError(f"recipe findings={recipe.findings!r}: give some of {list(FINDINGS)}")
+    off = {f"{name}_prob": 0.0 for name in FINDINGS if name not in recipe.findings}
+    return PhantomConfig(size=recipe.image_size, anatomy_jitter=recipe.anatomy_jitter,
+                         max_findings=recipe.max_findings, **off)
+
+
 def _text_config(recipe: PhantomRecipe, tokenizer_dir: str | Path | None) -> dict[str, Any]:
     if recipe.text_backend == "scratch":
         return {"backend": "scratch", "name_or_path": str(tokenizer_dir), "trainable": True,
@@ -139,10 +151,8 @@ def train_phantom_model(out_dir: str | Path, recipe: PhantomRecipe | None = None
     out_dir = Path(out_dir)
     table = out_dir / DATA_DIR / MANIFEST_NAME
     if not table.is_file():
-        look = PhantomConfig(size=recipe.image_size, anatomy_jitter=recipe.anatomy_jitter,
-                             max_findings=recipe.max_findings)
-        write_phantom_set(recipe.n_images, recipe.image_size, out_dir / DATA_DIR, seed=recipe.seed, cfg=look,
-                          progress=False)
+        write_phantom_set(recipe.n_images, recipe.image_size, out_dir / DATA_DIR, seed=recipe.seed,
+                          cfg=phantom_config(recipe), progress=False)
     image_cfg = ImageConfig(size=recipe.image_size)
     if recipe.text_backend == "scratch":
         prompts = [str(p) for p in pd.read_csv(table)["prompt"]]

@@ -10,7 +10,7 @@ import numpy as np
 
 from cxrgen.config import PhantomConfig
 from cxrgen.errors import ConfigError
-from cxrgen.phantom.findings import CTR_ENLARGED, CTR_NORMAL, PhantomFindings
+from cxrgen.phantom.findings import CTR_ENLARGED, CTR_NORMAL, FINDINGS, PhantomFindings
 
 WORDINGS: tuple[str, ...] = ("train", "heldout")
 BENCHMARK_SEED = 20240905  # fixes the benchmark's wording choices (a constant set, not a sample)
@@ -141,11 +141,24 @@ def _benchmark_findings() -> list[PhantomFindings]:
     return grid
 
 
-def benchmark_prompts(per_case: int = 4) -> list[tuple[str, PhantomFindings]]:
-    """A fixed list of (held-out-wording prompt, truth) pairs covering laterality, sizes and negations."""
+def benchmark_prompts(per_case: int = 4, wording: str = "heldout",
+                      findings: tuple[str, ...] = FINDINGS) -> list[tuple[str, PhantomFindings]]:
+    """A fixed list of (prompt, truth) pairs covering laterality, sizes and negations.
+
+    ``wording`` "heldout" (the benchmark: wordings never used in training) or "train" (the training
+    templates: separates "the model cannot follow the text" from "it cannot generalise the wording").
+    ``findings`` keeps only the cases whose findings are all among them (for a model trained on fewer).
+    """
+    if wording not in WORDINGS:
+        raise ConfigError(f"wording={wording!r}: use one of {list(WORDINGS)}")
+    unknown = set(findings) - set(FINDINGS)
+    if unknown or not findings:
+        raise ConfigError(f"findings={findings!r}: give some of {list(FINDINGS)}")
     rng = np.random.default_rng(BENCHMARK_SEED)
     out = []
-    for findings in _benchmark_findings():
+    for truth in _benchmark_findings():
         for _ in range(per_case):
-            out.append((report_for(findings, rng, wording="heldout"), findings))
+            prompt = report_for(truth, rng, wording=wording)  # drawn for every case: wordings do not shift
+            if truth.present <= set(findings):
+                out.append((prompt, truth))
     return out
