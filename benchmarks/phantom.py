@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/phantom.py --out runs/phantom --grid docs/phantom_grid.png
 
-Writes OUT/control.json (the benchmark: held-out wordings; scores, per-prompt measurements, settings),
-OUT/control_train_wording.json (the same findings in training wordings: tells "ignores the text" from
-"does not generalise the wording") and the grid PNG; prints the scores and the wall time. ``--model DIR`` skips training and uses a saved model.
+Writes, per guidance scale W, OUT/control_wW.json (the benchmark: held-out wordings; scores, per-prompt
+measurements, settings) and OUT/control_train_wording_wW.json (the same findings in training wordings:
+tells "ignores the text" from "does not generalise the wording"), and the grid PNG; prints the scores
+and the wall time. ``--model DIR`` skips training and uses a saved model.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--max-findings", type=int, default=PhantomRecipe.max_findings,
                         help="at most this many findings per training phantom (default: no limit)")
+    parser.add_argument("--guidance", type=float, nargs="+",
+                        help="guidance scales to score (default: the model's own); the first draws the grid")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a PhantomRecipe field, e.g. --set hidden_size=128 (repeatable)")
     args = parser.parse_args()
@@ -74,14 +77,18 @@ def main() -> None:
     trained = time.perf_counter()
     pipe = CXRPipeline.from_pretrained(model)
     out.mkdir(parents=True, exist_ok=True)
-    for wording in ("heldout", "train"):  # the benchmark, then the training wordings (a diagnostic)
-        result = control_benchmark(pipe, n_per_prompt=args.n_per_prompt, seed=args.seed, progress=False,
-                                   wording=wording)
-        name = "control.json" if wording == "heldout" else "control_train_wording.json"
-        (out / name).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        scores = {k: round(result[k], 3) for k in CONTROL_KEYS}
-        by = {k: round(v, 3) for k, v in result["laterality_by_finding"].items()}
-        print(f"{wording} wording: {json.dumps(scores)} laterality by finding {json.dumps(by)}")
+    scales = args.guidance or [pipe.sampling.guidance_scale]
+    for scale in scales:
+        sampling = dataclasses.replace(pipe.sampling, guidance_scale=scale)
+        for wording in ("heldout", "train"):  # the benchmark, then the training wordings (a diagnostic)
+            result = control_benchmark(pipe, n_per_prompt=args.n_per_prompt, sampling=sampling, seed=args.seed,
+                                       progress=False, wording=wording)
+            name = "control" if wording == "heldout" else "control_train_wording"
+            (out / f"{name}_w{scale:g}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+            scores = {k: round(result[k], 3) for k in CONTROL_KEYS}
+            by = {k: round(v, 3) for k, v in result["laterality_by_finding"].items()}
+            print(f"w={scale:g} {wording} wording: {json.dumps(scores)} laterality by finding {json.dumps(by)}")
+    pipe.sampling = dataclasses.replace(pipe.sampling, guidance_scale=scales[0])
     lines = phantom_grid(pipe, GRID_PROMPTS, args.grid, seed=args.seed)
     print(f"model {model}; train {trained - start:.0f} s, benchmark + grid {time.perf_counter() - trained:.0f} s")
     for prompt, line in zip(GRID_PROMPTS, lines):

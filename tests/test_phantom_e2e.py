@@ -4,15 +4,16 @@ The same trained model is then sampled with two deliberate mistakes (the prompt 
 with the wrong sign), and a second model is trained on randomly flipped images: each mistake must
 bring laterality below the pass mark, so the benchmark would catch it.
 
-NOT YET PASSING: with the recipe's ~2-3 CPU minutes the model learns effusion presence and size
-(size Spearman 0.5-0.8, negation 0.82-0.97) but not the side (laterality 0.13-0.43, the longest
-tried run 3000 steps: 0.33 at w=3, 0.43 at w=7). The module therefore runs only when
-CXRGEN_PHANTOM_E2E=1; the mistake tests are meaningful only once the first test passes.
+NOT YET PASSING, so the module runs only when CXRGEN_PHANTOM_E2E=1. With the default recipe (a
+5-block 128-wide U-ViT, 6,000 phantoms, 2,500 steps: ~13 CPU minutes per model) the model follows
+the side in the TRAINING wordings (laterality 0.79 at w=3, 0.92 at w=6) but not in the benchmark's
+held-out wordings (0.47-0.57): it does not carry new phrasings over. Two such models (the clean
+one and the flipped one) also take ~2 x 13 minutes, over the 15-minute CI budget. See README,
+"does the text control the image?".
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -28,13 +29,14 @@ from cxrgen.pipeline import CXRPipeline
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.environ.get("CXRGEN_PHANTOM_E2E") != "1",
-                       reason="the CPU-budget phantom model does not learn laterality yet (0.13-0.43 < 0.85); "
-                              "set CXRGEN_PHANTOM_E2E=1 to run it"),
+                       reason="the phantom model does not yet follow the side in held-out wordings (0.47-0.57 "
+                              "< 0.85) and two ~13-minute trainings exceed the CI budget; set "
+                              "CXRGEN_PHANTOM_E2E=1 to run it"),
 ]
 
 RECIPE = PhantomRecipe()
-#: The flipped run only has to show that laterality collapses: a shorter run is enough.
-FLIP_RECIPE = dataclasses.replace(RECIPE, steps=RECIPE.steps // 2)
+#: The flipped run uses the same recipe, so a laterality drop is the flip's doing, not a smaller budget's.
+FLIP_RECIPE = RECIPE
 LATERALITY_MIN, NEGATION_MIN, SIZE_SPEARMAN_MIN = 0.85, 0.85, 0.5
 N_PER_PROMPT = 1
 THREADS = 2  # the tiny U-ViT trains ~1.7x faster on 2 threads than on 1 (measured on the 2-core CI machine)

@@ -44,8 +44,11 @@ def trim_padding(context: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
     """Drop the trailing text positions that are padding in every row: (B, L, D), (B, L) -> (B, L', ...).
 
     Exact for the U-ViT (padded tokens are never attended to and are not decoded) and cheaper: reports
-    padded to ``max_length`` often carry half as many real tokens.
+    padded to ``max_length`` often carry half as many real tokens. Skipped where the length cannot be
+    read from the data: meta tensors (parameter/FLOP counting), tracing and torch.compile.
     """
+    if mask.device.type == "meta" or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return context, mask
     real = mask.any(dim=0).nonzero()  # (R, 1) indices of positions real in some row
     n = int(real[-1, 0]) + 1 if real.numel() else 0
     return context[:, :n], mask[:, :n]
