@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from arms import eval_sets, markdown_table, ratio_row, run_arm, score_model, summary_row
+from arms import conditioning, eval_sets, markdown_table, ratio_row, run_arm, score_model, summary_row
 
 from cxrgen.errors import ConfigError
 from cxrgen.generate import resolve_model
@@ -70,7 +70,9 @@ def run_samplers(args: argparse.Namespace) -> dict:
         row["gflops_per_image"] = result["compute"]["gflops_per_image"]
         rows.append(row)
     print(markdown_table(rows, SAMPLER_COLUMNS))
-    return {"rows": rows, "model": str(model)}
+    gain = conditioning(model, args.manifests, out / "conditioning.json")  # does the report steer this model?
+    print(f"conditioning gain {gain['gain']:.4f} ({gain['n']} validate images x {gain['timesteps_per_image']} timesteps)")
+    return {"rows": rows, "model": str(model), "conditioning": gain}
 
 
 def main() -> None:
