@@ -108,7 +108,7 @@ def test_report_wording_variety_and_laterality() -> None:
     cons = _reports(PhantomFindings(consolidation_lobe="right_lower"), "train")
     assert all("right lower lobe" in t.lower() for t in cons)
     big = _reports(PhantomFindings(ctr=0.62), "train")
-    assert all(re.search(r"cardiomegaly|enlarged", t, re.IGNORECASE) for t in big)
+    assert all(re.search(r"cardiomegaly|enlarge", t, re.IGNORECASE) for t in big)
 
 
 def test_report_negations_and_normal_studies() -> None:
@@ -120,7 +120,7 @@ def test_report_negations_and_normal_studies() -> None:
         assert sentence in joined
     bare = _reports(LEFT_LARGE, "train", cfg=PhantomConfig(negation_prob=0.0))
     assert not any(re.search(r"\bno\b", t, re.IGNORECASE) for t in bare)
-    assert all("No pneumothorax." in t for t in _reports(LEFT_LARGE, "train", cfg=PhantomConfig(negation_prob=1.0)))
+    assert all(re.search(r"\b[Nn]o pneumothorax", t) for t in _reports(LEFT_LARGE, "train", cfg=PhantomConfig(negation_prob=1.0)))
 
 
 def _all_sentences(wording: str) -> set[str]:
@@ -135,9 +135,17 @@ def _all_sentences(wording: str) -> set[str]:
     return out
 
 
+#: Words of the held-out set that no training template may use (the benchmark's new vocabulary).
+HELDOUT_ONLY_WORDS = ("hemithorax", "pleural space", "apex", "patchy", "opacity", "unremarkable", "costophrenic",
+                      "sharp", "evidence", "collection", "in size", "present", "increased", "findings")
+
+
 def test_heldout_wordings_never_appear_in_training_reports() -> None:
     train, heldout = _all_sentences("train"), _all_sentences("heldout")
     assert not train & heldout
+    heldout_text = " ".join(heldout).lower()
+    for word in HELDOUT_ONLY_WORDS:
+        assert word in heldout_text and not any(word in s.lower() for s in train), word
     rng = np.random.default_rng(5)
     for _ in range(300):
         text = report_for(sample_findings(rng), rng, wording="train")

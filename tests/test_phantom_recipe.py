@@ -57,6 +57,47 @@ def test_frozen_text_features_are_precomputed_per_item(tmp_path: Path) -> None:
         PhantomImages(tmp_path / "missing.csv", cfg.image)
 
 
+def test_prompt_variants_reword_the_same_truth(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from cxrgen.phantom import write_phantom_set
+    from cxrgen.phantom.control import negated_findings
+
+    table = write_phantom_set(20, 32, tmp_path, progress=False)
+    rows = pd.read_csv(table)
+
+    class Encoder:  # context = prompt length, so each item's context can be matched to its prompt
+        def encode(self, prompts):
+            lengths = torch.tensor([float(len(p)) for p in prompts])
+            return lengths[:, None, None].expand(-1, 4, 2), torch.ones(len(prompts), 4, dtype=torch.bool)
+
+    image_cfg = phantom_train_config(PhantomRecipe(), tmp_path).image
+    data = PhantomImages(table, image_cfg, text_encoder=Encoder(), prompts_per_image=4, seed=1)
+    assert len(data.all_prompts()) == 80 and data.context_row.shape == (20, 4)
+    assert data.context[0].shape == (len(set(data.all_prompts())), 4, 2)  # each distinct report encoded once
+    torch.manual_seed(0)
+    for i, row in enumerate(rows.to_dict("records")):
+        truth = PhantomFindings.from_row(row)
+        assert truth.to_row() == PhantomFindings(**{k: row[k] for k in truth.to_row() if k != "cardiomegaly"}).to_row()
+        variants = data.all_prompts()[4 * i:4 * i + 4]
+        assert variants[0] == row["prompt"]  # the table's own report first
+        for text in variants:  # every rewording names the truth's sides and negates nothing present
+            low = text.lower()
+            if truth.effusion_side in ("right", "left") and truth.pneumothorax_side == "none":
+                other = "left" if truth.effusion_side == "right" else "right"
+                assert truth.effusion_side in low and (other in low) == (other in truth.consolidation_lobe), text
+            assert not negated_findings(text) & truth.present, text
+        seen = {data[i]["prompt"] for _ in range(30)}
+        assert seen <= set(variants) and len(seen) >= min(2, len(set(variants)))
+        item = data[i]
+        assert float(item["context"][0, 0]) == len(item["prompt"])
+    assert len({p for p in data.all_prompts()}) > len(set(rows["prompt"]))  # more wordings than the table
+    again = PhantomImages(table, image_cfg, prompts_per_image=4, seed=1)
+    assert again.all_prompts() == data.all_prompts()  # seeded by (seed, row, variant)
+    with pytest.raises(ConfigError, match="prompts_per_image"):
+        PhantomImages(table, image_cfg, prompts_per_image=0)
+
+
 def test_describe_reads_measured_findings() -> None:
     f = PhantomFindings(effusion_side="left", effusion_size="large")
     line = describe(measure(render(f, 64, np.random.default_rng(0))))

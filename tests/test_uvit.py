@@ -153,6 +153,21 @@ def test_save_load_gives_identical_output(model: UViT, tmp_path) -> None:
         torch.testing.assert_close(loaded(z, t, context, mask), model(z, t, context, mask), rtol=0, atol=0)
 
 
+def test_pretrained_starts_from_saved_weights(model: UViT, tmp_path) -> None:
+    z, t, context, mask = _inputs()
+    model.save_pretrained(tmp_path / "pipe" / "denoiser")  # a CXRPipeline folder holds it as denoiser/
+    for source in (tmp_path / "pipe" / "denoiser", tmp_path / "pipe"):
+        started = _model(dataclasses.replace(TINY, pretrained=str(source)), seed=9)  # another init seed
+        with torch.no_grad():
+            torch.testing.assert_close(started(z, t, context, mask), model(z, t, context, mask), rtol=0, atol=0)
+    started.save_pretrained(tmp_path / "again")
+    assert load_denoiser(tmp_path / "again").config.pretrained is None  # the saved model does not point back
+    with pytest.raises(ConfigError, match="hidden_size"):
+        build_denoiser(dataclasses.replace(TINY, hidden_size=64, num_heads=2, pretrained=str(tmp_path / "pipe")))
+    with pytest.raises(ConfigError, match="local folder"):
+        build_denoiser(dataclasses.replace(TINY, pretrained=str(tmp_path / "missing")))
+
+
 def test_generator_fixes_the_init() -> None:
     a, b, c = _model(seed=3), _model(seed=3), _model(seed=4)
     assert torch.equal(a.pos_embed, b.pos_embed) and torch.equal(a.patch_embed.weight, b.patch_embed.weight)

@@ -3,9 +3,16 @@
     .venv/bin/python tools/ship_model.py runs/cxr256-cpu --autoencoder runs/ae-cxr256 \
         --recipe "cxr256-cpu.yaml + autoencoder-cxr256.yaml" [--dest src/cxrgen/models/default]
 
+A run that started from an earlier model's weights (``model.denoiser.pretrained``) is shipped with
+``--start-from OLD/training.json`` instead of ``--autoencoder`` (read before DEST is replaced):
+
+    .venv/bin/python tools/ship_model.py runs/cxr256-cpu-stage2 \
+        --start-from src/cxrgen/models/default/training.json --recipe "..."
+
 Writes DEST/training.json: the recipe, the hardware it ran on (CPU model, cores, torch), wall time
 and images seen of the diffusion run (its metrics.json, summed over resumed segments as recorded
-in segments), and the autoencoder's held-out PSNR / SSIM (its metrics.json).
+in segments, and over the earlier stages of --start-from, which are kept under "stages"), and the
+autoencoder's held-out PSNR / SSIM (its metrics.json, or the earlier record's).
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ def cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a `cxrgen train` output folder (holds model/ and metrics.json)")
-    parser.add_argument("--autoencoder", required=True, help="the `cxrgen train-autoencoder` output folder")
+    parser.add_argument("--autoencoder", help="the `cxrgen train-autoencoder` output folder")
+    parser.add_argument("--start-from", help="training.json of the model this run started from (fine-tuning stage)")
     parser.add_argument("--recipe", required=True, help="the configs and commands that made it")
     parser.add_argument("--segments", nargs="*", default=[], help="metrics.json of earlier segments of a resumed run")
     parser.add_argument("--dest", default="src/cxrgen/models/default")
@@ -42,7 +50,15 @@ def main() -> None:
     args = parser.parse_args()
     run, dest = Path(args.run), Path(args.dest)
     metrics = [json.loads(Path(p).read_text()) for p in args.segments] + [json.loads((run / "metrics.json").read_text())]
-    ae = json.loads((Path(args.autoencoder) / "metrics.json").read_text())
+    if (args.autoencoder is None) == (args.start_from is None):
+        parser.error("give --autoencoder (a run from scratch) or --start-from (a run from an earlier model), not both")
+    before = json.loads(Path(args.start_from).read_text()) if args.start_from else None  # read before DEST goes
+    if before is None:
+        ae_raw = json.loads((Path(args.autoencoder) / "metrics.json").read_text())
+        ae = {"steps": ae_raw["steps"], "train_images": ae_raw["train_images"], "heldout": ae_raw["eval"],
+              "scale": ae_raw["scale"], "shift": ae_raw["shift"]}
+    else:
+        ae = before["autoencoder"]
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(run / "model", dest)
@@ -55,10 +71,15 @@ def main() -> None:
         "images_seen": metrics[-1]["images_seen"],
         "wall_s": args.wall_s if args.wall_s is not None else sum(m["wall_s"] for m in metrics),
         "final_loss": metrics[-1]["final_loss"],
-        "autoencoder": {"steps": ae["steps"], "train_images": ae["train_images"], "heldout": ae["eval"],
-                        "scale": ae["scale"], "shift": ae["shift"]},
+        "autoencoder": ae,
         "weights_bytes": sum(p.stat().st_size for p in dest.rglob("*.safetensors")),
     }
+    if before is not None:  # totals over all stages; each stage's own record kept in order
+        stages = before.pop("stages", None) or [{k: v for k, v in before.items() if k not in ("autoencoder", "weights_bytes")}]
+        stage = {k: v for k, v in record.items() if k not in ("autoencoder", "weights_bytes")}
+        record.update(stages=[*stages, stage], steps=sum(st["steps"] for st in [*stages, stage]),
+                      images_seen=sum(st["images_seen"] for st in [*stages, stage]),
+                      wall_s=sum(st["wall_s"] for st in [*stages, stage]))
     (dest / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(record, indent=2))
 

@@ -24,7 +24,7 @@ class DenoiserConfig:
     sample_size: int = 32  # latent side h = w (256 px / autoencoder factor 8)
     context_dim: int = 768  # text token width D_text
     context_len: int = 77  # most text tokens (U-ViT position embeddings)
-    pretrained: str | None = None  # U-Net only: hub id or local dir of SD weights (subfolder "unet")
+    pretrained: str | None = None  # start from: U-Net: SD weights (hub id / dir, subfolder "unet"); U-ViT: saved folder or CXRPipeline folder
     # U-ViT (None = preset value)
     hidden_size: int | None = None  # token width D
     depth: int | None = None  # transformer blocks in all, odd: depth//2 in + 1 mid + depth//2 out

@@ -17,7 +17,7 @@ from cxrgen.errors import ConfigError
 
 UVIT_FIELDS = ("hidden_size", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias", "time_embed",
                "project_context", "final_conv")
-UNET_FIELDS = ("block_out_channels", "layers_per_block", "attention_head_dim", "norm_num_groups", "pretrained")
+UNET_FIELDS = ("block_out_channels", "layers_per_block", "attention_head_dim", "norm_num_groups")
 
 # U-ViT sizes of Bao et al. 2023, Table 1 (depth counts every block; all use patch 2 on 32x32x4
 # latents of 256 px images, MLP ratio 4, no qkv bias, the raw sinusoid as time token).
@@ -64,12 +64,17 @@ def resolve_config(cfg: DenoiserConfig) -> DenoiserConfig:
 def build_denoiser(cfg: DenoiserConfig, generator: torch.Generator | None = None) -> nn.Module:
     """A denoiser with the call signature ``(z_t, t, context, mask) -> prediction``.
 
-    U-ViT weights are drawn from ``generator``; a U-Net is random (diffusers' init) or loaded from
-    ``cfg.pretrained``. Bad values raise ConfigError here, not in forward.
+    Weights are random (U-ViT: drawn from ``generator``; U-Net: diffusers' init) or, with
+    ``cfg.pretrained``, loaded to start from (fine-tuning): a U-Net from SD weights (hub id or
+    folder), a U-ViT from a folder its ``save_pretrained`` wrote or a CXRPipeline folder. Bad values
+    raise ConfigError here, not in forward.
     """
     resolved = resolve_config(cfg)
     if _preset(cfg.name)["family"] == "uvit":
-        return UViT(resolved, generator=generator)
+        model = UViT(resolved, generator=generator)
+        if resolved.pretrained is not None:
+            model.load_weights_from(resolved.pretrained)
+        return model
     return UNetDenoiser.from_config(resolved)
 
 

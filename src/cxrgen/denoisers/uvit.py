@@ -8,6 +8,7 @@ tokens are masked out of attention (the reference attends to all 77 CLIP tokens)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 TIME_EMBEDS = ("identity", "mlp")
 MAX_PERIOD = 10_000  # sinusoid periods span 1 .. MAX_PERIOD timesteps (Vaswani et al. 2017, Sec. 3.5)
 TIME_MLP_RATIO = 4  # hidden width of the optional time MLP, as in the reference code
+PIPELINE_DENOISER = "denoiser"  # the denoiser's subfolder in a CXRPipeline folder
 INIT_STD = 0.02  # truncated-normal std of linear weights and position embeddings (reference init)
 
 
@@ -231,11 +233,35 @@ class UViT(nn.Module):
         keep[:, 1 : 1 + n_text] = mask
         return keep[:, None, None, :]  # (B, 1, 1, N): broadcast over heads and queries
 
+    def load_weights_from(self, source: str | Path) -> None:
+        """Start from the weights of a saved U-ViT: its folder, or a CXRPipeline folder (its ``denoiser/``).
+
+        The saved architecture must equal this one (fine-tuning, not conversion); a mismatch names the fields.
+        """
+        directory = Path(source)
+        if (directory / PIPELINE_DENOISER / CONFIG_NAME).is_file():
+            directory = directory / PIPELINE_DENOISER
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file() or not (directory / CONFIG_NAME).is_file():
+            raise ConfigError(f"denoiser.pretrained={str(source)!r}: a U-ViT starts only from a local folder "
+                              f"holding {CONFIG_NAME} and {WEIGHTS_NAME} (a save_pretrained folder or a "
+                              "CXRPipeline folder); train one or fix the path")
+        saved = load_config(DenoiserConfig, directory / CONFIG_NAME)
+        fields = ("name", "in_channels", "sample_size", "context_dim", "context_len", "hidden_size", "depth",
+                  "num_heads", "patch_size", "mlp_ratio", "qkv_bias", "time_embed", "project_context", "final_conv")
+        differ = {k: (getattr(saved, k), getattr(self.config, k)) for k in fields
+                  if getattr(saved, k) != getattr(self.config, k)}
+        if differ:
+            raise ConfigError(f"denoiser.pretrained={str(source)!r} has another architecture (saved, asked): "
+                              f"{differ}; set these denoiser fields to the saved values")
+        self.load_state_dict(load_file(str(weights)))
+        logger.info("U-ViT %s starts from the weights in %s", self.config.name, directory)
+
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the resolved config (YAML) and the weights (safetensors) to ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, directory / CONFIG_NAME)
+        save_config(dataclasses.replace(self.config, pretrained=None), directory / CONFIG_NAME)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME))
         return directory

@@ -7,7 +7,9 @@ effusion on the same side) is a *conflict*: :func:`sample_findings` never draws 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -112,6 +114,14 @@ class PhantomFindings:
                 "pneumothorax_side": self.pneumothorax_side,
                 "pneumothorax_extent": self.pneumothorax_extent, "ctr": round(self.ctr, 4),
                 "cardiomegaly": self.cardiomegaly, "consolidation_lobe": self.consolidation_lobe}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> PhantomFindings:
+        """The findings of a manifest row written with :meth:`to_row` (other columns are ignored)."""
+        return cls(effusion_side=str(row["effusion_side"]), effusion_size=str(row["effusion_size"]),
+                   pneumothorax_side=str(row["pneumothorax_side"]),
+                   pneumothorax_extent=str(row["pneumothorax_extent"]), ctr=float(row["ctr"]),
+                   consolidation_lobe=str(row["consolidation_lobe"]))
 
 
 def _choice(rng: np.random.Generator, options: tuple[str, ...], probs: tuple[float, ...]) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
@@ -22,7 +23,8 @@ from cxrgen.config import ImageConfig, PhantomConfig, TextEncoderConfig, TrainCo
 from cxrgen.data.images import load_image
 from cxrgen.errors import ConfigError, DataError
 from cxrgen.phantom.dataset import MANIFEST_NAME, write_phantom_set
-from cxrgen.phantom.findings import FINDINGS
+from cxrgen.phantom.findings import FINDINGS, PhantomFindings
+from cxrgen.phantom.reports import report_for
 from cxrgen.text import build_text_encoder, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,10 @@ TEXT_BATCH = 256  # prompts encoded at a time when precomputing frozen text feat
 
 @dataclass(frozen=True)
 class PhantomRecipe:
-    """Sizes of the small phantom model and its training run (defaults: ~13 minutes on 2 CPU cores).
+    """Sizes of the small phantom model and its training run (defaults: ~17 minutes on 2 CPU cores).
 
     The defaults are the best of the recipes measured so far (README, "does the text control the
-    image?"): a 5-block, 128-wide U-ViT on 6,000 phantoms for 2,500 steps of 32.
+    image?"): a 5-block, 128-wide U-ViT on 6,000 phantoms, 4 reports per image, 2,500 steps of 32.
     """
 
     n_images: int = 6000
@@ -46,6 +48,7 @@ class PhantomRecipe:
     anatomy_jitter: float = 0.3  # PhantomConfig.anatomy_jitter of the training set (less nuisance variation)
     max_findings: int | None = None  # PhantomConfig.max_findings of the training set (None: no limit)
     findings: tuple[str, ...] = FINDINGS  # kinds of finding the training set draws (the others never occur)
+    prompts_per_image: int = 4  # reports drawn per image (training wordings); each step picks one at random
     text_backend: str = "minilm"  # minilm (frozen, real weights) | scratch (trained jointly)
     vocab_size: int = 600
     max_length: int = 48  # tokens per report (phantom reports are short)
@@ -70,31 +73,53 @@ class PhantomRecipe:
 class PhantomImages(Dataset):
     """A phantom set (``phantoms.csv`` + PNGs) in memory: item i is {"image" (1, H, W), "prompt", "index"}.
 
-    With a frozen ``text_encoder`` the items also carry its "context" (L, D) and "mask" (L,), computed
-    once here, which the trainer then uses instead of encoding every batch.
+    ``prompts_per_image`` K > 1 draws K - 1 more reports per image from its ground truth in the
+    training wordings (seeded by ``seed`` and the row), and each item picks one of the K at random
+    (prompt augmentation: the same image under several phrasings). With a frozen ``text_encoder``
+    the items also carry its "context" (L, D) and "mask" (L,), computed once here for every report,
+    which the trainer then uses instead of encoding every batch.
     """
 
-    def __init__(self, table: str | Path, image_cfg: ImageConfig, text_encoder: Any | None = None) -> None:
+    def __init__(self, table: str | Path, image_cfg: ImageConfig, text_encoder: Any | None = None,
+                 prompts_per_image: int = 1, seed: int = 0, phantom_cfg: PhantomConfig | None = None) -> None:
         table = Path(table)
         if not table.is_file():
             raise DataError(f"no phantom table at {table}: write one with `cxrgen phantom --out DIR`")
+        if prompts_per_image < 1:
+            raise ConfigError(f"prompts_per_image={prompts_per_image}: give 1 or more")
         rows = pd.read_csv(table)
-        self.prompts = [str(p) for p in rows["prompt"]]
+        self.variants = prompts_per_image
+        self.prompts = [str(p) for p in rows["prompt"]]  # the table's report: variant 0
+        self.alternatives = [[report_for(PhantomFindings.from_row(row), np.random.default_rng([seed, i, k]),
+                                         wording="train", cfg=phantom_cfg) for k in range(1, prompts_per_image)]
+                             for i, row in enumerate(rows.to_dict("records"))] if prompts_per_image > 1 else []
         self.images = torch.stack([load_image(table.parent / p, image_cfg) for p in rows["image_path"]])  # (N, 1, H, W)
-        self.context: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.context: tuple[torch.Tensor, torch.Tensor] | None = None  # (U, L, D), (U, L): one per distinct report
         if text_encoder is not None:
+            flat = self.all_prompts()
+            distinct = list(dict.fromkeys(flat))  # template reports repeat: encode each text once
+            row = {text: j for j, text in enumerate(distinct)}
             with torch.no_grad():
-                parts = [text_encoder.encode(self.prompts[i:i + TEXT_BATCH])
-                         for i in range(0, len(self.prompts), TEXT_BATCH)]
-            self.context = (torch.cat([c for c, _ in parts]), torch.cat([m for _, m in parts]))  # (N, L, D), (N, L)
+                parts = [text_encoder.encode(distinct[i:i + TEXT_BATCH]) for i in range(0, len(distinct), TEXT_BATCH)]
+            self.context = (torch.cat([c for c, _ in parts]), torch.cat([m for _, m in parts]))
+            self.context_row = torch.tensor([row[text] for text in flat]).view(len(self), self.variants)  # (N, K)
+
+    def _variants(self, index: int) -> list[str]:
+        return [self.prompts[index], *(self.alternatives[index] if self.alternatives else [])]
+
+    def all_prompts(self) -> list[str]:
+        """Every report of the set, image-major (N * K): the text a tokenizer for it should learn."""
+        return [p for i in range(len(self)) for p in self._variants(i)]
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = {"image": self.images[index], "prompt": self.prompts[index], "index": index}
+        k = int(torch.randint(self.variants, ())) if self.variants > 1 else 0
+        item = {"image": self.images[index], "prompt": self._variants(index)[k], "index": index}
         if self.context is not None:
-            item.update(context=self.context[0][index], mask=self.context[1][index])
+            j = self.context_row[index, k]
+            item.update(context=self.context[0][j], mask=self.context[1][j])
         return item
 
 
@@ -158,15 +183,16 @@ def train_phantom_model(out_dir: str | Path, recipe: PhantomRecipe | None = None
         write_phantom_set(recipe.n_images, recipe.image_size, out_dir / DATA_DIR, seed=recipe.seed,
                           cfg=phantom_config(recipe), progress=False)
     image_cfg = ImageConfig(size=recipe.image_size)
+    variants = {"prompts_per_image": recipe.prompts_per_image, "seed": recipe.seed, "phantom_cfg": phantom_config(recipe)}
     if recipe.text_backend == "scratch":
-        prompts = [str(p) for p in pd.read_csv(table)["prompt"]]
-        train_tokenizer(prompts, recipe.vocab_size, out_dir / TOKENIZER_DIR)
+        images = PhantomImages(table, image_cfg, **variants)
+        train_tokenizer(images.all_prompts(), recipe.vocab_size, out_dir / TOKENIZER_DIR)
         cfg = phantom_train_config(recipe, out_dir / RUN_DIR, tokenizer_dir=out_dir / TOKENIZER_DIR)
-        data: Dataset = PhantomImages(table, image_cfg)
+        data: Dataset = images
     else:  # frozen: encode every report once
         text = build_text_encoder(TextEncoderConfig(**_text_config(recipe, None))).eval()
         cfg = phantom_train_config(recipe, out_dir / RUN_DIR, context_dim=text.hidden_size)
-        data = PhantomImages(table, image_cfg, text_encoder=text)
+        data = PhantomImages(table, image_cfg, text_encoder=text, **variants)
     if wrap_dataset is not None:
         data = wrap_dataset(data)
     log.info("training a phantom model: %d images, %d steps -> %s", len(data), recipe.steps, cfg.out_dir)

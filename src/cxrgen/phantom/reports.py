@@ -1,7 +1,10 @@
 """Report sentences for phantom findings, in two disjoint wording sets: "train" and "heldout".
 
 Training prompts use only the "train" templates; the benchmark (:func:`benchmark_prompts`) uses
-only "heldout" ones, so a model must generalise across wordings, not memorise strings.
+only "heldout" ones, so a model must generalise across wordings, not memorise strings. The training
+set varies the sentence structure (side before or after the finding, "right", "right-sided", "on
+the right side") but never uses the held-out set's own words ("hemithorax", "pleural space",
+"apex", "opacity", "unremarkable", ...; the tests check both).
 """
 
 from __future__ import annotations
@@ -20,23 +23,42 @@ BENCHMARK_SEED = 20240905  # fixes the benchmark's wording choices (a constant s
 TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
     "train": {
         "effusion": ("{Size} {side} pleural effusion.", "There is a {size} {sided} pleural effusion.",
-                     "{Size} {side} pleural fluid.", "{Size} {sided} effusion."),
+                     "{Size} {side} pleural fluid.", "{Size} {sided} effusion.",
+                     "{Sided} {size} pleural effusion.", "{Size} pleural effusion on the {side}.",
+                     "{Size} effusion at the {side} lung base.", "The {side} pleural effusion is {size}.",
+                     "{Size} amount of {side} pleural fluid.", "Pleural effusion on the {side} side, {size}.",
+                     "There is {size} pleural fluid on the {side}.", "{Size} layering effusion on the {side}."),
         "effusion_bilateral": ("{Size} bilateral pleural effusions.",
                                "There are {size} bilateral pleural effusions.",
-                               "{Size} pleural fluid on both sides."),
+                               "{Size} pleural fluid on both sides.", "Bilateral {size} effusions.",
+                               "{Size} right and left pleural effusions.",
+                               "Pleural effusions on the right and on the left, both {size}."),
         "pneumothorax_large": ("Large {side} pneumothorax.", "There is a large {sided} pneumothorax.",
-                               "Large {side} pneumothorax with partial lung collapse."),
+                               "Large {side} pneumothorax with partial lung collapse.",
+                               "{Sided} large pneumothorax.", "Large pneumothorax on the {side} side.",
+                               "The {side} lung is partly collapsed by a large pneumothorax.",
+                               "Pneumothorax on the {side}, large, with a visible lung edge."),
         "pneumothorax_apical": ("Small {side} apical pneumothorax.",
-                                "There is a small apical {sided} pneumothorax."),
+                                "There is a small apical {sided} pneumothorax.",
+                                "{Sided} small apical pneumothorax.", "Small apical pneumothorax on the {side}.",
+                                "Tiny pneumothorax at the top of the {side} lung."),
         "consolidation": ("Focal consolidation in the {lobe} lobe.", "{Lobe} lobe consolidation.",
-                          "Airspace consolidation in the {lobe} lobe, concerning for pneumonia."),
-        "cardiomegaly": ("Cardiomegaly.", "The heart is enlarged.", "Enlarged cardiac silhouette."),
-        "no_effusion_ptx": ("No pleural effusion or pneumothorax.",),
-        "no_effusion": ("No pleural effusion.", "No pleural fluid."),
-        "no_ptx": ("No pneumothorax.",),
-        "no_consolidation": ("No focal consolidation.", "Lungs are clear without consolidation."),
-        "normal_heart": ("Heart size is normal.", "The cardiac silhouette is within normal limits."),
-        "normal": ("No acute cardiopulmonary process.", "Normal chest radiograph."),
+                          "Airspace consolidation in the {lobe} lobe, concerning for pneumonia.",
+                          "Consolidation of the {lobe} lobe.", "{Lobe} lobe airspace disease.",
+                          "There is consolidation in the {lobe} lobe.", "{Lobe} lobe pneumonia.",
+                          "Dense consolidation involving the {lobe} lobe."),
+        "cardiomegaly": ("Cardiomegaly.", "The heart is enlarged.", "Enlarged cardiac silhouette.",
+                         "Mild cardiomegaly.", "Cardiac enlargement.", "Enlarged heart."),
+        "no_effusion_ptx": ("No pleural effusion or pneumothorax.", "No effusion or pneumothorax.",
+                            "No pneumothorax or pleural effusion.", "Neither effusion nor pneumothorax."),
+        "no_effusion": ("No pleural effusion.", "No pleural fluid.", "No effusion.", "There is no pleural effusion."),
+        "no_ptx": ("No pneumothorax.", "There is no pneumothorax."),
+        "no_consolidation": ("No focal consolidation.", "Lungs are clear without consolidation.",
+                             "No consolidation.", "No focal airspace disease."),
+        "normal_heart": ("Heart size is normal.", "The cardiac silhouette is within normal limits.",
+                         "Normal cardiac size.", "The heart is not enlarged."),
+        "normal": ("No acute cardiopulmonary process.", "Normal chest radiograph.", "No acute abnormality.",
+                   "No active disease."),
     },
     "heldout": {
         "effusion": ("A {size} effusion is seen in the {side} pleural space.",
