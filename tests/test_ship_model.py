@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "ship_model.py"
 
@@ -37,13 +37,14 @@ def test_stages_add_up_and_keep_the_autoencoder(tmp_path: Path) -> None:
     one = json.loads((dest / "training.json").read_text())
     assert one["steps"] == 600 and one["autoencoder"]["heldout"]["psnr"] == 33.0 and "stages" not in one
     second = _ship(str(_run_folder(tmp_path / "run2", 1200, 1900.0)), "--start-from", str(dest / "training.json"),
-                   "--recipe", "stage 1 + stage 2", "--dest", str(dest))
+                   "--recipe", "stage 1 + stage 2", "--dest", str(dest), "--fp16-denoiser")
     assert second.returncode == 0, second.stderr
     two = json.loads((dest / "training.json").read_text())
     assert [s["recipe"] for s in two["stages"]] == ["stage 1", "stage 1 + stage 2"]
     assert two["steps"] == 1800 and two["images_seen"] == 1800 * 32 and two["wall_s"] == 2742.0 + 1900.0
     assert two["autoencoder"] == one["autoencoder"] and two["weights_bytes"] > 0
-    assert (dest / "denoiser" / "model.safetensors").is_file()
+    assert load_file(str(dest / "denoiser" / "model.safetensors"))["w"].dtype == torch.float16
+    assert two["denoiser_weights_dtype"] == "float16" and one["denoiser_weights_dtype"] == "float32"
     both = _ship(str(tmp_path / "run2"), "--autoencoder", str(ae), "--start-from", str(dest / "training.json"),
                  "--recipe", "x", "--dest", str(dest))
     assert both.returncode != 0 and "not both" in both.stderr

@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 
 def cpu_name() -> str:
@@ -37,6 +38,13 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def halve_weights(folder: Path) -> None:
+    """Rewrite every safetensors file in ``folder`` with its float32 tensors as float16."""
+    for path in folder.glob("*.safetensors"):
+        state = load_file(str(path))
+        save_file({k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}, str(path))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a `cxrgen train` output folder (holds model/ and metrics.json)")
@@ -45,6 +53,8 @@ def main() -> None:
     parser.add_argument("--recipe", required=True, help="the configs and commands that made it")
     parser.add_argument("--segments", nargs="*", default=[], help="metrics.json of earlier segments of a resumed run")
     parser.add_argument("--dest", default="src/cxrgen/models/default")
+    parser.add_argument("--fp16-denoiser", action="store_true",
+                        help="store the denoiser's weights as float16 (half the bytes in git; loaded back as float32)")
     parser.add_argument("--wall-s", type=float, help="training wall time when the run was stopped and finished "
                         "with --resume (its metrics.json then times only the last segment)")
     args = parser.parse_args()
@@ -62,6 +72,8 @@ def main() -> None:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(run / "model", dest)
+    if args.fp16_denoiser:
+        halve_weights(dest / "denoiser")
     record = {
         "recipe": args.recipe,
         "hardware": {"device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
@@ -72,6 +84,7 @@ def main() -> None:
         "wall_s": args.wall_s if args.wall_s is not None else sum(m["wall_s"] for m in metrics),
         "final_loss": metrics[-1]["final_loss"],
         "autoencoder": ae,
+        "denoiser_weights_dtype": "float16" if args.fp16_denoiser else "float32",
         "weights_bytes": sum(p.stat().st_size for p in dest.rglob("*.safetensors")),
     }
     if before is not None:  # totals over all stages; each stage's own record kept in order
