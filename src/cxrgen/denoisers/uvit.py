@@ -236,7 +236,8 @@ class UViT(nn.Module):
     def load_weights_from(self, source: str | Path) -> None:
         """Start from the weights of a saved U-ViT: its folder, or a CXRPipeline folder (its ``denoiser/``).
 
-        The saved architecture must equal this one (fine-tuning, not conversion); a mismatch names the fields.
+        The saved config must equal this one but for ``pretrained`` (fine-tuning, not conversion); a
+        mismatch names the fields.
         """
         directory = Path(source)
         if (directory / PIPELINE_DENOISER / CONFIG_NAME).is_file():
@@ -247,10 +248,9 @@ class UViT(nn.Module):
                               f"holding {CONFIG_NAME} and {WEIGHTS_NAME} (a save_pretrained folder or a "
                               "CXRPipeline folder); train one or fix the path")
         saved = load_config(DenoiserConfig, directory / CONFIG_NAME)
-        fields = ("name", "in_channels", "sample_size", "context_dim", "context_len", "hidden_size", "depth",
-                  "num_heads", "patch_size", "mlp_ratio", "qkv_bias", "time_embed", "project_context", "final_conv")
-        differ = {k: (getattr(saved, k), getattr(self.config, k)) for k in fields
-                  if getattr(saved, k) != getattr(self.config, k)}
+        differ = {f.name: (getattr(saved, f.name), getattr(self.config, f.name))
+                  for f in dataclasses.fields(DenoiserConfig)
+                  if f.name != "pretrained" and getattr(saved, f.name) != getattr(self.config, f.name)}
         if differ:
             raise ConfigError(f"denoiser.pretrained={str(source)!r} has another architecture (saved, asked): "
                               f"{differ}; set these denoiser fields to the saved values")
