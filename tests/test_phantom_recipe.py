@@ -22,6 +22,15 @@ TINY = PhantomRecipe(n_images=12, text_backend="scratch", vocab_size=300, steps=
                      sampling_steps=2, warmup_steps=0)
 
 
+class LengthEncoder:
+    """Stands in for a frozen encoder: context (B, 4, 2) = the prompt's length everywhere, so an item's
+    context can be matched to its prompt."""
+
+    def encode(self, prompts):
+        lengths = torch.tensor([float(len(p)) for p in prompts])
+        return lengths[:, None, None].expand(-1, 4, 2), torch.ones(len(prompts), 4, dtype=torch.bool)
+
+
 def test_tiny_recipe_trains_a_pixel_model_and_draws_the_grid(tmp_path: Path) -> None:
     summary = train_phantom_model(tmp_path, TINY)
     assert summary["steps"] == 2
@@ -43,12 +52,7 @@ def test_frozen_text_features_are_precomputed_per_item(tmp_path: Path) -> None:
 
     table = write_phantom_set(3, 32, tmp_path, progress=False)
 
-    class Encoder:  # stands in for a frozen encoder: context (B, L, D) = prompt length everywhere
-        def encode(self, prompts):
-            lengths = torch.tensor([float(len(p)) for p in prompts])
-            return lengths[:, None, None].expand(-1, 4, 2), torch.ones(len(prompts), 4, dtype=torch.bool)
-
-    data = PhantomImages(table, phantom_train_config(PhantomRecipe(), tmp_path).image, text_encoder=Encoder())
+    data = PhantomImages(table, phantom_train_config(PhantomRecipe(), tmp_path).image, text_encoder=LengthEncoder())
     assert data[2]["context"].shape == (4, 2) and float(data[2]["context"][0, 0]) == len(data[2]["prompt"])
     cfg = phantom_train_config(PhantomRecipe(), tmp_path / "run", context_dim=384)
     assert cfg.model.text_encoder.backend == "minilm" and not cfg.model.text_encoder.trainable
@@ -66,13 +70,8 @@ def test_prompt_variants_reword_the_same_truth(tmp_path: Path) -> None:
     table = write_phantom_set(20, 32, tmp_path, progress=False)
     rows = pd.read_csv(table)
 
-    class Encoder:  # context = prompt length, so each item's context can be matched to its prompt
-        def encode(self, prompts):
-            lengths = torch.tensor([float(len(p)) for p in prompts])
-            return lengths[:, None, None].expand(-1, 4, 2), torch.ones(len(prompts), 4, dtype=torch.bool)
-
     image_cfg = phantom_train_config(PhantomRecipe(), tmp_path).image
-    data = PhantomImages(table, image_cfg, text_encoder=Encoder(), prompts_per_image=4, seed=1)
+    data = PhantomImages(table, image_cfg, text_encoder=LengthEncoder(), prompts_per_image=4, seed=1)
     assert len(data.all_prompts()) == 80 and data.context_row.shape == (20, 4)
     assert data.context[0].shape == (len(set(data.all_prompts())), 4, 2)  # each distinct report encoded once
     torch.manual_seed(0)

@@ -92,7 +92,7 @@ class PhantomImages(Dataset):
         self.prompts = [str(p) for p in rows["prompt"]]  # the table's report: variant 0
         self.alternatives = [[report_for(PhantomFindings.from_row(row), np.random.default_rng([seed, i, k]),
                                          wording="train", cfg=phantom_cfg) for k in range(1, prompts_per_image)]
-                             for i, row in enumerate(rows.to_dict("records"))] if prompts_per_image > 1 else []
+                             for i, row in enumerate(rows.to_dict("records"))]  # variants 1 .. K-1 per image
         self.images = torch.stack([load_image(table.parent / p, image_cfg) for p in rows["image_path"]])  # (N, 1, H, W)
         self.context: tuple[torch.Tensor, torch.Tensor] | None = None  # (U, L, D), (U, L): one per distinct report
         if text_encoder is not None:
@@ -105,7 +105,7 @@ class PhantomImages(Dataset):
             self.context_row = torch.tensor([row[text] for text in flat]).view(len(self), self.variants)  # (N, K)
 
     def _variants(self, index: int) -> list[str]:
-        return [self.prompts[index], *(self.alternatives[index] if self.alternatives else [])]
+        return [self.prompts[index], *self.alternatives[index]]
 
     def all_prompts(self) -> list[str]:
         """Every report of the set, image-major (N * K): the text a tokenizer for it should learn."""
@@ -179,11 +179,12 @@ def train_phantom_model(out_dir: str | Path, recipe: PhantomRecipe | None = None
     recipe = recipe or PhantomRecipe()
     out_dir = Path(out_dir)
     table = out_dir / DATA_DIR / MANIFEST_NAME
+    phantom_cfg = phantom_config(recipe)
     if not table.is_file():
         write_phantom_set(recipe.n_images, recipe.image_size, out_dir / DATA_DIR, seed=recipe.seed,
-                          cfg=phantom_config(recipe), progress=False)
+                          cfg=phantom_cfg, progress=False)
     image_cfg = ImageConfig(size=recipe.image_size)
-    variants = {"prompts_per_image": recipe.prompts_per_image, "seed": recipe.seed, "phantom_cfg": phantom_config(recipe)}
+    variants = {"prompts_per_image": recipe.prompts_per_image, "seed": recipe.seed, "phantom_cfg": phantom_cfg}
     if recipe.text_backend == "scratch":
         images = PhantomImages(table, image_cfg, **variants)
         train_tokenizer(images.all_prompts(), recipe.vocab_size, out_dir / TOKENIZER_DIR)
