@@ -70,8 +70,8 @@ def main() -> None:
     start = time.perf_counter()
     model = args.model
     if model is None:
-        recipe = dataclasses.replace(PhantomRecipe(), steps=args.steps, seed=args.seed,
-                                     max_findings=args.max_findings, **recipe_overrides(args.set))
+        fields = {"steps": args.steps, "seed": args.seed, "max_findings": args.max_findings}
+        recipe = dataclasses.replace(PhantomRecipe(), **{**fields, **recipe_overrides(args.set)})  # --set wins
         print(f"recipe: {recipe}")
         model = train_phantom_model(out, recipe)["model_dir"]
     trained = time.perf_counter()

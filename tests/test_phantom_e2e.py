@@ -1,19 +1,20 @@
 """End to end: a small pixel-space model trained on CPU on phantoms follows the prompt (side, size, negation).
 
-The same trained model is then sampled with two deliberate mistakes (the prompt ignored; guidance
-with the wrong sign), and a second model is trained on randomly flipped images: each mistake must
-bring laterality below the pass mark, so the benchmark would catch it.
+One model is trained with the phantom recipe (~5 minutes on 2 cores) and scored with the control
+benchmark (held-out wordings). It is then sampled with two deliberate mistakes (the prompt ignored;
+guidance with the wrong sign), and continued for a few hundred steps on randomly flipped images
+(beside the same continuation on the true images): each mistake must bring laterality below the
+floor the clean model clears, so the benchmark catches it.
 
-NOT YET PASSING, so the module runs only when CXRGEN_PHANTOM_E2E=1. With the default recipe (a
-5-block 128-wide U-ViT, 6,000 phantoms x 4 reports, 2,500 steps: ~19 CPU minutes per model) the
-benchmark's held-out laterality is 0.76 (w=3) / 0.79 (w=6), short of 0.85: lower-lobe
-consolidations are mostly not drawn; held-out negation is 0.70-0.77. Two such models (the clean
-one and the flipped one) also take ~2 x 19 minutes, over the 15-minute CI budget. See README,
-"does the text control the image?".
+Two bars. In CI: the floors this recipe clears with a margin (CI_*: laterality 0.75, negation 0.70,
+size Spearman 0.5; measured 0.85 / 0.82 / 0.91). The issue's marks (laterality and negation
+>= 0.85) are NOT yet reached with margin by a model that trains within the CI budget, so that test
+runs only when CXRGEN_PHANTOM_E2E=1. See README, "does the text control the image?".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -23,22 +24,19 @@ from torch.utils.data import Dataset
 
 import cxrgen.guidance
 from cxrgen.phantom.control import control_benchmark
-from cxrgen.phantom.recipe import PhantomRecipe, train_phantom_model
+from cxrgen.phantom.recipe import PhantomRecipe, PhantomTrainingSet, phantom_training_set, train_phantom_model
 from cxrgen.pipeline import CXRPipeline
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("CXRGEN_PHANTOM_E2E") != "1",
-                       reason="the phantom model does not yet reach the marks in held-out wordings (laterality "
-                              "0.76-0.79 < 0.85) and two ~19-minute trainings exceed the CI budget; set "
-                              "CXRGEN_PHANTOM_E2E=1 to run it"),
-]
+pytestmark = pytest.mark.slow
 
 RECIPE = PhantomRecipe()
-#: The flipped run uses the same recipe, so a laterality drop is the flip's doing, not a smaller budget's.
-FLIP_RECIPE = RECIPE
+FLIP_STEPS = 300  # steps the clean model is trained further, on flipped or on true images
+#: The issue's marks, on held-out wordings.
 LATERALITY_MIN, NEGATION_MIN, SIZE_SPEARMAN_MIN = 0.85, 0.85, 0.5
-N_PER_PROMPT = 1
+#: The CI floors: what the recipe clears with a margin; every deliberate mistake must fall below.
+CI_LATERALITY_MIN, CI_NEGATION_MIN = 0.75, 0.70
+N_PER_PROMPT = 2  # 184 benchmark images for the clean model
+MISTAKE_N_PER_PROMPT = 1  # 92 for each mistake: enough to see laterality fall far below the floor
 THREADS = 2  # the tiny U-ViT trains ~1.7x faster on 2 threads than on 1 (measured on the 2-core CI machine)
 
 
@@ -51,9 +49,18 @@ def threads():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, threads) -> CXRPipeline:
-    summary = train_phantom_model(tmp_path_factory.mktemp("phantom_model"), RECIPE)
-    return CXRPipeline.from_pretrained(summary["model_dir"])
+def training_set(tmp_path_factory, threads) -> PhantomTrainingSet:
+    return phantom_training_set(tmp_path_factory.mktemp("phantom_data"), RECIPE)
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory, training_set: PhantomTrainingSet) -> str:
+    return train_phantom_model(tmp_path_factory.mktemp("phantom_model"), RECIPE, training_set=training_set)["model_dir"]
+
+
+@pytest.fixture(scope="module")
+def trained(trained_dir: str) -> CXRPipeline:
+    return CXRPipeline.from_pretrained(trained_dir)
 
 
 class RandomlyFlipped(Dataset):
@@ -73,23 +80,42 @@ class RandomlyFlipped(Dataset):
         return item
 
 
-def _bench(pipe: CXRPipeline) -> dict:
-    return control_benchmark(pipe, n_per_prompt=N_PER_PROMPT, seed=0, progress=False)
+def _bench(pipe: CXRPipeline, n_per_prompt: int = MISTAKE_N_PER_PROMPT) -> dict:
+    return control_benchmark(pipe, n_per_prompt=n_per_prompt, seed=0, progress=False)
 
 
-def test_trained_model_follows_the_prompt(trained: CXRPipeline) -> None:
-    result = _bench(trained)
-    scores = {k: result[k] for k in ("laterality_acc", "negation_acc", "size_spearman", "presence_acc")}
-    assert result["laterality_acc"] >= LATERALITY_MIN, scores
-    assert result["negation_acc"] >= NEGATION_MIN, scores
-    assert result["size_spearman"] >= SIZE_SPEARMAN_MIN, scores
+def _scores(result: dict) -> dict:
+    return {k: round(result[k], 3) for k in ("laterality_acc", "negation_acc", "size_spearman", "presence_acc")}
+
+
+@pytest.fixture(scope="module")
+def clean(trained: CXRPipeline) -> dict:
+    return _bench(trained, N_PER_PROMPT)
+
+
+def test_trained_model_follows_the_prompt(clean: dict) -> None:
+    print(f"clean model: {_scores(clean)}")  # shown by pytest -rA
+    assert clean["laterality_acc"] >= CI_LATERALITY_MIN, _scores(clean)
+    assert clean["negation_acc"] >= CI_NEGATION_MIN, _scores(clean)
+    assert clean["size_spearman"] >= SIZE_SPEARMAN_MIN, _scores(clean)
+
+
+@pytest.mark.skipif(os.environ.get("CXRGEN_PHANTOM_E2E") != "1",
+                    reason="the CI-sized phantom model does not yet reach the issue's marks with a margin "
+                           "(held-out laterality ~0.85, negation ~0.75-0.82 < 0.85); set CXRGEN_PHANTOM_E2E=1")
+def test_trained_model_reaches_the_issue_marks(clean: dict) -> None:
+    assert clean["laterality_acc"] >= LATERALITY_MIN, _scores(clean)
+    assert clean["negation_acc"] >= NEGATION_MIN, _scores(clean)
+    assert clean["size_spearman"] >= SIZE_SPEARMAN_MIN, _scores(clean)
 
 
 def test_ignoring_the_prompt_is_caught(trained: CXRPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     text = trained.text_encoder
     encode = text.encode  # encode_null calls encode: keep the original for the null prompt
     monkeypatch.setattr(text, "encode", lambda prompts: encode([text.config.null_prompt] * len(prompts)))
-    assert _bench(trained)["laterality_acc"] < LATERALITY_MIN
+    result = _bench(trained)
+    print(f"null prompt: {_scores(result)}")
+    assert result["laterality_acc"] < CI_LATERALITY_MIN, _scores(result)
 
 
 def test_wrong_sign_guidance_is_caught(trained: CXRPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,10 +123,22 @@ def test_wrong_sign_guidance_is_caught(trained: CXRPipeline, monkeypatch: pytest
         return pred_uncond - guidance_scale * (pred_cond - pred_uncond)  # pushes away from the prompt
 
     monkeypatch.setattr(cxrgen.guidance, "combine", wrong_sign)
-    assert _bench(trained)["laterality_acc"] < LATERALITY_MIN
+    result = _bench(trained)
+    print(f"wrong-sign guidance: {_scores(result)}")
+    assert result["laterality_acc"] < CI_LATERALITY_MIN, _scores(result)
 
 
-def test_flip_augmentation_is_caught(tmp_path: Path, threads) -> None:
-    summary = train_phantom_model(tmp_path, FLIP_RECIPE, wrap_dataset=lambda data: RandomlyFlipped(data, seed=0))
-    result = _bench(CXRPipeline.from_pretrained(summary["model_dir"]))
-    assert result["laterality_acc"] < LATERALITY_MIN
+def test_flip_augmentation_is_caught(tmp_path: Path, trained_dir: str, training_set: PhantomTrainingSet) -> None:
+    """Training on randomly flipped images erases laterality; the same training on the true images keeps it.
+
+    Both continue the clean model for FLIP_STEPS (cheaper than two models from scratch), so the drop is
+    the flip's doing, not the extra training's.
+    """
+    recipe = dataclasses.replace(RECIPE, pretrained=trained_dir, steps=FLIP_STEPS)
+    scores = {}
+    for name, wrap in (("clean", None), ("flipped", lambda data: RandomlyFlipped(data, seed=0))):
+        summary = train_phantom_model(tmp_path / name, recipe, wrap_dataset=wrap, training_set=training_set)
+        scores[name] = _bench(CXRPipeline.from_pretrained(summary["model_dir"]))["laterality_acc"]
+    print(f"laterality after {FLIP_STEPS} more steps: {scores}")
+    assert scores["clean"] >= CI_LATERALITY_MIN, scores
+    assert scores["flipped"] < CI_LATERALITY_MIN, scores

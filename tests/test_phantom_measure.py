@@ -30,6 +30,20 @@ def test_accuracy_on_fresh_renders(size: int, n: int, floor: float) -> None:
         assert acc[key] >= floor, (key, acc)
 
 
+@pytest.mark.parametrize("lobe", ["right_lower", "left_lower"])
+def test_dense_lower_lobe_consolidation_is_not_taken_for_the_heart(lobe: str) -> None:
+    """A consolidation denser than the heart (as guided samples draw them) is still read in its lobe."""
+    from dataclasses import replace
+
+    from cxrgen.phantom.measure import MEASURE
+
+    with_it, without = (render(PhantomFindings(consolidation_lobe=c), 32, np.random.default_rng(3)) for c in (lobe, "none"))
+    dense = np.clip(without + 2.0 * (with_it - without), 0.0, 1.0)  # the patch twice as dense
+    assert measure(with_it).consolidation_lobe == lobe and measure(dense).consolidation_lobe == lobe
+    everything_bright_is_heart = replace(MEASURE, heart_core=1.0)  # the rule before: reads none
+    assert measure(dense, everything_bright_is_heart).consolidation_lobe == "none"
+
+
 def test_flipped_image_reads_as_the_other_side() -> None:
     """Mirroring (done here ONLY to prove the measurer reads pixels) swaps every side it reports."""
     f = PhantomFindings(effusion_side="left", effusion_size="moderate", pneumothorax_side="right",

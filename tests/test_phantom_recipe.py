@@ -15,7 +15,13 @@ from cxrgen.errors import ConfigError, DataError
 from cxrgen.phantom import PhantomFindings, render
 from cxrgen.phantom.grid import CELL, describe, phantom_grid
 from cxrgen.phantom.measure import measure
-from cxrgen.phantom.recipe import PhantomImages, PhantomRecipe, phantom_train_config, train_phantom_model
+from cxrgen.phantom.recipe import (
+    PhantomImages,
+    PhantomRecipe,
+    phantom_train_config,
+    phantom_training_set,
+    train_phantom_model,
+)
 from cxrgen.pipeline import CXRPipeline
 
 TINY = PhantomRecipe(n_images=12, text_backend="scratch", vocab_size=300, steps=2, batch_size=4,
@@ -29,6 +35,9 @@ class LengthEncoder:
     def encode(self, prompts):
         lengths = torch.tensor([float(len(p)) for p in prompts])
         return lengths[:, None, None].expand(-1, 4, 2), torch.ones(len(prompts), 4, dtype=torch.bool)
+
+    def encode_all(self, prompts, batch_size=256):
+        return self.encode(prompts)
 
 
 def test_tiny_recipe_trains_a_pixel_model_and_draws_the_grid(tmp_path: Path) -> None:
@@ -45,6 +54,22 @@ def test_tiny_recipe_trains_a_pixel_model_and_draws_the_grid(tmp_path: Path) -> 
     assert len(lines) == 2 and all(line.startswith("measured:") for line in lines)
     with Image.open(tmp_path / "grid.png") as im:
         assert im.size[1] == 2 * CELL
+
+
+def test_runs_share_a_training_set_and_continue_a_saved_model(tmp_path: Path) -> None:
+    recipe = dataclasses.replace(TINY, text_backend="minilm")
+    shared = phantom_training_set(tmp_path / "shared", recipe)
+    assert shared.context_dim == 384 and shared.data.context[0].shape[-1] == 384
+    first = train_phantom_model(tmp_path / "first", recipe, training_set=shared)
+    assert not (tmp_path / "first" / "data").exists()  # nothing rendered or encoded again
+    still = dataclasses.replace(recipe, pretrained=first["model_dir"], steps=1, lr=1e-12)  # continue, barely move
+    second = train_phantom_model(tmp_path / "second", still, training_set=shared)
+    a, b = (CXRPipeline.from_pretrained(s["model_dir"]).denoiser.state_dict() for s in (first, second))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # started from the first model's weights
+    with pytest.raises(ConfigError, match="another recipe"):
+        train_phantom_model(tmp_path / "x", dataclasses.replace(recipe, n_images=13), training_set=shared)
+    with pytest.raises(ConfigError, match="frozen text encoder"):
+        train_phantom_model(tmp_path / "y", dataclasses.replace(TINY, pretrained=first["model_dir"]))
 
 
 def test_frozen_text_features_are_precomputed_per_item(tmp_path: Path) -> None:

@@ -71,6 +71,19 @@ def test_padding_to_longest_and_padding_does_not_change_real_tokens(tiny_dirs, b
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_encode_all_batches_by_length_and_keeps_order(tiny_dirs, backend):
+    encoder = build_text_encoder(_config(tiny_dirs, backend))
+    prompts = ["no acute disease", "left pleural effusion", "", "effusion", "left pleural effusion", "opacity"]
+    ctx, mask = encoder.encode(prompts)
+    ctx_all, mask_all = encoder.encode_all(prompts, batch_size=2)  # sorted by length: 3 batches of 2
+    assert ctx_all.shape == ctx.shape and torch.equal(mask_all, mask)
+    assert torch.allclose(ctx_all[mask], ctx[mask], atol=1e-5)  # same real-token features, input order
+    assert not ctx_all[~mask].any()  # padding zeroed (the denoisers mask it)
+    with pytest.raises(ConfigError, match="batch size"):
+        encoder.encode_all(prompts, batch_size=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_truncation_is_logged_with_count(tiny_dirs, backend, caplog):
     encoder = build_text_encoder(_config(tiny_dirs, backend))
     with caplog.at_level(logging.WARNING, logger="cxrgen.text"):

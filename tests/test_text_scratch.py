@@ -112,6 +112,8 @@ def test_scratch_shapes_mask_and_padding_independence(tokenizer_dir):
     ctx_short, mask_short = shorter.encode(PROMPTS)
     assert ctx_short.shape[1] < MAX_LENGTH
     assert torch.allclose(context[mask], ctx_short[mask_short], atol=1e-5)  # padding is masked out
+    ctx_all, mask_all = encoder.encode_all(PROMPTS, batch_size=1)  # one prompt per batch: no padding at all
+    assert torch.equal(mask_all, mask) and torch.allclose(ctx_all[mask], context[mask], atol=1e-5)
 
 
 def test_scratch_truncation_is_logged(tokenizer_dir, caplog):

@@ -11,7 +11,7 @@ import cxrgen.denoisers.uvit
 from cxrgen.compute import count_params
 from cxrgen.config import DenoiserConfig
 from cxrgen.denoisers import DENOISERS, UViT, build_denoiser, load_denoiser, resolve_config
-from cxrgen.denoisers.uvit import timestep_embedding, trim_padding, unpatchify
+from cxrgen.denoisers.uvit import sincos_2d, timestep_embedding, trim_padding, unpatchify
 from cxrgen.errors import ConfigError
 
 B, C, SIZE, L, D_TEXT = 3, 4, 32, 8, 16
@@ -199,6 +199,28 @@ def test_timestep_embedding_at_zero_is_cos_one_sin_zero() -> None:
     assert not torch.equal(emb[1], emb[0])
 
 
+def test_sincos_positions_are_fixed_and_tell_patches_apart(tmp_path) -> None:
+    pos = sincos_2d(4, 16)  # (16 patches, 16 channels): channels 0-7 encode the row, 8-15 the column
+    assert pos.shape == (16, 16) and len({tuple(row.tolist()) for row in pos}) == 16
+    assert torch.equal(pos[1, :8], pos[0, :8]) and not torch.equal(pos[1, 8:], pos[0, 8:])  # same row, next column
+    assert torch.equal(pos[4, 8:], pos[0, 8:]) and not torch.equal(pos[4, :8], pos[0, :8])  # next row, same column
+    cfg = dataclasses.replace(TINY, pos_embed="sincos")
+    model = _model(cfg)
+    grid = SIZE // model.config.patch_size
+    assert model.pos_embed.shape == (1, 1 + L, model.config.hidden_size)  # learned: time and text only
+    assert torch.equal(model.patch_pos[0], sincos_2d(grid, model.config.hidden_size))
+    assert "patch_pos" not in model.state_dict() and not any(p is model.patch_pos for p in model.parameters())
+    z, t, context, mask = _inputs()
+    model.save_pretrained(tmp_path / "sincos")
+    loaded = load_denoiser(tmp_path / "sincos").eval()
+    assert loaded.config.pos_embed == "sincos"
+    with torch.no_grad():
+        out = model(z, t, context, mask)
+        torch.testing.assert_close(loaded(z, t, context, mask), out, rtol=0, atol=0)
+        model.patch_pos.zero_()  # the fixed positions are used
+        assert not torch.allclose(model(z, t, context, mask), out)
+
+
 def test_same_widths_need_no_projection() -> None:
     cfg = dataclasses.replace(TINY, context_dim=32, project_context=False)
     model = _model(cfg)
@@ -218,6 +240,9 @@ def test_same_widths_need_no_projection() -> None:
         ({"project_context": False}, "project_context"),
         ({"block_out_channels": (32, 64)}, "remove the fields"),
         ({"prediction_type": "x0"}, "prediction_type"),
+        ({"pos_embed": "rope"}, "pos_embed"),
+        ({"pos_embed": "sincos", "hidden_size": 34}, "divisible by 4"),
+        ({"name": "unet-tiny", "pos_embed": "sincos"}, "U-ViTs only"),
     ],
 )
 def test_bad_configs_raise_at_construction(changes: dict, message: str) -> None:

@@ -35,6 +35,7 @@ class DenoiserConfig:
     time_embed: str | None = None  # identity (sinusoid is the token, as U-ViT) | mlp
     project_context: bool | None = None  # linear D_text -> D on text tokens
     final_conv: bool | None = None  # 3x3 conv after unpatchify
+    pos_embed: str = "learned"  # U-ViT patch positions: learned (reference) | sincos (fixed 2-D sine-cosine, DiT/MAE)
     # U-Net (None = preset value)
     block_out_channels: tuple[int, ...] | None = None
     layers_per_block: int | None = None

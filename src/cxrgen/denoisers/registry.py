@@ -57,6 +57,8 @@ def resolve_config(cfg: DenoiserConfig) -> DenoiserConfig:
     stray = [k for k in other if getattr(cfg, k) is not None]
     if stray:
         raise ConfigError(f"denoiser {cfg.name!r} is a {preset['family']}: remove the fields {stray}")
+    if preset["family"] == "unet" and cfg.pos_embed != "learned":
+        raise ConfigError(f"denoiser {cfg.name!r} is a unet: pos_embed={cfg.pos_embed!r} applies to U-ViTs only")
     filled = {k: preset[k] for k in own if getattr(cfg, k) is None and k in preset}
     return dataclasses.replace(cfg, **filled)
 

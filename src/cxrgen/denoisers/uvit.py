@@ -25,10 +25,24 @@ from cxrgen.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 TIME_EMBEDS = ("identity", "mlp")
+POS_EMBEDS = ("learned", "sincos")
 MAX_PERIOD = 10_000  # sinusoid periods span 1 .. MAX_PERIOD timesteps (Vaswani et al. 2017, Sec. 3.5)
 TIME_MLP_RATIO = 4  # hidden width of the optional time MLP, as in the reference code
 PIPELINE_DENOISER = "denoiser"  # the denoiser's subfolder in a CXRPipeline folder
 INIT_STD = 0.02  # truncated-normal std of linear weights and position embeddings (reference init)
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positions (grid * grid, dim) of a row-major patch grid: half the channels
+    encode the row, half the column (MAE / DiT; ``dim`` divisible by 4)."""
+    quarter = dim // 4
+    freqs = 1.0 / MAX_PERIOD ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
+    pos = torch.arange(grid, dtype=torch.float64)
+    args = pos[:, None] * freqs[None]  # (grid, dim/4)
+    axis = torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (grid, dim/2)
+    rows = axis[:, None].expand(grid, grid, -1)  # (row, col, dim/2): row position
+    cols = axis[None, :].expand(grid, grid, -1)  # column position
+    return torch.cat([rows, cols], dim=-1).reshape(grid * grid, dim).float()
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: int = MAX_PERIOD) -> torch.Tensor:
@@ -122,6 +136,10 @@ def validate_uvit_config(cfg: DenoiserConfig) -> None:
         )
     if cfg.time_embed not in TIME_EMBEDS:
         raise ConfigError(f"denoiser.time_embed={cfg.time_embed!r}: use one of {list(TIME_EMBEDS)}")
+    if cfg.pos_embed not in POS_EMBEDS:
+        raise ConfigError(f"denoiser.pos_embed={cfg.pos_embed!r}: use one of {list(POS_EMBEDS)}")
+    if cfg.pos_embed == "sincos" and cfg.hidden_size % 4:
+        raise ConfigError(f"denoiser.pos_embed=sincos needs hidden_size divisible by 4, got {cfg.hidden_size}")
     if not cfg.project_context and cfg.context_dim != cfg.hidden_size:
         raise ConfigError(
             f"denoiser.context_dim={cfg.context_dim} != hidden_size={cfg.hidden_size} with "
@@ -147,8 +165,12 @@ class UViT(nn.Module):
         else:
             self.time_embed = nn.Identity()
         self.context_embed = nn.Linear(cfg.context_dim, dim) if cfg.project_context else nn.Identity()
-        # one learned position per token of [time, text_1..text_Lmax, patch_1..patch_N]
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.context_len + self.grid**2, dim))
+        # one learned position per token of [time, text_1..text_Lmax, patch_1..patch_N]; with
+        # pos_embed=sincos the patches' positions are a fixed buffer instead (not saved: recomputed)
+        learned_patches = self.grid**2 if cfg.pos_embed == "learned" else 0
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.context_len + learned_patches, dim))
+        self.register_buffer("patch_pos", sincos_2d(self.grid, dim)[None] if not learned_patches else None,
+                             persistent=False)
         half = cfg.depth // 2
         block = dict(dim=dim, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias)
         self.in_blocks = nn.ModuleList([Block(**block, skip=False) for _ in range(half)])
@@ -204,10 +226,9 @@ class UViT(nn.Module):
         time_token = self.time_embed(t_emb.to(x.dtype))[:, None]  # (B, 1, D)
         text = self.context_embed(context)  # (B, L, D)
         pos = self.pos_embed
-        tokens = torch.cat(
-            [time_token + pos[:, :1], text + pos[:, 1 : 1 + n_text], x + pos[:, 1 + cfg.context_len :]],
-            dim=1,
-        )  # (B, N, D), N = 1 + L + N_img
+        patch_pos = pos[:, 1 + cfg.context_len :] if self.patch_pos is None else self.patch_pos.to(x.dtype)
+        tokens = torch.cat([time_token + pos[:, :1], text + pos[:, 1 : 1 + n_text], x + patch_pos], dim=1)
+        # (B, N, D), N = 1 + L + N_img
         attn_mask = self._attention_mask(mask, tokens.shape[1])  # (B, 1, 1, N) or None
 
         skips = []

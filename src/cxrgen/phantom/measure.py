@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.ndimage import binary_dilation, gaussian_filter
+from scipy.ndimage import binary_dilation, gaussian_filter, label
 
 from cxrgen.data.images import resize_center_crop
 from cxrgen.errors import DataError
@@ -53,7 +53,8 @@ class MeasureConfig:
     zone_u: tuple[float, float] = (0.3, 0.85)
     zone_smooth_px: float = 1.5
     zone_heart_margin: float = 0.04  # distance kept from heart and fluid
-    dense_cut: float = 1.05  # brighter than this (heart, heart over fluid) is never lung zone
+    dense_cut: float = 1.05  # brighter than this (heart, heart over fluid) is never lung zone...
+    heart_core: float = 0.04  # ...when it reaches within this distance of the midline (else: a dense lung finding)
     consolidation_cut: float = 0.815
 
 
@@ -205,7 +206,12 @@ def _consolidation(n: np.ndarray, s: np.ndarray, lungs: dict[str, LungShape], fl
     z = gaussian_filter(n, cfg.zone_smooth_px)
     x, y = coordinates(n.shape[0])
     margin = max(1, round(cfg.zone_heart_margin * n.shape[0]))
-    dense = binary_dilation((s > cfg.dense_cut) & (y > cfg.heart_rows[0] - 0.2), iterations=margin)
+    # heart (and heart over fluid): the bright regions that reach the midline; a bright patch inside
+    # a lung that does not reach it (a dense consolidation) stays readable
+    parts, _ = label((s > cfg.dense_cut) & (y > cfg.heart_rows[0] - 0.2))
+    midline = lungs["right"].midline
+    central = np.unique(parts[np.abs(x - midline) < cfg.heart_core])
+    dense = binary_dilation(np.isin(parts, central[central > 0]), iterations=margin)
     scores = {}
     for side, lung in lungs.items():
         d = lung.sign * (x - lung.midline)

@@ -1,9 +1,10 @@
 """A small pixel-space model trained on phantoms in minutes on CPU: the end-to-end test's and README's recipe.
 
-``train_phantom_model`` composes named steps: write a phantom set (``write_phantom_set``), build a
-:func:`phantom_train_config` (identity codec, a U-ViT on 4x4 pixel patches, and either the frozen
-MiniLM text encoder, whose token features are computed once up front, or a scratch encoder trained
-jointly with a BPE tokenizer learned on the reports) and train on the images held in memory.
+``train_phantom_model`` composes named steps: :func:`phantom_training_set` (write a phantom set with
+``write_phantom_set`` and hold it in memory with the frozen MiniLM text features computed once up
+front, or with a BPE tokenizer learned on the reports for a scratch encoder trained jointly), then
+:func:`phantom_train_config` (identity codec, a U-ViT on 4x4 pixel patches) and train. A training
+set can be shared by runs of one recipe (the end-to-end test's clean and flipped fine-tunes).
 """
 
 from __future__ import annotations
@@ -37,16 +38,17 @@ TEXT_BATCH = 256  # prompts encoded at a time when precomputing frozen text feat
 
 @dataclass(frozen=True)
 class PhantomRecipe:
-    """Sizes of the small phantom model and its training run (defaults: ~17 minutes on 2 CPU cores).
+    """Sizes of the small phantom model and its training run (defaults: ~5 minutes on 2 CPU cores).
 
-    The defaults are the best of the recipes measured so far (README, "does the text control the
-    image?"): a 5-block, 128-wide U-ViT on 6,000 phantoms, 4 reports per image, 2,500 steps of 32.
+    The defaults are the end-to-end test's recipe (README, "does the text control the image?"): a
+    3-block, 128-wide U-ViT with fixed sine-cosine patch positions on 3,000 phantoms (canonical
+    anatomy, at most 2 findings each), 4 reports per image, 2,400 steps of 16.
     """
 
-    n_images: int = 6000
+    n_images: int = 3000
     image_size: int = 32
-    anatomy_jitter: float = 0.3  # PhantomConfig.anatomy_jitter of the training set (less nuisance variation)
-    max_findings: int | None = None  # PhantomConfig.max_findings of the training set (None: no limit)
+    anatomy_jitter: float = 0.0  # PhantomConfig.anatomy_jitter of the training set (less nuisance variation)
+    max_findings: int | None = 2  # PhantomConfig.max_findings of the training set (None: no limit)
     findings: tuple[str, ...] = FINDINGS  # kinds of finding the training set draws (the others never occur)
     prompts_per_image: int = 4  # reports drawn per image (training wordings); each step picks one at random
     text_backend: str = "minilm"  # minilm (frozen, real weights) | scratch (trained jointly)
@@ -56,11 +58,13 @@ class PhantomRecipe:
     text_depth: int = 2
     denoiser: str = "uvit-mini"
     hidden_size: int = 128
+    depth: int = 3  # U-ViT blocks in all (odd: in + mid + out)
     patch_size: int = 4
+    pos_embed: str = "sincos"  # U-ViT patch positions: learned | sincos (fixed 2-D sine-cosine)
     prediction_type: str = "sample"
-    steps: int = 2500
-    batch_size: int = 32
-    lr: float = 2e-3
+    steps: int = 2400
+    batch_size: int = 16
+    lr: float = 3e-3
     warmup_steps: int = 50
     ema_decay: float = 0.99
     cfg_dropout: float = 0.1
@@ -68,6 +72,7 @@ class PhantomRecipe:
     sampling_steps: int = 20
     guidance_scale: float = 3.0
     seed: int = 0
+    pretrained: str | None = None  # start the denoiser from a saved phantom model (CXRPipeline folder)
 
 
 class PhantomImages(Dataset):
@@ -99,9 +104,7 @@ class PhantomImages(Dataset):
             flat = self.all_prompts()
             distinct = list(dict.fromkeys(flat))  # template reports repeat: encode each text once
             row = {text: j for j, text in enumerate(distinct)}
-            with torch.no_grad():
-                parts = [text_encoder.encode(distinct[i:i + TEXT_BATCH]) for i in range(0, len(distinct), TEXT_BATCH)]
-            self.context = (torch.cat([c for c, _ in parts]), torch.cat([m for _, m in parts]))
+            self.context = text_encoder.encode_all(distinct, TEXT_BATCH)
             self.context_row = torch.tensor([row[text] for text in flat]).view(len(self), self.variants)  # (N, K)
 
     def _variants(self, index: int) -> list[str]:
@@ -154,8 +157,9 @@ def phantom_train_config(recipe: PhantomRecipe, out_dir: str | Path, tokenizer_d
             "autoencoder": {"kind": "identity"},
             "denoiser": {"name": recipe.denoiser, "in_channels": 1, "sample_size": recipe.image_size,
                          "context_dim": context_dim or recipe.text_width, "context_len": recipe.max_length,
-                         "hidden_size": recipe.hidden_size, "patch_size": recipe.patch_size,
-                         "prediction_type": recipe.prediction_type},
+                         "hidden_size": recipe.hidden_size, "depth": recipe.depth, "patch_size": recipe.patch_size,
+                         "pos_embed": recipe.pos_embed, "prediction_type": recipe.prediction_type,
+                         "pretrained": recipe.pretrained},
         },
         "schedule": {"beta_schedule": "squaredcos_cap_v2"},  # cosine (Nichol & Dhariwal 2021): suits small images
         "image": {"size": recipe.image_size},
@@ -168,14 +172,25 @@ def phantom_train_config(recipe: PhantomRecipe, out_dir: str | Path, tokenizer_d
     })  # fmt: skip
 
 
-def train_phantom_model(out_dir: str | Path, recipe: PhantomRecipe | None = None,
-                        wrap_dataset: Callable[[Dataset], Dataset] | None = None) -> dict[str, Any]:
-    """Phantoms -> tokenizer -> config -> trained CXRPipeline at ``out_dir/run/model``; returns train()'s summary.
+#: PhantomRecipe fields that decide the training set (images, reports, text features); the others
+#: only change the model or its training, so runs that differ there can share one training set.
+DATA_FIELDS = ("n_images", "image_size", "anatomy_jitter", "max_findings", "findings", "prompts_per_image",
+               "text_backend", "vocab_size", "max_length", "seed")
 
-    ``wrap_dataset`` lets a caller transform the training items (the tests use it to simulate a bug).
-    """
-    from cxrgen.train.trainer import train
 
+@dataclass(frozen=True)
+class PhantomTrainingSet:
+    """A recipe's phantom training set in memory, with what its TrainConfig needs to read it."""
+
+    data: PhantomImages
+    recipe: PhantomRecipe  # the recipe it was made for (its DATA_FIELDS must match a run's)
+    tokenizer_dir: Path | None = None  # scratch backend: the BPE tokenizer learned on the reports
+    context_dim: int | None = None  # frozen backend: the encoder's width (features precomputed in data)
+
+
+def phantom_training_set(out_dir: str | Path, recipe: PhantomRecipe | None = None) -> PhantomTrainingSet:
+    """Render the recipe's phantoms into ``out_dir/data`` (kept if already there) and load them with their
+    reports: frozen text features computed once, or a tokenizer learned for the scratch encoder."""
     recipe = recipe or PhantomRecipe()
     out_dir = Path(out_dir)
     table = out_dir / DATA_DIR / MANIFEST_NAME
@@ -188,13 +203,35 @@ def train_phantom_model(out_dir: str | Path, recipe: PhantomRecipe | None = None
     if recipe.text_backend == "scratch":
         images = PhantomImages(table, image_cfg, **variants)
         train_tokenizer(images.all_prompts(), recipe.vocab_size, out_dir / TOKENIZER_DIR)
-        cfg = phantom_train_config(recipe, out_dir / RUN_DIR, tokenizer_dir=out_dir / TOKENIZER_DIR)
-        data: Dataset = images
-    else:  # frozen: encode every report once
-        text = build_text_encoder(TextEncoderConfig(**_text_config(recipe, None))).eval()
-        cfg = phantom_train_config(recipe, out_dir / RUN_DIR, context_dim=text.hidden_size)
-        data = PhantomImages(table, image_cfg, text_encoder=text, **variants)
-    if wrap_dataset is not None:
-        data = wrap_dataset(data)
+        return PhantomTrainingSet(images, recipe, tokenizer_dir=out_dir / TOKENIZER_DIR)
+    text = build_text_encoder(TextEncoderConfig(**_text_config(recipe, None))).eval()  # frozen: encode once
+    return PhantomTrainingSet(PhantomImages(table, image_cfg, text_encoder=text, **variants), recipe,
+                              context_dim=text.hidden_size)
+
+
+def train_phantom_model(out_dir: str | Path, recipe: PhantomRecipe | None = None,
+                        wrap_dataset: Callable[[Dataset], Dataset] | None = None,
+                        training_set: PhantomTrainingSet | None = None) -> dict[str, Any]:
+    """Phantoms -> text features or tokenizer -> config -> trained CXRPipeline at ``out_dir/run/model``.
+
+    Returns train()'s summary. ``training_set`` reuses one made by :func:`phantom_training_set` for a
+    recipe with the same DATA_FIELDS (else it is made here, under ``out_dir``); ``wrap_dataset`` lets a
+    caller transform the training items (the tests use it to simulate a bug).
+    """
+    from cxrgen.train.trainer import train
+
+    recipe = recipe or PhantomRecipe()
+    if recipe.pretrained is not None and recipe.text_backend == "scratch":
+        raise ConfigError("recipe.pretrained starts the denoiser only, so it needs a frozen text encoder "
+                          "(text_backend=minilm); the scratch encoder's trained weights would be lost")
+    if training_set is None:
+        training_set = phantom_training_set(out_dir, recipe)
+    differ = [k for k in DATA_FIELDS if getattr(training_set.recipe, k) != getattr(recipe, k)]
+    if differ:
+        raise ConfigError(f"the training set was made for another recipe (fields {differ} differ); "
+                          "make one for this recipe with phantom_training_set")
+    cfg = phantom_train_config(recipe, Path(out_dir) / RUN_DIR, tokenizer_dir=training_set.tokenizer_dir,
+                               context_dim=training_set.context_dim)
+    data: Dataset = training_set.data if wrap_dataset is None else wrap_dataset(training_set.data)
     log.info("training a phantom model: %d images, %d steps -> %s", len(data), recipe.steps, cfg.out_dir)
     return train(cfg, dataset=data)

@@ -231,9 +231,9 @@ def _lung(x, y, lung: LungShape, geo: Geometry, findings: PhantomFindings, size:
         markings = markings * (1.0 - region) + dens.pleural_line * line
     if findings.consolidation_side == lung.side:
         upper = findings.consolidation_lobe.endswith("upper")
-        u0, t0 = (0.55, 0.3) if upper else (0.62, 0.55)
+        u0, t0 = (0.48, 0.27) if upper else (0.52, 0.52)
         cx, cy = lung_point(lung, u0 + rng.uniform(-0.06, 0.06), t0 + rng.uniform(-0.03, 0.03))
-        radius = rng.uniform(0.05, 0.065)
+        radius = rng.uniform(0.07, 0.085)
         lobules = np.ones_like(x)
         for ox, oy in rng.uniform(-0.55, 0.55, (6, 2)) * radius:
             lobules *= 1.0 - np.exp(-(((x - cx - ox) ** 2 + (y - cy - oy) ** 2) / (0.45 * radius) ** 2))

@@ -89,8 +89,11 @@ class TextEncoder(nn.Module, ABC):
         """Like nn.Module.train, but a frozen encoder always stays in eval mode (no dropout)."""
         return super().train(mode and self.trainable)
 
-    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids (B, L) long and mask (B, L) bool on the encoder's device; truncation is logged."""
+    def tokenize(self, prompts: list[str], pad_to_max_length: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, L) long and mask (B, L) bool on the encoder's device; truncation is logged.
+
+        ``pad_to_max_length`` None: as ``config.pad_to_max_length`` (False: pad to the longest prompt).
+        """
         prompts = _check_prompts(prompts)
         n_long = self._count_truncated(prompts)
         if n_long:
@@ -102,7 +105,8 @@ class TextEncoder(nn.Module, ABC):
             )
         batch = self.tokenizer(
             prompts,
-            padding="max_length" if self.config.pad_to_max_length else "longest",
+            padding="max_length" if (self.config.pad_to_max_length if pad_to_max_length is None
+                                     else pad_to_max_length) else "longest",
             max_length=self.max_length,
             truncation=True,
             return_attention_mask=True,
@@ -122,6 +126,29 @@ class TextEncoder(nn.Module, ABC):
         grad = contextlib.nullcontext() if self.trainable else torch.no_grad()
         with grad:
             context = self.encode_tokens(ids, mask)  # (B, L, D)
+        return context, mask
+
+    @torch.no_grad()
+    def encode_all(self, prompts: list[str], batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context (N, max_length, D) and mask (N, max_length) of many prompts, in their order, without grad.
+
+        Prompts are encoded in batches of similar length, each padded only to its longest, so a long
+        list costs far less than ``encode`` with max-length padding. Padding positions come back as
+        zeros with mask False (the denoisers mask them); real tokens get the same features as from
+        ``encode`` for every encoder whose real tokens do not attend to padding (all back-ends here).
+        """
+        if batch_size < 1:
+            raise ConfigError(f"encode_all(batch_size={batch_size}): give a positive batch size")
+        prompts = _check_prompts(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        context = torch.zeros(len(prompts), self.max_length, self.hidden_size)
+        mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            ids, batch_mask = self.tokenize([prompts[i] for i in rows], pad_to_max_length=False)
+            n = ids.shape[1]
+            context[rows, :n] = self.encode_tokens(ids, batch_mask).float().cpu().masked_fill(~batch_mask.cpu()[..., None], 0.0)
+            mask[rows, :n] = batch_mask.cpu()
         return context, mask
 
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
