@@ -2,8 +2,9 @@
 
 Bao et al., "All are Worth Words: A ViT Backbone for Diffusion Models", CVPR 2023 (Sec. 3, Fig. 1);
 used for chest X-rays by Chest-Diffusion. Differences from the reference code: ``depth`` counts all
-blocks (the paper's 13 for U-ViT-S; the reference's ``depth=12`` builds the same 13), and padded text
-tokens are masked out of attention (the reference attends to all 77 CLIP tokens).
+blocks (the paper's 13 for U-ViT-S; the reference's ``depth=12`` builds the same 13), padded text
+tokens are masked out of attention (the reference attends to all 77 CLIP tokens), and the patch
+positions can be fixed 2-D sine-cosine ones (``pos_embed: sincos``, as DiT) instead of learned.
 """
 
 from __future__ import annotations
