@@ -103,10 +103,10 @@ class TextEncoder(nn.Module, ABC):
                 len(prompts),
                 self.max_length,
             )
+        fixed = self.config.pad_to_max_length if pad_to_max_length is None else pad_to_max_length
         batch = self.tokenizer(
             prompts,
-            padding="max_length" if (self.config.pad_to_max_length if pad_to_max_length is None
-                                     else pad_to_max_length) else "longest",
+            padding="max_length" if fixed else "longest",
             max_length=self.max_length,
             truncation=True,
             return_attention_mask=True,
