@@ -146,9 +146,11 @@ class TextEncoder(nn.Module, ABC):
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             ids, batch_mask = self.tokenize([prompts[i] for i in rows], pad_to_max_length=False)
+            features = self.encode_tokens(ids, batch_mask).float().cpu()  # (b, n, D), n = longest in the batch
+            batch_mask = batch_mask.cpu()
             n = ids.shape[1]
-            context[rows, :n] = self.encode_tokens(ids, batch_mask).float().cpu().masked_fill(~batch_mask.cpu()[..., None], 0.0)
-            mask[rows, :n] = batch_mask.cpu()
+            context[rows, :n] = features.masked_fill(~batch_mask[..., None], 0.0)
+            mask[rows, :n] = batch_mask
         return context, mask
 
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
