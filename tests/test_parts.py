@@ -80,6 +80,15 @@ def test_inconsistent_shapes_are_named(tiny_yaml: Path) -> None:
         check_consistent(apply_overrides(cfg, ["text_encoder.max_length=32"]))
 
 
+def test_sentence_pooling_needs_context_for_its_sentences_only(tiny_yaml: Path) -> None:
+    cfg = from_dict(ModelConfig, yaml.safe_load(tiny_yaml.read_text()))
+    sentences = ["text_encoder.pooling=sentences", "text_encoder.max_length=32", "text_encoder.max_sentences=8"]
+    check_consistent(apply_overrides(cfg, sentences))  # 8 sentence vectors fit 16 positions
+    assert describe(tiny_yaml, sentences)["context"] == [8, WIDTH]
+    with pytest.raises(ConfigError, match="24 context positions"):  # both: 8 sentences + 16 tokens
+        check_consistent(apply_overrides(cfg, ["text_encoder.pooling=both", "text_encoder.max_sentences=8"]))
+
+
 def test_unavailable_part_is_a_note_not_a_crash(tiny_yaml: Path, tmp_path: Path) -> None:
     data = _tiny(Path(yaml.safe_load(tiny_yaml.read_text())["text_encoder"]["name_or_path"]))
     data["text_encoder"]["name_or_path"] = str(tmp_path / "no-such-model")

@@ -1,21 +1,16 @@
 """End to end: a small pixel-space model trained on CPU on phantoms follows the prompt (side, size, negation).
 
 One model is trained with the phantom recipe (~5 minutes on 2 cores) and scored with the control
-benchmark (held-out wordings). It is then sampled with two deliberate mistakes (the prompt ignored;
-guidance with the wrong sign), and continued for a few hundred steps on randomly flipped images
-(beside the same continuation on the true images): each mistake must bring laterality below the
-floor the clean model clears, so the benchmark catches it.
-
-Two bars. In CI: the floors this recipe clears with a margin (CI_*: laterality 0.75, negation 0.70,
-size Spearman 0.5; measured 0.85 / 0.82 / 0.91). The issue's marks (laterality and negation
->= 0.85) are NOT yet reached with margin by a model that trains within the CI budget, so that test
-runs only when CXRGEN_PHANTOM_E2E=1. See README, "does the text control the image?".
+benchmark (held-out wordings) against the issue's marks: laterality and negation >= 0.85, size
+Spearman >= 0.5. It is then sampled with two deliberate mistakes (the prompt ignored; guidance with
+the wrong sign), and continued for a few hundred steps on randomly flipped images (beside the same
+continuation on the true images): each mistake must bring laterality below the mark, so the
+benchmark catches it. See README, "does the text control the image?".
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import pytest
@@ -31,13 +26,14 @@ pytestmark = pytest.mark.slow
 
 RECIPE = PhantomRecipe()
 FLIP_STEPS = 300  # steps the clean model is trained further, on flipped or on true images
-#: The issue's marks, on held-out wordings.
+#: The issue's marks, on held-out wordings; every deliberate mistake must bring laterality below the first.
 LATERALITY_MIN, NEGATION_MIN, SIZE_SPEARMAN_MIN = 0.85, 0.85, 0.5
-#: The CI floors: what the recipe clears with a margin; every deliberate mistake must fall below.
-CI_LATERALITY_MIN, CI_NEGATION_MIN = 0.75, 0.70
+#: Laterality the continuation on true images must keep above the one on flipped images (the flip, not
+#: the extra training, is what erases it; measured 0.9 vs 0.3 with an earlier recipe).
+FLIP_GAP = 0.25
 N_PER_PROMPT = 2  # 184 benchmark images for the clean model
-MISTAKE_N_PER_PROMPT = 1  # 92 for each mistake: enough to see laterality fall far below the floor
-THREADS = 2  # the tiny U-ViT trains ~1.7x faster on 2 threads than on 1 (measured on the 2-core CI machine)
+MISTAKE_N_PER_PROMPT = 1  # 92 for each mistake: enough to see laterality fall far below the mark
+THREADS = 2  # the tiny U-ViT trains ~1.6x faster on 2 threads than on 1 (measured on the 2-core CI machine)
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +89,8 @@ def clean(trained: CXRPipeline) -> dict:
     return _bench(trained, N_PER_PROMPT)
 
 
-def test_trained_model_follows_the_prompt(clean: dict) -> None:
-    print(f"clean model: {_scores(clean)}")  # shown by pytest -rA
-    assert clean["laterality_acc"] >= CI_LATERALITY_MIN, _scores(clean)
-    assert clean["negation_acc"] >= CI_NEGATION_MIN, _scores(clean)
-    assert clean["size_spearman"] >= SIZE_SPEARMAN_MIN, _scores(clean)
-
-
-@pytest.mark.skipif(os.environ.get("CXRGEN_PHANTOM_E2E") != "1",
-                    reason="the CI-sized phantom model does not yet reach the issue's marks with a margin "
-                           "(held-out laterality ~0.85, negation ~0.75-0.82 < 0.85); set CXRGEN_PHANTOM_E2E=1")
 def test_trained_model_reaches_the_issue_marks(clean: dict) -> None:
+    print(f"clean model: {_scores(clean)}")  # shown by pytest -rA
     assert clean["laterality_acc"] >= LATERALITY_MIN, _scores(clean)
     assert clean["negation_acc"] >= NEGATION_MIN, _scores(clean)
     assert clean["size_spearman"] >= SIZE_SPEARMAN_MIN, _scores(clean)
@@ -115,7 +102,7 @@ def test_ignoring_the_prompt_is_caught(trained: CXRPipeline, monkeypatch: pytest
     monkeypatch.setattr(text, "encode", lambda prompts: encode([text.config.null_prompt] * len(prompts)))
     result = _bench(trained)
     print(f"null prompt: {_scores(result)}")
-    assert result["laterality_acc"] < CI_LATERALITY_MIN, _scores(result)
+    assert result["laterality_acc"] < LATERALITY_MIN, _scores(result)
 
 
 def test_wrong_sign_guidance_is_caught(trained: CXRPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,7 +112,7 @@ def test_wrong_sign_guidance_is_caught(trained: CXRPipeline, monkeypatch: pytest
     monkeypatch.setattr(cxrgen.guidance, "combine", wrong_sign)
     result = _bench(trained)
     print(f"wrong-sign guidance: {_scores(result)}")
-    assert result["laterality_acc"] < CI_LATERALITY_MIN, _scores(result)
+    assert result["laterality_acc"] < LATERALITY_MIN, _scores(result)
 
 
 def test_flip_augmentation_is_caught(tmp_path: Path, trained_dir: str, training_set: PhantomTrainingSet) -> None:
@@ -140,5 +127,5 @@ def test_flip_augmentation_is_caught(tmp_path: Path, trained_dir: str, training_
         summary = train_phantom_model(tmp_path / name, recipe, wrap_dataset=wrap, training_set=training_set)
         scores[name] = _bench(CXRPipeline.from_pretrained(summary["model_dir"]))["laterality_acc"]
     print(f"laterality after {FLIP_STEPS} more steps: {scores}")
-    assert scores["clean"] >= CI_LATERALITY_MIN, scores
-    assert scores["flipped"] < CI_LATERALITY_MIN, scores
+    assert scores["flipped"] < LATERALITY_MIN, scores
+    assert scores["clean"] - scores["flipped"] >= FLIP_GAP, scores

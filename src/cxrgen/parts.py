@@ -17,12 +17,11 @@ from cxrgen.config import ModelConfig, load_config
 from cxrgen.denoisers import build_denoiser, load_denoiser
 from cxrgen.denoisers.registry import resolve_config
 from cxrgen.errors import ConfigError
+from cxrgen.folders import PART_FOLDERS  # re-exported: the layout CXRPipeline writes
 from cxrgen.text import build_text_encoder, load_text_encoder
 
 log = logging.getLogger(__name__)
 
-#: Sub-folder of each part in a saved model directory (the layout CXRPipeline writes).
-PART_FOLDERS = {"text_encoder": "text_encoder", "autoencoder": "autoencoder", "denoiser": "denoiser"}
 
 
 @dataclass
@@ -55,10 +54,11 @@ def check_consistent(cfg: ModelConfig) -> None:
             f"denoiser expects latents ({den.in_channels}, {den.sample_size}, {den.sample_size}) but the "
             f"autoencoder gives ({c}, {h}, {h}) for {cfg.image_size} px images: set denoiser.in_channels="
             f"{c} and denoiser.sample_size={h}")
-    if cfg.text_encoder.max_length > den.context_len:
+    if cfg.text_encoder.context_length > den.context_len:
         raise ConfigError(
-            f"text_encoder.max_length={cfg.text_encoder.max_length} exceeds denoiser.context_len="
-            f"{den.context_len}: raise denoiser.context_len or lower the text limit")
+            f"the text encoder gives {cfg.text_encoder.context_length} context positions (pooling="
+            f"{cfg.text_encoder.pooling}) but denoiser.context_len="
+            f"{den.context_len}: raise denoiser.context_len or lower the text limits")
 
 
 def _try(what: str, build, notes: list[str]) -> Any:
@@ -82,7 +82,7 @@ def build_parts(cfg: ModelConfig, meta: bool = False) -> ModelParts:
     with autoencoder_device:
         codec = _try("autoencoder", lambda: LatentCodec.build(cfg.autoencoder), notes)
     text = _try("text encoder", lambda: build_text_encoder(cfg.text_encoder), notes)
-    return ModelParts(denoiser, text, codec, latent_shape(cfg), cfg.text_encoder.max_length, notes)
+    return ModelParts(denoiser, text, codec, latent_shape(cfg), cfg.text_encoder.context_length, notes)
 
 
 def load_parts(directory: str | Path) -> ModelParts:
@@ -97,7 +97,7 @@ def load_parts(directory: str | Path) -> ModelParts:
     text = load_text_encoder(directory / PART_FOLDERS["text_encoder"])
     den_cfg = denoiser.config
     shape = (den_cfg.in_channels, den_cfg.sample_size, den_cfg.sample_size)
-    return ModelParts(denoiser, text, codec, shape, text.max_length)
+    return ModelParts(denoiser, text, codec, shape, text.context_length)
 
 
 def _model_config(path: Path, overrides: list[str] | None) -> ModelConfig:

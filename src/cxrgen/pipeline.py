@@ -274,8 +274,8 @@ def check_parts(pipe: CXRPipeline) -> None:
     if den.sample_size * codec.downsample_factor != pipe.image_size:
         raise ConfigError(f"denoiser sample_size={den.sample_size} x autoencoder factor {codec.downsample_factor} "
                           f"!= image_size={pipe.image_size}: fix image_size in model_index.json or the parts")
-    if text.max_length > den.context_len:
-        raise ConfigError(f"text_encoder max_length={text.max_length} exceeds denoiser context_len="
+    if text.context_length > den.context_len:
+        raise ConfigError(f"text_encoder context length {text.context_length} exceeds denoiser context_len="
                           f"{den.context_len}: the text encoder does not belong to this denoiser")
     if not isinstance(pipe.scheduler, SchedulerMixin):
         raise ConfigError(f"scheduler is a {type(pipe.scheduler).__name__}: give a diffusers scheduler "

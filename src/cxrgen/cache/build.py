@@ -153,7 +153,7 @@ def _stored(tensor: torch.Tensor, dtype: str, what: str) -> torch.Tensor:
 def _layout(cfg: TrainConfig, codec: LatentCodec, text: TextEncoder | None, rows: int) -> dict[str, Any]:
     """Storage layout: rows, shard size, dtype and the tensor shapes of one row."""
     side = cfg.image.size // codec.downsample_factor
-    context = None if text is None else [text.max_length, text.hidden_size]
+    context = None if text is None else [text.context_length, text.hidden_size]
     return {"rows": rows, "shard_size": cfg.cache.shard_size, "dtype": cfg.cache.dtype,
             "latent_shape": [codec.latent_channels, side, side], "context_shape": context}
 
@@ -173,7 +173,7 @@ def _done_shards(index: dict[str, Any] | None, expected: dict[str, Any], cache_d
 @torch.no_grad()
 def _encode_null(text: TextEncoder, cache_dir: Path, dtype: str) -> None:
     """Store the null-prompt context (L, D) and mask (L,) once."""
-    context, mask = _pad_text(*text.encode_null(1), text.max_length)
+    context, mask = _pad_text(*text.encode_null(1), text.context_length)
     write_tensors({"context": _stored(context[0], dtype, "null context"), "mask": mask[0].cpu()},
                   cache_dir / NULL_NAME)
 
@@ -185,7 +185,7 @@ def _encode_batch(codec: LatentCodec, text: TextEncoder | None, images: torch.Te
     mean, std = codec.encode_distribution(images)
     out = {"latent_mean": mean, "latent_std": std}
     if text is not None:
-        out["context"], out["mask"] = _pad_text(*text.encode(prompts), text.max_length)
+        out["context"], out["mask"] = _pad_text(*text.encode(prompts), text.context_length)
     return out
 
 

@@ -32,6 +32,8 @@ ENCODER_PREFIXES = ("encoder.", "quant_conv.")
 AUTOENCODER_IGNORED = ("pretrained", "subfolder", "scale", "shift")
 #: Text encoder config fields that change the cached context tokens (weights are hashed apart).
 TEXT_FIELDS = ("backend", "max_length", "pad_to_max_length", "null_prompt")
+#: Added to TEXT_FIELDS only for sentence pooling, so caches made before it existed stay valid.
+SENTENCE_FIELDS = ("pooling", "max_sentences")
 REBUILD_HINT = "rebuild it with `cxrgen cache CONFIG` (the same config you train with)"
 
 
@@ -61,7 +63,8 @@ def text_fingerprint(encoder: TextEncoder) -> dict[str, Any]:
     """Token-relevant config, weights hash and tokenizer-vocabulary hash of a frozen text encoder."""
     vocab = sorted(encoder.tokenizer.get_vocab().items())
     vocab_hash = hashlib.sha256(json.dumps([type(encoder.tokenizer).__name__, vocab]).encode()).hexdigest()
-    fields = {k: getattr(encoder.config, k) for k in TEXT_FIELDS}
+    names = TEXT_FIELDS + (SENTENCE_FIELDS if encoder.config.pooling != "tokens" else ())
+    fields = {k: getattr(encoder.config, k) for k in names}
     return {**fields, "weights_sha256": tensors_sha256(encoder), "tokenizer_sha256": vocab_hash}
 
 

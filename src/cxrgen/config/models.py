@@ -98,6 +98,10 @@ class AutoencoderConfig:
         return 1 if self.kind == "identity" else self.latent_channels
 
 
+#: TextEncoderConfig.pooling values: one context vector per token, per sentence, or both (sentences first).
+TEXT_POOLINGS = ("tokens", "sentences", "both")
+
+
 @dataclass(frozen=True)
 class TextEncoderConfig:
     """Which text encoder turns prompts into context tokens, and how (see cxrgen.text)."""
@@ -107,7 +111,12 @@ class TextEncoderConfig:
     subfolder: str | None = None  # model folder inside name_or_path (SD layout: "text_encoder")
     tokenizer_subfolder: str | None = None  # None: same as subfolder (SD layout: "tokenizer")
     max_length: int = 77  # token limit (CLIP / RoentGen: 77); longer prompts are truncated
-    pad_to_max_length: bool = True  # fixed (B, max_length) context; False: pad to the longest
+    pad_to_max_length: bool = True  # fixed (B, context_length) context; False: pad to the longest
+    # tokens: one context vector per token (max_length of them); sentences: one per sentence, the
+    # sentence encoded alone and mean-pooled (sentence-transformers' pooling; max_sentences of them);
+    # both: the sentence vectors, then the token vectors
+    pooling: str = "tokens"
+    max_sentences: int = 16  # pooling=sentences: sentences kept per report (more are dropped, with a warning)
     trainable: bool = False  # False: frozen (no grad, eval mode)
     null_prompt: str = ""  # the unconditional prompt for classifier-free guidance
     trust_remote_code: bool = False  # needed by some hub models (e.g. CXR-BERT-specialized)
@@ -129,6 +138,16 @@ class TextEncoderConfig:
             raise ConfigError(f"text.width={self.width} must be divisible by text.heads={self.heads}")
         if self.mlp_ratio <= 0 or not 0.0 <= self.dropout < 1.0:
             raise ConfigError("text.mlp_ratio must be > 0 and text.dropout in [0, 1)")
+        if self.pooling not in TEXT_POOLINGS:
+            raise ConfigError(f"text.pooling={self.pooling!r}: use one of {list(TEXT_POOLINGS)}")
+        if self.max_sentences < 1:
+            raise ConfigError(f"text.max_sentences={self.max_sentences}: give at least 1")
+
+    @property
+    def context_length(self) -> int:
+        """Context positions the denoiser receives: max_length tokens, max_sentences sentences, or both."""
+        return {"tokens": self.max_length, "sentences": self.max_sentences}.get(
+            self.pooling, self.max_sentences + self.max_length)
 
 
 @dataclass(frozen=True)

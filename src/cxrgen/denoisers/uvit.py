@@ -22,6 +22,7 @@ from torch import nn
 from cxrgen.config import DenoiserConfig, load_config, save_config
 from cxrgen.denoisers.base import CONFIG_NAME, WEIGHTS_NAME, check_inputs, prepare_timesteps
 from cxrgen.errors import ConfigError
+from cxrgen.folders import PART_FOLDERS
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ TIME_EMBEDS = ("identity", "mlp")
 POS_EMBEDS = ("learned", "sincos")
 MAX_PERIOD = 10_000  # sinusoid periods span 1 .. MAX_PERIOD timesteps (Vaswani et al. 2017, Sec. 3.5)
 TIME_MLP_RATIO = 4  # hidden width of the optional time MLP, as in the reference code
-PIPELINE_DENOISER = "denoiser"  # the denoiser's subfolder in a CXRPipeline folder
 INIT_STD = 0.02  # truncated-normal std of linear weights and position embeddings (reference init)
 
 
@@ -262,8 +262,8 @@ class UViT(nn.Module):
         mismatch names the fields.
         """
         directory = Path(source)
-        if (directory / PIPELINE_DENOISER / CONFIG_NAME).is_file():
-            directory = directory / PIPELINE_DENOISER
+        if (directory / PART_FOLDERS["denoiser"] / CONFIG_NAME).is_file():
+            directory = directory / PART_FOLDERS["denoiser"]
         weights = directory / WEIGHTS_NAME
         if not weights.is_file() or not (directory / CONFIG_NAME).is_file():
             raise ConfigError(f"denoiser.pretrained={str(source)!r}: a U-ViT starts only from a local folder "

@@ -42,7 +42,8 @@ class PhantomRecipe:
 
     The defaults are the end-to-end test's recipe (README, "does the text control the image?"): a
     3-block, 128-wide U-ViT with fixed sine-cosine patch positions on 3,000 phantoms (canonical
-    anatomy, at most 2 findings each), 4 reports per image, 2,400 steps of 16.
+    anatomy, at most 2 findings each), 4 reports per image, frozen MiniLM read one mean-pooled
+    vector per sentence, 2,400 steps of 16.
     """
 
     n_images: int = 3000
@@ -54,6 +55,8 @@ class PhantomRecipe:
     text_backend: str = "minilm"  # minilm (frozen, real weights) | scratch (trained jointly)
     vocab_size: int = 600
     max_length: int = 48  # tokens per report (phantom reports are short)
+    text_pooling: str = "sentences"  # TextEncoderConfig.pooling: a context vector per sentence | token | both
+    max_sentences: int = 8  # sentences per report with text_pooling=sentences (phantom reports have <= 6)
     text_width: int = 64
     text_depth: int = 2
     denoiser: str = "uvit-mini"
@@ -137,11 +140,12 @@ def phantom_config(recipe: PhantomRecipe) -> PhantomConfig:
 
 
 def _text_config(recipe: PhantomRecipe, tokenizer_dir: str | Path | None) -> dict[str, Any]:
+    pooling = {"pooling": recipe.text_pooling, "max_sentences": recipe.max_sentences}
     if recipe.text_backend == "scratch":
         return {"backend": "scratch", "name_or_path": str(tokenizer_dir), "trainable": True,
                 "max_length": recipe.max_length, "width": recipe.text_width, "depth": recipe.text_depth,
-                "heads": 4, "seed": recipe.seed}
-    return {"backend": recipe.text_backend, "trainable": False, "max_length": recipe.max_length}
+                "heads": 4, "seed": recipe.seed, **pooling}
+    return {"backend": recipe.text_backend, "trainable": False, "max_length": recipe.max_length, **pooling}
 
 
 def phantom_train_config(recipe: PhantomRecipe, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
@@ -150,13 +154,14 @@ def phantom_train_config(recipe: PhantomRecipe, out_dir: str | Path, tokenizer_d
 
     ``context_dim``: the frozen text encoder's width (None: the scratch encoder's ``text_width``).
     """
+    text = _text_config(recipe, tokenizer_dir)
     return from_dict(TrainConfig, {
         "model": {
             "image_size": recipe.image_size,
-            "text_encoder": _text_config(recipe, tokenizer_dir),
+            "text_encoder": text,
             "autoencoder": {"kind": "identity"},
             "denoiser": {"name": recipe.denoiser, "in_channels": 1, "sample_size": recipe.image_size,
-                         "context_dim": context_dim or recipe.text_width, "context_len": recipe.max_length,
+                         "context_dim": context_dim or recipe.text_width, "context_len": TextEncoderConfig(**text).context_length,
                          "hidden_size": recipe.hidden_size, "depth": recipe.depth, "patch_size": recipe.patch_size,
                          "pos_embed": recipe.pos_embed, "prediction_type": recipe.prediction_type,
                          "pretrained": recipe.pretrained},
@@ -175,7 +180,7 @@ def phantom_train_config(recipe: PhantomRecipe, out_dir: str | Path, tokenizer_d
 #: PhantomRecipe fields that decide the training set (images, reports, text features); the others
 #: only change the model or its training, so runs that differ there can share one training set.
 DATA_FIELDS = ("n_images", "image_size", "anatomy_jitter", "max_findings", "findings", "prompts_per_image",
-               "text_backend", "vocab_size", "max_length", "seed")
+               "text_backend", "vocab_size", "max_length", "text_pooling", "max_sentences", "seed")
 
 
 @dataclass(frozen=True)

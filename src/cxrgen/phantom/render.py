@@ -35,7 +35,7 @@ class Densities:
     lung_air: float = 0.62  # density removed by a fully aerated lung
     lung_rim: float = 0.35  # share of the air at the lung edge (thin lung there)
     lung_rim_depth: float = 0.05  # distance from the edge at which the lung is fully thick
-    ptx_air: float = 0.75  # density removed in a pneumothorax (no lung tissue left)
+    ptx_air: float = 0.95  # density removed in a pneumothorax: no lung tissue left, the most lucent part of the chest
     heart: float = 0.4  # added on top of hiding the lung behind it
     mediastinum: float = 0.1
     heart_hides_lung: float = 1.0  # share of lung air in front of/behind the heart

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
@@ -27,6 +29,14 @@ TEXT_ENCODER_CONFIG_NAME = "text_encoder_config.yaml"
 #: Marker of a folder that refers to a frozen encoder's source (hub id, local dir or package) instead
 #: of holding its weights; ``load_text_encoder`` loads from the source named in the config.
 BY_REFERENCE_NAME = "by_reference.json"
+#: A sentence ends at . ; ! or ? followed by white space (so "3.5 cm" stays whole).
+SENTENCE_END = re.compile(r"(?<=[.;!?])\s+")
+
+
+def split_sentences(prompt: str) -> list[str]:
+    """The sentences of a report, in order; a prompt with none (e.g. "") is one sentence itself."""
+    parts = [part.strip() for part in SENTENCE_END.split(prompt.strip())]
+    return [part for part in parts if part] or [prompt]
 
 
 class TextEncoder(nn.Module, ABC):
@@ -71,6 +81,11 @@ class TextEncoder(nn.Module, ABC):
     def max_length(self) -> int:
         """Token limit; longer prompts are truncated (with a warning)."""
         return self.config.max_length
+
+    @property
+    def context_length(self) -> int:
+        """Context positions per prompt: max_length tokens, or max_sentences with sentence pooling."""
+        return self.config.context_length
 
     @property
     def device(self) -> torch.device:
@@ -121,16 +136,58 @@ class TextEncoder(nn.Module, ABC):
         return sum(len(ids) > self.max_length for ids in lengths)
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context (B, L, D) float and mask (B, L) bool for a list of prompts (no grad when frozen)."""
+        """Context (B, L, D) float and mask (B, L) bool for a list of prompts (no grad when frozen).
+
+        L counts tokens; with ``config.pooling`` "sentences" it counts sentences (``encode_sentences``),
+        with "both" the max_sentences sentence vectors come first, then the tokens.
+        """
+        if self.config.pooling == "sentences":
+            return self.encode_sentences(prompts)
         ids, mask = self.tokenize(prompts)
         grad = contextlib.nullcontext() if self.trainable else torch.no_grad()
         with grad:
             context = self.encode_tokens(ids, mask)  # (B, L, D)
+        if self.config.pooling == "both":  # sentences first: the tokens' trailing padding can be trimmed
+            sentences, sentence_mask = self.encode_sentences(prompts, pad_to_max=True)  # (B, S, D)
+            return torch.cat([sentences, context], dim=1), torch.cat([sentence_mask, mask], dim=1)
         return context, mask
+
+    def encode_sentences(self, prompts: list[str], pad_to_max: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One context vector per sentence: (B, S, D) and mask (B, S), S = max_sentences (or the most given).
+
+        Each sentence is encoded on its own and its token features mean-pooled (sentence-transformers'
+        pooling, which sentence encoders such as MiniLM were trained for: paraphrases land close),
+        L2-normalised and scaled by sqrt(D) (unit mean square per feature). ``pad_to_max`` None: as
+        ``config.pad_to_max_length``. Reports with more than ``max_sentences`` keep their first ones.
+        """
+        prompts = _check_prompts(prompts)
+        limit = self.config.max_sentences
+        split = [split_sentences(p) for p in prompts]
+        n_long = sum(len(s) > limit for s in split)
+        if n_long:
+            log.warning("%d of %d prompt(s) have more than text.max_sentences=%d sentences; the rest were dropped",
+                        n_long, len(prompts), limit)
+        split = [s[:limit] for s in split]
+        counts = torch.tensor([len(s) for s in split])
+        ids, mask = self.tokenize([s for sentences in split for s in sentences], pad_to_max_length=False)
+        grad = contextlib.nullcontext() if self.trainable else torch.no_grad()
+        with grad:
+            features = self.encode_tokens(ids, mask)  # (N_sentences, L, D)
+            weights = mask[..., None].to(features.dtype)  # (N, L, 1)
+            pooled = (features * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (N, D)
+            pooled = nn.functional.normalize(pooled, dim=-1) * math.sqrt(pooled.shape[-1])
+            fixed = self.config.pad_to_max_length if pad_to_max is None else pad_to_max
+            width = limit if fixed else int(counts.max())
+            rows = torch.repeat_interleave(torch.arange(len(split)), counts).to(pooled.device)  # (N,)
+            cols = torch.cat([torch.arange(int(c)) for c in counts]).to(pooled.device)  # (N,)
+            context = pooled.new_zeros(len(split), width, pooled.shape[-1]).index_put((rows, cols), pooled)
+        sentence_mask = torch.zeros(len(split), width, dtype=torch.bool, device=pooled.device)
+        sentence_mask[rows, cols] = True
+        return context, sentence_mask  # (B, S, D), (B, S)
 
     @torch.no_grad()
     def encode_all(self, prompts: list[str], batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context (N, max_length, D) and mask (N, max_length) of many prompts, in their order, without grad.
+        """Context (N, context_length, D) and mask (N, context_length) of many prompts, in order, without grad.
 
         Prompts are encoded in batches of similar length, each padded only to its longest, so a long
         list costs far less than ``encode`` with max-length padding. Padding positions come back as
@@ -140,6 +197,19 @@ class TextEncoder(nn.Module, ABC):
         if batch_size < 1:
             raise ConfigError(f"encode_all(batch_size={batch_size}): give a positive batch size")
         prompts = _check_prompts(prompts)
+        if self.config.pooling != "tokens":  # sentences are short: plain batches, padded to max_sentences
+            parts = [self.encode_sentences(prompts[i:i + batch_size], pad_to_max=True)
+                     for i in range(0, len(prompts), batch_size)]
+            sentences = torch.cat([c.float().cpu() for c, _ in parts])
+            sentence_mask = torch.cat([m.cpu() for _, m in parts])
+            if self.config.pooling == "sentences":
+                return sentences, sentence_mask
+            context, mask = self._encode_tokens_all(prompts, batch_size)
+            return torch.cat([sentences, context], dim=1), torch.cat([sentence_mask, mask], dim=1)
+        return self._encode_tokens_all(prompts, batch_size)
+
+    def _encode_tokens_all(self, prompts: list[str], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """encode_all's token features: length-sorted batches, zero-padded to max_length, input order."""
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         context = torch.zeros(len(prompts), self.max_length, self.hidden_size)
         mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
