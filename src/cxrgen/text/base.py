@@ -144,8 +144,7 @@ class TextEncoder(nn.Module, ABC):
         if self.config.pooling == "sentences":
             return self.encode_sentences(prompts)
         ids, mask = self.tokenize(prompts)
-        grad = contextlib.nullcontext() if self.trainable else torch.no_grad()
-        with grad:
+        with self._grad_mode():
             context = self.encode_tokens(ids, mask)  # (B, L, D)
         if self.config.pooling == "both":  # sentences first: the tokens' trailing padding can be trimmed
             sentences, sentence_mask = self.encode_sentences(prompts, pad_to_max=True)  # (B, S, D)
@@ -169,21 +168,24 @@ class TextEncoder(nn.Module, ABC):
                         n_long, len(prompts), limit)
         split = [s[:limit] for s in split]
         counts = torch.tensor([len(s) for s in split])
+        fixed = self.config.pad_to_max_length if pad_to_max is None else pad_to_max
+        width = limit if fixed else int(counts.max())
+        rows = torch.repeat_interleave(torch.arange(len(split)), counts).to(self.device)  # (N,) report of each sentence
+        cols = torch.cat([torch.arange(int(c)) for c in counts]).to(self.device)  # (N,) its place in the report
         ids, mask = self.tokenize([s for sentences in split for s in sentences], pad_to_max_length=False)
-        grad = contextlib.nullcontext() if self.trainable else torch.no_grad()
-        with grad:
-            features = self.encode_tokens(ids, mask)  # (N_sentences, L, D)
+        with self._grad_mode():
+            features = self.encode_tokens(ids, mask)  # (N, L, D)
             weights = mask[..., None].to(features.dtype)  # (N, L, 1)
             pooled = (features * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (N, D)
             pooled = nn.functional.normalize(pooled, dim=-1) * math.sqrt(pooled.shape[-1])
-            fixed = self.config.pad_to_max_length if pad_to_max is None else pad_to_max
-            width = limit if fixed else int(counts.max())
-            rows = torch.repeat_interleave(torch.arange(len(split)), counts).to(pooled.device)  # (N,)
-            cols = torch.cat([torch.arange(int(c)) for c in counts]).to(pooled.device)  # (N,)
             context = pooled.new_zeros(len(split), width, pooled.shape[-1]).index_put((rows, cols), pooled)
-        sentence_mask = torch.zeros(len(split), width, dtype=torch.bool, device=pooled.device)
+        sentence_mask = torch.zeros(len(split), width, dtype=torch.bool, device=self.device)
         sentence_mask[rows, cols] = True
         return context, sentence_mask  # (B, S, D), (B, S)
+
+    def _grad_mode(self) -> contextlib.AbstractContextManager:
+        """Gradients flow only through a trainable encoder."""
+        return contextlib.nullcontext() if self.trainable else torch.no_grad()
 
     @torch.no_grad()
     def encode_all(self, prompts: list[str], batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
