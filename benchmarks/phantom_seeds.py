@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -75,17 +76,18 @@ def main() -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     pending = list(args.seeds)
-    running: list[subprocess.Popen] = []
+    running: dict[subprocess.Popen, IO[str]] = {}  # worker -> its log file
     common = ["--out", str(out), "--guidance", *map(str, args.guidance), *[f"--set={s}" for s in args.set]]
     while pending or running:
         while pending and len(running) < args.jobs:
             seed = pending.pop(0)
             log = (out / f"seed{seed}.log").open("w")
-            running.append(subprocess.Popen([sys.executable, __file__, "--one-seed", str(seed), *common],
-                                            stdout=log, stderr=subprocess.STDOUT))
+            proc = subprocess.Popen([sys.executable, __file__, "--one-seed", str(seed), *common],
+                                    stdout=log, stderr=subprocess.STDOUT)
+            running[proc] = log
         time.sleep(2)
         for proc in [p for p in running if p.poll() is not None]:
-            running.remove(proc)
+            running.pop(proc).close()
             if proc.returncode:
                 raise SystemExit(f"a seed run failed ({proc.args}); see its log in {out}")
     rows = [row for seed in args.seeds

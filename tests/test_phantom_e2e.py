@@ -29,7 +29,7 @@ FLIP_STEPS = 300  # steps the clean model is trained further, on flipped or on t
 #: The issue's marks, on held-out wordings; every deliberate mistake must bring laterality below the first.
 LATERALITY_MIN, NEGATION_MIN, SIZE_SPEARMAN_MIN = 0.85, 0.85, 0.5
 #: Laterality the continuation on true images must keep above the one on flipped images (the flip, not
-#: the extra training, is what erases it; measured 0.9 vs 0.3 with an earlier recipe).
+#: the extra training, is what erases it; measured 0.90 vs 0.45 with this recipe, 0.89 vs 0.34 with the last).
 FLIP_GAP = 0.25
 N_PER_PROMPT = 2  # 184 benchmark images for the clean model
 MISTAKE_N_PER_PROMPT = 1  # 92 for each mistake: enough to see laterality fall far below the mark
