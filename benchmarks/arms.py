@@ -91,7 +91,7 @@ def raw_model(run_dir: Path) -> Path:
     (0.995 ** 200 = 37%); the raw weights show what the arm learned. Made once, then reused.
     """
     from cxrgen.pipeline import CXRPipeline
-    from cxrgen.text import BY_REFERENCE_NAME
+    from cxrgen.text import saved_by_reference
     from cxrgen.train.checkpoint import list_checkpoints, read_module
     from cxrgen.train.state import DENOISER_FILE
 
@@ -100,7 +100,7 @@ def raw_model(run_dir: Path) -> Path:
         return dest
     pipe = CXRPipeline.from_pretrained(run_dir / "model")
     read_module(pipe.denoiser, list_checkpoints(run_dir / "checkpoints")[-1] / DENOISER_FILE)
-    by_reference = (run_dir / "model" / "text_encoder" / BY_REFERENCE_NAME).is_file()
+    by_reference = saved_by_reference(run_dir / "model" / "text_encoder")
     pipe.save_pretrained(dest, text_weights=not by_reference)
     return dest
 

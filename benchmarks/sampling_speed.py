@@ -42,7 +42,7 @@ def main() -> None:
     settings = pipe.sampling
     pipe(PROMPT, progress=False)  # warm-up: first-call allocations and kernel selection
     times = [_time(lambda: pipe(PROMPT, progress=False)) for _ in range(args.repeats)]
-    latents = torch.randn(1, pipe.denoiser.config.in_channels, *(2 * [pipe.denoiser.config.sample_size]))
+    latents = torch.randn(1, pipe.denoiser.spec.in_channels, *(2 * [pipe.denoiser.spec.sample_size]))
     with torch.no_grad():
         decode = statistics.median(_time(lambda: pipe.autoencoder.decode(latents)) for _ in range(args.repeats))
     median = statistics.median(times)

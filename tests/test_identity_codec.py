@@ -11,7 +11,7 @@ from tiny_models import WIDTH, make_bert
 from cxrgen.autoencoder import IdentityCodec, LatentCodec
 from cxrgen.config import AutoencoderConfig, ModelConfig, SamplingConfig, ScheduleConfig, from_dict
 from cxrgen.errors import ConfigError, DataError
-from cxrgen.parts import build_parts, latent_shape, load_parts
+from cxrgen.parts import build_parts, latent_shape
 from cxrgen.pipeline import CXRPipeline
 from cxrgen.samplers import training_scheduler
 
@@ -62,11 +62,11 @@ def test_identity_codec_is_the_identity_with_scale_and_shift() -> None:
 def test_identity_codec_saves_config_only_and_loads_through_latent_codec(tmp_path: Path) -> None:
     codec = IdentityCodec(AutoencoderConfig(kind="identity")).set_scale(1.5, -0.1)
     codec.save_pretrained(tmp_path / "ae")
-    assert sorted(p.name for p in (tmp_path / "ae").iterdir()) == ["codec.yaml"]
+    assert sorted(p.name for p in (tmp_path / "ae").iterdir()) == ["config.json"]
     loaded = LatentCodec.from_pretrained(tmp_path / "ae")
     assert isinstance(loaded, IdentityCodec) and (loaded.scale, loaded.shift) == (1.5, -0.1)
     assert IdentityCodec.from_pretrained(tmp_path / "ae").scale == 1.5
-    with pytest.raises(ConfigError, match="codec.yaml"):
+    with pytest.raises(ConfigError, match="config.json"):
         IdentityCodec.from_pretrained(tmp_path / "missing")
 
 
@@ -74,8 +74,8 @@ def test_pixel_model_parts_and_pipeline_round_trip(tmp_path: Path) -> None:
     cfg = pixel_model_config(make_bert(tmp_path / "bert"))
     assert latent_shape(cfg) == (1, SIZE, SIZE)
     saved = save_pixel_pipeline(tmp_path)
-    assert isinstance(load_parts(saved).autoencoder, IdentityCodec)
     pipe = CXRPipeline.from_pretrained(saved)
+    assert isinstance(pipe.autoencoder, IdentityCodec)
     gen = torch.Generator().manual_seed(0)
     out = pipe(["left pleural effusion"], num_images_per_prompt=2, generator=gen, progress=False)
     assert out.images.shape == (2, 1, SIZE, SIZE)

@@ -10,9 +10,11 @@ import yaml
 from tiny_models import WIDTH, make_bert
 
 from cxrgen.cli import main
-from cxrgen.config import ModelConfig, apply_overrides, from_dict
+from cxrgen.config import ModelConfig, ScheduleConfig, apply_overrides, from_dict
 from cxrgen.errors import ConfigError
-from cxrgen.parts import PART_FOLDERS, build_parts, check_consistent, describe, latent_shape
+from cxrgen.parts import build_parts, check_consistent, describe, describe_parts, latent_shape
+from cxrgen.pipeline import CXRPipeline
+from cxrgen.samplers import training_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,10 +56,11 @@ def test_describe_reads_the_model_section_of_a_training_yaml(tiny_yaml: Path, tm
 def test_saved_folder_gives_same_info(tiny_yaml: Path, tmp_path: Path) -> None:
     cfg = from_dict(ModelConfig, yaml.safe_load(tiny_yaml.read_text()))
     parts = build_parts(cfg)
-    parts.denoiser.save_pretrained(tmp_path / PART_FOLDERS["denoiser"])
-    parts.autoencoder.save_pretrained(tmp_path / PART_FOLDERS["autoencoder"])
-    parts.text_encoder.save_pretrained(tmp_path / PART_FOLDERS["text_encoder"])
-    from_folder, from_yaml = describe(tmp_path), describe(tiny_yaml)
+    scheduler = training_scheduler(ScheduleConfig(), cfg.denoiser.prediction_type)
+    CXRPipeline(parts.text_encoder, parts.autoencoder, parts.denoiser, scheduler, 32).save_pretrained(tmp_path / "m")
+    assert main(["info", str(tmp_path / "m"), "--json", str(tmp_path / "info.json")]) == 0
+    from_folder, from_yaml = json.loads((tmp_path / "info.json").read_text()), describe(tiny_yaml)
+    assert from_folder == describe_parts(CXRPipeline.from_pretrained(tmp_path / "m").parts())
     for part in ("denoiser", "text_encoder", "autoencoder"):
         assert from_folder[part]["params"] == from_yaml[part]["params"]
     assert from_folder["denoiser"]["gflops_fwd"] == pytest.approx(from_yaml["denoiser"]["gflops_fwd"])
@@ -65,8 +68,9 @@ def test_saved_folder_gives_same_info(tiny_yaml: Path, tmp_path: Path) -> None:
 
 def test_folder_missing_a_part(tmp_path: Path) -> None:
     (tmp_path / "denoiser").mkdir()
+    (tmp_path / "model_index.json").write_text("{}")
     with pytest.raises(ConfigError, match="autoencoder"):
-        describe(tmp_path)
+        CXRPipeline.from_pretrained(tmp_path)
 
 
 def test_inconsistent_shapes_are_named(tiny_yaml: Path) -> None:

@@ -7,13 +7,14 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-import yaml
+from diffusers import AutoencoderKL, DiffusionPipeline
 from tiny_models import PROMPTS, WIDTH, tiny_pipeline
 
 from cxrgen.config import ScheduleConfig
-from cxrgen.denoisers import build_denoiser
+from cxrgen.denoisers import UViT
 from cxrgen.errors import ConfigError
 from cxrgen.pipeline import MODEL_INDEX_NAME, CXRPipeline
 from cxrgen.samplers import training_scheduler
@@ -82,14 +83,30 @@ def test_guidance_and_negative_prompt_change_the_image(pipe: CXRPipeline) -> Non
 def test_save_load_gives_identical_images(pipe: CXRPipeline, saved: Path) -> None:
     index = json.loads((saved / MODEL_INDEX_NAME).read_text())
     assert index["_class_name"] == "CXRPipeline" and index["image_size"] == 32
-    assert {p.name for p in saved.iterdir()} >= {"text_encoder", "autoencoder", "denoiser", "scheduler",
-                                                  "sampling.yaml"}
-    assert not list(saved.rglob("*.bin")) and not list(saved.rglob("*.pt"))  # safetensors only
-    loaded = CXRPipeline.from_pretrained(saved)
-    assert loaded.sampling == pipe.sampling
+    assert index["denoiser"] == ["cxrgen", "UViT"] and index["scheduler"] == ["diffusers", "DDPMScheduler"]
+    assert index["sampling"]["sampler"] == pipe.sampling.sampler
+    assert {p.name for p in saved.iterdir()} == {"text_encoder", "autoencoder", "denoiser", "scheduler",
+                                                 MODEL_INDEX_NAME}
+    assert not list(saved.rglob("*.bin")) and not list(saved.rglob("*.pt")) and not list(saved.rglob("*.yaml"))
+    assert AutoencoderKL.from_pretrained(saved / "autoencoder").config.scaling_factor == pipe.autoencoder.scale
     a = pipe(PROMPTS, generator=_gen(5), progress=False).images
-    b = loaded(PROMPTS, generator=_gen(5), progress=False).images
-    assert torch.equal(a, b)
+    for loaded in (CXRPipeline.from_pretrained(saved), DiffusionPipeline.from_pretrained(saved)):
+        assert isinstance(loaded, CXRPipeline) and loaded.sampling == pipe.sampling
+        assert torch.equal(a, loaded(PROMPTS, generator=_gen(5), progress=False).images)
+
+
+def test_output_types(pipe: CXRPipeline) -> None:
+    pt = pipe(PROMPTS[0], num_inference_steps=2, generator=_gen(3), progress=False).images  # one prompt as str
+    arr = pipe(PROMPTS[0], num_inference_steps=2, generator=_gen(3), output_type="np", progress=False).images
+    pil = pipe(PROMPTS[0], num_inference_steps=2, generator=_gen(3), output_type="pil", progress=False).images
+    assert pt.shape == (1, 1, 32, 32) and arr.shape == (1, 32, 32, 1)
+    assert np.allclose(arr[..., 0], (pt[:, 0].numpy() + 1) / 2, atol=1e-6)
+    assert pil[0].mode == "L" and pil[0].size == (32, 32)
+    assert np.abs(np.asarray(pil[0]) / 255.0 - arr[0, ..., 0]).max() <= 0.5 / 255 + 1e-6
+    images, prompts = pipe(PROMPTS[0], num_inference_steps=2, generator=_gen(3), return_dict=False, progress=False)
+    assert torch.equal(images, pt) and prompts == [PROMPTS[0]]
+    with pytest.raises(ConfigError, match="output_type"):
+        pipe(PROMPTS[0], output_type="latent", progress=False)
 
 
 def test_sentence_pooled_text_samples_and_round_trips(tmp_path: Path) -> None:
@@ -116,14 +133,14 @@ def test_missing_part_folder_is_named(saved: Path, tmp_path: Path, part: str) ->
 def test_broken_part_is_named(saved: Path, tmp_path: Path) -> None:
     copy = tmp_path / "model"
     shutil.copytree(saved, copy)
-    (copy / "denoiser" / "model.safetensors").unlink()
+    (copy / "denoiser" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(ConfigError, match="denoiser"):
         CXRPipeline.from_pretrained(copy)
 
 
 def test_mismatched_parts_are_named(pipe: CXRPipeline, saved: Path, tmp_path: Path) -> None:
-    other = pipe.denoiser.config
-    wide = build_denoiser(type(other)(**{**other.__dict__, "context_dim": 2 * WIDTH}))
+    kwargs = {k: v for k, v in pipe.denoiser.config.items() if not k.startswith("_")}
+    wide = UViT(**{**kwargs, "context_dim": 2 * WIDTH})
     with pytest.raises(ConfigError, match="context_dim"):
         CXRPipeline(pipe.text_encoder, pipe.autoencoder, wide, pipe.scheduler, 32)
     with pytest.raises(ConfigError, match="image_size"):
@@ -133,10 +150,10 @@ def test_mismatched_parts_are_named(pipe: CXRPipeline, saved: Path, tmp_path: Pa
                     training_scheduler(ScheduleConfig(), "v_prediction"), 32)
     copy = tmp_path / "model"  # a saved model whose denoiser expects other latent channels
     shutil.copytree(saved, copy)
-    cfg_path = copy / "denoiser" / "denoiser_config.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg_path = copy / "denoiser" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
     cfg["in_channels"] = 8
-    cfg_path.write_text(yaml.safe_dump(cfg))
+    cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="denoiser"):
         CXRPipeline.from_pretrained(copy)
 

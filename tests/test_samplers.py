@@ -65,9 +65,9 @@ def test_every_sampler_runs_in_the_pipeline(pipe: CXRPipeline, name: str) -> Non
 class PointMassOracle(nn.Module):
     """The exact denoiser when all data is one latent x0: eps = (z_t - sqrt(abar) x0) / sqrt(1 - abar)."""
 
-    def __init__(self, config, x0: torch.Tensor, alphas_cumprod: torch.Tensor) -> None:
+    def __init__(self, spec, x0: torch.Tensor, alphas_cumprod: torch.Tensor) -> None:
         super().__init__()
-        self.config, self.x0, self.abar = config, x0, alphas_cumprod
+        self.spec, self.x0, self.abar = spec, x0, alphas_cumprod
         self.anchor = nn.Parameter(torch.zeros(()))  # gives the module a device and dtype
         self.first_input_std: float | None = None
 
@@ -76,9 +76,9 @@ class PointMassOracle(nn.Module):
             self.first_input_std = z_t.std().item()
         abar = self.abar[t.long()].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
         eps = (z_t - abar.sqrt() * self.x0) / (1 - abar).sqrt()
-        if self.config.prediction_type == "sample":
+        if self.spec.prediction_type == "sample":
             return self.x0.expand_as(z_t)
-        if self.config.prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x0
+        if self.spec.prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x0
             return abar.sqrt() * eps - (1 - abar).sqrt() * self.x0
         return eps
 
@@ -92,7 +92,7 @@ def test_samplers_reach_the_data_with_an_exact_denoiser(pipe: CXRPipeline, name:
             make_scheduler("pndm", training_scheduler(ScheduleConfig(), "sample"))
         return
     train = training_scheduler(ScheduleConfig(), prediction_type)
-    cfg = dataclasses.replace(pipe.denoiser.config, prediction_type=prediction_type)
+    cfg = dataclasses.replace(pipe.denoiser.spec, prediction_type=prediction_type)
     x0 = torch.randn(1, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=torch.Generator().manual_seed(1))
     oracle = PointMassOracle(cfg, x0, train.alphas_cumprod)
     toy = CXRPipeline(pipe.text_encoder, pipe.autoencoder, oracle, train, pipe.image_size, pipe.sampling)

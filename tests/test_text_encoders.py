@@ -20,7 +20,6 @@ from transformers import BertTokenizer
 from cxrgen.config import TextEncoderConfig
 from cxrgen.errors import ConfigError
 from cxrgen.text import (
-    BY_REFERENCE_NAME,
     TEXT_ENCODER_CONFIG_NAME,
     TEXT_ENCODERS,
     build_text_encoder,
@@ -195,14 +194,15 @@ def test_frozen_encoder_saved_by_reference_reloads_from_its_source(tiny_dirs, ba
     encoder = build_text_encoder(_config(tiny_dirs, backend))
     encoder.save_pretrained(tmp_path / "ref", weights=False)
     names = {p.name for p in (tmp_path / "ref").iterdir()}
-    assert names == {TEXT_ENCODER_CONFIG_NAME, BY_REFERENCE_NAME}  # no weights, no tokenizer copy
+    assert names == {TEXT_ENCODER_CONFIG_NAME}  # no weights, no tokenizer copy
+    assert json.loads((tmp_path / "ref" / TEXT_ENCODER_CONFIG_NAME).read_text())["by_reference"] is True
     loaded = load_text_encoder(tmp_path / "ref")
     assert loaded.config.name_or_path == encoder.config.name_or_path
     a, _ = encoder.encode(PROMPTS)
     b, _ = loaded.encode(PROMPTS)
     assert torch.equal(a, b)
-    encoder.save_pretrained(tmp_path / "ref")  # a full save over it drops the marker
-    assert not (tmp_path / "ref" / BY_REFERENCE_NAME).exists()
+    encoder.save_pretrained(tmp_path / "ref")  # a full save over it clears the mark
+    assert json.loads((tmp_path / "ref" / TEXT_ENCODER_CONFIG_NAME).read_text())["by_reference"] is False
     assert (tmp_path / "ref" / "model.safetensors").is_file()
 
 

@@ -94,7 +94,7 @@ def test_held_out_psnr_ssim_finite_and_better_than_untrained(trained, png_paths)
 def test_output_dir_has_safetensors_configs_and_metrics(trained):
     cfg, metrics, out = trained
     names = {p.name for p in out.iterdir()}
-    assert {"diffusion_pytorch_model.safetensors", "config.json", "codec.yaml", TRAIN_CONFIG_NAME,
+    assert {"diffusion_pytorch_model.safetensors", "config.json", TRAIN_CONFIG_NAME,
             METRICS_NAME} <= names
     assert json.loads((out / METRICS_NAME).read_text()) == json.loads(json.dumps(metrics))
     assert load_config(AutoencoderTrainConfig, out / TRAIN_CONFIG_NAME) == cfg

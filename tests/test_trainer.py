@@ -17,7 +17,7 @@ from cxrgen.cli import main
 from cxrgen.config import ImageConfig, SamplingConfig
 from cxrgen.errors import TrainingDivergedError
 from cxrgen.pipeline import CXRPipeline
-from cxrgen.text import BY_REFERENCE_NAME
+from cxrgen.text import saved_by_reference
 from cxrgen.train import loop, state
 from cxrgen.train.checkpoint import (
     CHECKPOINTS_DIR,
@@ -66,7 +66,7 @@ def test_final_model_can_name_its_frozen_text_encoder_by_reference(tmp_path: Pat
     cfg = tiny_config(tmp_path, steps=1, text_by_reference=True)
     summary = train(cfg)
     text_dir = Path(summary["model_dir"]) / "text_encoder"
-    assert (text_dir / BY_REFERENCE_NAME).is_file() and not list(text_dir.glob("*.safetensors"))
+    assert saved_by_reference(text_dir) and not list(text_dir.glob("*.safetensors"))
     pipe = CXRPipeline.from_pretrained(summary["model_dir"])  # reloads the encoder from its source folder
     assert pipe.text_encoder.config.name_or_path == cfg.model.text_encoder.name_or_path
     images = pipe(["no finding"], num_inference_steps=1, generator=torch.Generator().manual_seed(0), progress=False)

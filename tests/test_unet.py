@@ -63,17 +63,20 @@ def test_save_load_gives_identical_output(model: UNetDenoiser, tmp_path) -> None
     model.save_pretrained(tmp_path / "unet")
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     loaded = load_denoiser(tmp_path / "unet").eval()
-    assert isinstance(loaded, UNetDenoiser) and loaded.config == model.config
+    assert isinstance(loaded, UNetDenoiser) and loaded.config.block_out_channels == [32, 64]
+    plain = UNet2DConditionModel.from_pretrained(tmp_path / "unet").eval()  # a plain diffusers U-Net folder
     with torch.no_grad():
         torch.testing.assert_close(loaded(z, t, context, mask), model(z, t, context, mask), rtol=0, atol=0)
+        want = plain(z, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
+        torch.testing.assert_close(loaded(z, t, context, mask), want, rtol=0, atol=0)
 
 
 def test_pretrained_by_local_sd_folder(model: UNetDenoiser, tmp_path) -> None:
     """An SD-style folder (``<root>/unet``) loads by path; the architecture is read back from it."""
-    model.unet.save_pretrained(tmp_path / "sd" / "unet", safe_serialization=True)
+    model.save_pretrained(tmp_path / "sd" / "unet", safe_serialization=True)
     cfg = DenoiserConfig(name="sd15-unet", sample_size=SIZE, context_dim=D_TEXT, pretrained=str(tmp_path / "sd"))
     loaded = build_denoiser(cfg).eval()
-    assert loaded.config.block_out_channels == model.config.block_out_channels  # not SD's 320..1280
+    assert list(loaded.config.block_out_channels) == list(model.config.block_out_channels)  # not SD's 320..1280
     z, t, context, mask = _inputs()
     with torch.no_grad():
         torch.testing.assert_close(loaded(z, t, context, mask), model(z, t, context, mask), rtol=0, atol=0)
@@ -82,7 +85,7 @@ def test_pretrained_by_local_sd_folder(model: UNetDenoiser, tmp_path) -> None:
 def test_pretrained_errors(model: UNetDenoiser, tmp_path) -> None:
     with pytest.raises(ConfigError, match="not a folder"):
         build_denoiser(dataclasses.replace(TINY, pretrained=str(tmp_path / "missing")))
-    model.unet.save_pretrained(tmp_path / "sd" / "unet", safe_serialization=True)
+    model.save_pretrained(tmp_path / "sd" / "unet", safe_serialization=True)
     wrong_width = dataclasses.replace(TINY, context_dim=D_TEXT * 2, pretrained=str(tmp_path / "sd"))
     with pytest.raises(ConfigError, match="context_dim"):
         build_denoiser(wrong_width)

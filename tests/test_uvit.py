@@ -10,7 +10,7 @@ import torch
 import cxrgen.denoisers.uvit
 from cxrgen.compute import count_params
 from cxrgen.config import DenoiserConfig
-from cxrgen.denoisers import DENOISERS, UViT, build_denoiser, load_denoiser, resolve_config
+from cxrgen.denoisers import DENOISERS, UViT, build_denoiser, load_denoiser, resolve_config, uvit_kwargs
 from cxrgen.denoisers.uvit import sincos_2d, timestep_embedding, trim_padding, unpatchify
 from cxrgen.errors import ConfigError
 
@@ -146,11 +146,21 @@ def test_zeroing_skip_linears_changes_output() -> None:
 def test_save_load_gives_identical_output(model: UViT, tmp_path) -> None:
     z, t, context, mask = _inputs()
     model.save_pretrained(tmp_path / "uvit")
-    assert (tmp_path / "uvit" / "model.safetensors").is_file()
+    assert {p.name for p in (tmp_path / "uvit").iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors"}
     loaded = load_denoiser(tmp_path / "uvit").eval()
-    assert isinstance(loaded, UViT) and loaded.config == model.config
+    public = lambda m: {k: v for k, v in m.config.items() if not k.startswith("_")}  # noqa: E731
+    assert isinstance(loaded, UViT) and public(loaded) == public(model)
+    direct = UViT.from_pretrained(tmp_path / "uvit").eval()  # diffusers' own loader reads the same folder
     with torch.no_grad():
         torch.testing.assert_close(loaded(z, t, context, mask), model(z, t, context, mask), rtol=0, atol=0)
+        torch.testing.assert_close(direct(z, t, context, mask), model(z, t, context, mask), rtol=0, atol=0)
+
+
+def test_registry_sizes_are_constructor_kwargs() -> None:
+    kwargs = uvit_kwargs(DenoiserConfig(name="uvit-xs", context_dim=384))
+    assert kwargs["hidden_size"] == 256 and kwargs["depth"] == 9 and kwargs["patch_size"] == 4
+    model = UViT(**kwargs)
+    assert model.config.hidden_size == 256 and model.spec.context_dim == 384
 
 
 def test_pretrained_starts_from_saved_weights(model: UViT, tmp_path) -> None:
@@ -161,7 +171,7 @@ def test_pretrained_starts_from_saved_weights(model: UViT, tmp_path) -> None:
         with torch.no_grad():
             torch.testing.assert_close(started(z, t, context, mask), model(z, t, context, mask), rtol=0, atol=0)
     started.save_pretrained(tmp_path / "again")
-    assert load_denoiser(tmp_path / "again").config.pretrained is None  # the saved model does not point back
+    assert "pretrained" not in load_denoiser(tmp_path / "again").config  # the saved model does not point back
     with pytest.raises(ConfigError, match="hidden_size"):
         build_denoiser(dataclasses.replace(TINY, hidden_size=64, num_heads=2, pretrained=str(tmp_path / "pipe")))
     with pytest.raises(ConfigError, match="local folder"):
@@ -213,7 +223,7 @@ def test_sincos_positions_are_fixed_and_tell_patches_apart(tmp_path) -> None:
     z, t, context, mask = _inputs()
     model.save_pretrained(tmp_path / "sincos")
     loaded = load_denoiser(tmp_path / "sincos").eval()
-    assert loaded.config.pos_embed == "sincos"
+    assert loaded.config.pos_embed_type == "sincos"
     with torch.no_grad():
         out = model(z, t, context, mask)
         torch.testing.assert_close(loaded(z, t, context, mask), out, rtol=0, atol=0)

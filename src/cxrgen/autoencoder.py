@@ -4,27 +4,30 @@ Images are (B, 1, H, W) in [-1, 1]; latents are z = (m - shift) * scale with m t
 (or a sample drawn with a torch.Generator), the recipe of LDM (Rombach et al. 2022, sec. 4.3.2 and
 app. G: scale = 1 / std of the first-stage latents). An RGB AutoencoderKL (Stable Diffusion's)
 gets the grayscale image replicated to 3 channels and its output averaged back to 1 channel.
+
+A saved codec folder is a plain AutoencoderKL folder (``config.json`` with ``scaling_factor`` and
+``shift_factor``, and ``diffusion_pytorch_model.safetensors``); the pixel-space IdentityCodec saves
+only a ``config.json`` with the same two fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL
-from torch import nn
+from diffusers import AutoencoderKL, ModelMixin
 
-from cxrgen.config import AutoencoderConfig, load_config, save_config
+from cxrgen.config import AutoencoderConfig
 from cxrgen.errors import ConfigError, DataError
 from cxrgen.hub import load_pretrained
 
 log = logging.getLogger(__name__)
 
-#: The codec's own config, written beside diffusers' config.json and the safetensors weights.
-CODEC_CONFIG_NAME = "codec.yaml"
+CONFIG_NAME = "config.json"  # diffusers' config file name, for both codecs
 _DOWN_BLOCK = "DownEncoderBlock2D"
 _UP_BLOCK = "UpDecoderBlock2D"
 
@@ -72,8 +75,11 @@ def _config_from_vae(vae: AutoencoderKL, base: AutoencoderConfig) -> Autoencoder
     )
 
 
-class _ScaledCodec(nn.Module):
-    """What every codec shares: latents z = (raw - shift) * scale, with scale and shift in ``self.cfg``."""
+class _ScaledCodec(ModelMixin):
+    """What every codec shares: latents z = (raw - shift) * scale, with scale and shift in ``self.cfg``.
+
+    A ModelMixin so that a DiffusionPipeline saves and loads it with the methods below.
+    """
 
     cfg: AutoencoderConfig
 
@@ -142,24 +148,22 @@ class LatentCodec(_ScaledCodec):
         return cls(load_vae(cfg.pretrained, cfg.subfolder), cfg)
 
     @classmethod
-    def from_pretrained(cls, dir_or_id: str | Path, subfolder: str | None = None) -> "LatentCodec | IdentityCodec":
-        """Load a saved codec (an identity one too), or any AutoencoderKL (scale/shift from its config)."""
-        folder = Path(dir_or_id) / (subfolder or "")
-        codec_yaml = folder / CODEC_CONFIG_NAME
-        cfg = load_config(AutoencoderConfig, codec_yaml) if codec_yaml.is_file() else None
-        if cfg is not None and cfg.kind == "identity":
-            return IdentityCodec(cfg)
-        vae = load_vae(str(dir_or_id), subfolder)
-        if cfg is None:
-            cfg = AutoencoderConfig(pretrained=str(dir_or_id), subfolder=subfolder)
-        return cls(vae, cfg)
+    def from_pretrained(cls, dir_or_id: str | Path, subfolder: str | None = None,
+                        **kwargs: object) -> "LatentCodec | IdentityCodec":
+        """Load a saved codec (an identity one too), or any AutoencoderKL (scale/shift from its config).
 
-    def save_pretrained(self, out_dir: str | Path) -> Path:
-        """Write diffusers' config.json + safetensors weights and ``codec.yaml`` into ``out_dir``."""
+        Further keyword arguments (diffusers' loading options) are accepted and ignored.
+        """
+        config = Path(dir_or_id) / (subfolder or "") / CONFIG_NAME
+        if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("_class_name") == "IdentityCodec":
+            return IdentityCodec.from_pretrained(dir_or_id, subfolder)
+        return cls(load_vae(str(dir_or_id), subfolder), AutoencoderConfig(pretrained=str(dir_or_id), subfolder=subfolder))
+
+    def save_pretrained(self, out_dir: str | Path, **kwargs: object) -> Path:
+        """Write the AutoencoderKL (config.json with scaling_factor / shift_factor, safetensors) to ``out_dir``."""
         out_dir = Path(out_dir)
         self._sync_vae_config()
         self.vae.save_pretrained(out_dir, safe_serialization=True)
-        save_config(self.cfg, out_dir / CODEC_CONFIG_NAME)
         return out_dir
 
     def _scale_changed(self) -> None:
@@ -225,20 +229,23 @@ class IdentityCodec(_ScaledCodec):
         self.cfg = dataclasses.replace(cfg, scale=1.0 if cfg.scale is None else cfg.scale,
                                        shift=0.0 if cfg.shift is None else cfg.shift)
 
-    def save_pretrained(self, out_dir: str | Path) -> Path:
-        """Write ``codec.yaml`` (kind identity, scale, shift) into ``out_dir``; there are no weights."""
+    def save_pretrained(self, out_dir: str | Path, **kwargs: object) -> Path:
+        """Write ``config.json`` (class IdentityCodec, scaling_factor, shift_factor) into ``out_dir``; no weights."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, out_dir / CODEC_CONFIG_NAME)
+        config = {"_class_name": type(self).__name__, "scaling_factor": self.scale, "shift_factor": self.shift}
+        (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return out_dir
 
     @classmethod
-    def from_pretrained(cls, dir_or_id: str | Path, subfolder: str | None = None) -> "IdentityCodec":
+    def from_pretrained(cls, dir_or_id: str | Path, subfolder: str | None = None, **kwargs: object) -> "IdentityCodec":
         """Load a folder written by :meth:`save_pretrained`."""
-        path = Path(dir_or_id) / (subfolder or "") / CODEC_CONFIG_NAME
+        path = Path(dir_or_id) / (subfolder or "") / CONFIG_NAME
         if not path.is_file():
-            raise ConfigError(f"no {CODEC_CONFIG_NAME} in {path.parent}: give a folder written by save_pretrained")
-        return cls(load_config(AutoencoderConfig, path))
+            raise ConfigError(f"no {CONFIG_NAME} in {path.parent}: give a folder written by save_pretrained")
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return cls(AutoencoderConfig(kind="identity", scale=float(saved["scaling_factor"]),
+                                     shift=float(saved["shift_factor"])))
 
     @property
     def latent_channels(self) -> int:

@@ -107,9 +107,15 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from cxrgen.parts import describe
+    from cxrgen.parts import describe, describe_parts
 
-    _write_json(describe(args.model, args.overrides), args.json_out)
+    if Path(args.model).is_dir():
+        from cxrgen.pipeline import CXRPipeline
+
+        info = describe_parts(CXRPipeline.from_pretrained(args.model).parts())
+    else:
+        info = describe(args.model, args.overrides)
+    _write_json(info, args.json_out)
     return 0
 
 
@@ -206,7 +212,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate synthetic chest X-rays (PNG or DICOM) from report text")
     p.add_argument("prompt", nargs="?", help="report text (or use --prompts FILE.csv)")
     p.add_argument("--prompts", dest="prompts_file", help="CSV with a 'prompt' column: batch mode")
-    p.add_argument("-n", type=int, help="images per prompt (default: the model's sampling.yaml)")
+    p.add_argument("-n", type=int, help="images per prompt (default: the model's sampling settings)")
     p.add_argument("--steps", type=int, help="sampling steps")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale w (1 = none)")
     p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler")
@@ -238,7 +244,7 @@ def _add_control(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model directory (CXRPipeline) trained on phantoms")
     p.add_argument("--json", required=True, help="output JSON (scores, per-prompt measurements, settings)")
     p.add_argument("--n-per-prompt", type=int, default=2, help="images per benchmark prompt")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the model's sampling.yaml)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's sampling settings)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale w (1 = none)")
     p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler")
     p.add_argument("--seed", type=int, default=0, help="seed of the benchmark's noise")
@@ -299,7 +305,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evaluator", help="cxrgen-evaluator folder (default: the shipped one)")
     p.add_argument("--train-manifest", help="the model's training manifest, for memorization")
     p.add_argument("--n-per-prompt", type=int, default=4, help="images per prompt (RoentGen: 4)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the model's sampling.yaml)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's sampling settings)")
     p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale w (1 = none)")
     p.add_argument("--seed", type=int, help="seed of the first image; image g gets seed + g")

@@ -1,4 +1,4 @@
-"""The three model parts (text encoder, latent codec, denoiser) built from one ModelConfig or folder."""
+"""The three model parts (text encoder, latent codec, denoiser) built from one ModelConfig, and their size."""
 
 from __future__ import annotations
 
@@ -13,16 +13,12 @@ from torch import nn
 
 from cxrgen.autoencoder import LatentCodec
 from cxrgen.compute import count_params, denoiser_flops
-from cxrgen.config import ModelConfig, load_config
-from cxrgen.denoisers import build_denoiser, load_denoiser
-from cxrgen.denoisers.registry import resolve_config
+from cxrgen.config import ModelConfig, TrainConfig, load_config
+from cxrgen.denoisers import build_denoiser
 from cxrgen.errors import ConfigError
-from cxrgen.folders import PART_FOLDERS  # re-exported: the layout CXRPipeline writes
-from cxrgen.text import build_text_encoder, load_text_encoder
+from cxrgen.text import build_text_encoder
 
 log = logging.getLogger(__name__)
-
-
 
 @dataclass
 class ModelParts:
@@ -85,45 +81,38 @@ def build_parts(cfg: ModelConfig, meta: bool = False) -> ModelParts:
     return ModelParts(denoiser, text, codec, latent_shape(cfg), cfg.text_encoder.context_length, notes)
 
 
-def load_parts(directory: str | Path) -> ModelParts:
-    """Load the parts saved in a model folder (one sub-folder per part)."""
-    directory = Path(directory)
-    missing = [sub for sub in PART_FOLDERS.values() if not (directory / sub).is_dir()]
-    if missing:
-        raise ConfigError(f"model folder {directory} lacks part folder(s) {missing}; "
-                          "give a folder written by save_pretrained or a model YAML config")
-    denoiser = load_denoiser(directory / PART_FOLDERS["denoiser"])
-    codec = LatentCodec.from_pretrained(directory / PART_FOLDERS["autoencoder"])
-    text = load_text_encoder(directory / PART_FOLDERS["text_encoder"])
-    den_cfg = denoiser.config
-    shape = (den_cfg.in_channels, den_cfg.sample_size, den_cfg.sample_size)
-    return ModelParts(denoiser, text, codec, shape, text.context_length)
+def build_model_parts(cfg: TrainConfig) -> ModelParts:
+    """The parts of ``cfg.model`` for training; random init seeded by cfg.seed without touching the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        parts = build_parts(cfg.model)
+    if parts.text_encoder is None or parts.autoencoder is None:
+        raise ConfigError("cannot train: " + "; ".join(parts.notes))
+    return parts
 
 
 def _model_config(path: Path, overrides: list[str] | None) -> ModelConfig:
     """The ModelConfig of a model YAML, or the ``model`` section of a training YAML (overrides apply to it)."""
     if path.is_file() and "model" in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}):
-        from cxrgen.config import TrainConfig
-
         return load_config(TrainConfig, path, [f"model.{o}" for o in overrides or []]).model
     return load_config(ModelConfig, path, overrides)
 
 
-def describe(config_or_model: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Params of each part and denoiser GFLOPs/GMACs per forward, for a model or training YAML or a model folder."""
-    path = Path(config_or_model)
-    if path.is_dir():
-        parts = load_parts(path)
-    else:
-        parts = build_parts(_model_config(path, overrides), meta=True)
-    den_cfg = resolve_config(parts.denoiser.config)
-    info: dict[str, Any] = {"denoiser": {"name": den_cfg.name, "params": count_params(parts.denoiser)}}
-    info["denoiser"].update(denoiser_flops(parts.denoiser, parts.latent_shape, parts.context_len,
-                                           den_cfg.context_dim))
+def describe(config: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Params of each part and denoiser GFLOPs/GMACs per forward, for a model or training YAML."""
+    return describe_parts(build_parts(_model_config(Path(config), overrides), meta=True))
+
+
+def describe_parts(parts: ModelParts) -> dict[str, Any]:
+    """Params of each part and denoiser GFLOPs/GMACs per forward (a multiply-add counts 2 FLOPs)."""
+    spec = parts.denoiser.spec
+    info: dict[str, Any] = {"denoiser": {"class": type(parts.denoiser).__name__,
+                                         "params": count_params(parts.denoiser)}}
+    info["denoiser"].update(denoiser_flops(parts.denoiser, parts.latent_shape, parts.context_len, spec.context_dim))
     for name, part in (("text_encoder", parts.text_encoder), ("autoencoder", parts.autoencoder)):
         info[name] = {"params": None if part is None else count_params(part)}
     info["latent_shape"] = list(parts.latent_shape)
-    info["context"] = [parts.context_len, den_cfg.context_dim]
+    info["context"] = [parts.context_len, spec.context_dim]
     info["flop_convention"] = "gflops_fwd counts a multiply-add as 2 FLOPs; gmacs_fwd = gflops_fwd / 2"
     info["notes"] = parts.notes
     return info

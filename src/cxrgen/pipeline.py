@@ -1,142 +1,159 @@
-"""CXRPipeline: report text -> chest X-ray, and the model directory it is saved to and loaded from.
+"""CXRPipeline: report text -> chest X-ray, a diffusers ``DiffusionPipeline`` saved in diffusers' layout.
 
-Layout (diffusers-like), one folder per part:
-
-    model_dir/model_index.json   class, cxrgen version, part folders, image_size
-    model_dir/text_encoder/      TextEncoder.save_pretrained
-    model_dir/autoencoder/       LatentCodec.save_pretrained
-    model_dir/denoiser/          denoiser.save_pretrained
+    model_dir/model_index.json   the pipeline class, each part's [library, class], image_size, sampling defaults
+    model_dir/text_encoder/      TextEncoder.save_pretrained (weights, or a reference to an installed package)
+    model_dir/autoencoder/       an AutoencoderKL folder (scaling_factor / shift_factor in its config.json)
+    model_dir/denoiser/          UViT or UNet2DConditionModel: config.json + diffusion_pytorch_model.safetensors
     model_dir/scheduler/         the training DDPMScheduler (samplers are made from its config)
-    model_dir/sampling.yaml      the default SamplingConfig
 
->>> pipe = CXRPipeline.from_pretrained("runs/cxrgen/model")
->>> out = pipe(["small left pleural effusion"], num_images_per_prompt=2, generator=torch.Generator().manual_seed(0))
->>> out.images.shape   # (2, 1, H, W) in [-1, 1]
+>>> pipe = CXRPipeline.from_pretrained("src/cxrgen/models/default")   # or diffusers.DiffusionPipeline.from_pretrained
+>>> out = pipe("Large right pleural effusion.", num_images_per_prompt=2, generator=torch.Generator().manual_seed(0))
+>>> out.images.shape   # (2, 1, H, W) in [-1, 1]; output_type="pil" gives PIL images
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import json
 import logging
-import re
+import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import diffusers
+import numpy as np
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxrgen import __version__
-from cxrgen.autoencoder import LatentCodec
-from cxrgen.config import ImageConfig, SamplingConfig, load_config, save_config
-from cxrgen.denoisers import load_denoiser
+from cxrgen.config import ImageConfig, SamplingConfig
 from cxrgen.errors import ConfigError
 from cxrgen.guidance import guided_prediction, needs_uncond
-from cxrgen.parts import PART_FOLDERS
+from cxrgen.parts import ModelParts
 from cxrgen.samplers import make_scheduler
-from cxrgen.text import TextEncoder, load_text_encoder
 
 log = logging.getLogger(__name__)
 
 MODEL_INDEX_NAME = "model_index.json"
-SAMPLING_CONFIG_NAME = "sampling.yaml"
-SCHEDULER_FOLDER = "scheduler"
-#: Part name -> folder; the folders model_index.json names (and save_pretrained writes).
-FOLDERS = {**PART_FOLDERS, "scheduler": SCHEDULER_FOLDER}
-#: A Hugging Face hub id: "owner/name" (tried only when no such local directory exists).
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+#: The pipeline's parts, in the order they run; each is one sub-folder of a saved model.
+PARTS = ("text_encoder", "denoiser", "autoencoder", "scheduler")
+OUTPUT_TYPES = ("pt", "np", "pil")
 
 Generators = torch.Generator | list[torch.Generator] | None
 
 
 @dataclass
 class PipelineOutput:
-    """Images (N, 1, H, W) float in [-1, 1] and the prompt of each image (N of them)."""
+    """Images and the prompt of each image (N of them).
 
-    images: torch.Tensor
+    ``images``: output_type "pt": (N, 1, H, W) float in [-1, 1] (cxrgen's pixel convention); "np":
+    (N, H, W, 1) float in [0, 1] (diffusers' convention); "pil": N grayscale PIL images.
+    """
+
+    images: Any
     prompts: list[str]
 
 
-class CXRPipeline:
-    """Text encoder + latent codec + denoiser + training schedule; ``pipe(prompts)`` samples images."""
+class CXRPipeline(DiffusionPipeline):
+    """Text encoder + latent codec + denoiser + training schedule; ``pipe(prompt)`` samples images."""
+
+    model_cpu_offload_seq = "text_encoder->denoiser->autoencoder"
 
     def __init__(
         self,
-        text_encoder: TextEncoder,
-        autoencoder: LatentCodec,
+        text_encoder: nn.Module,
+        autoencoder: nn.Module,
         denoiser: nn.Module,
         scheduler: SchedulerMixin,
-        image_size: int,
-        sampling: SamplingConfig | None = None,
+        image_size: int = 256,
+        sampling: SamplingConfig | dict[str, Any] | None = None,
     ) -> None:
-        self.text_encoder = text_encoder
-        self.autoencoder = autoencoder
-        self.denoiser = denoiser
-        self.scheduler = scheduler
-        self.image_config = ImageConfig(size=image_size)
-        self.sampling = sampling or SamplingConfig()
+        super().__init__()
+        self.register_modules(text_encoder=text_encoder, autoencoder=autoencoder, denoiser=denoiser,
+                              scheduler=scheduler)
+        for name in ("text_encoder", "autoencoder", "denoiser"):  # ["cxrgen", class]: cxrgen exports each class
+            module = getattr(self, name)
+            if type(module).__module__.startswith("cxrgen."):
+                self.register_to_config(**{name: ("cxrgen", type(module).__name__)})
+        if isinstance(sampling, dict):
+            sampling = SamplingConfig(**sampling)
+        self._sampling = sampling or SamplingConfig()
+        self.register_to_config(image_size=int(image_size), sampling=dataclasses.asdict(self._sampling))
+        self.image_config = ImageConfig(size=int(image_size))
+        if getattr(denoiser, "prediction_type", "") is None:  # a U-Net: its target is the scheduler's
+            denoiser.prediction_type = scheduler.config.prediction_type
         check_parts(self)
 
-    # --- persistence -------------------------------------------------------------------------
+    # --- settings and persistence ------------------------------------------------------------
     @property
     def image_size(self) -> int:
         """Pixels per side of the generated images."""
         return self.image_config.size
 
-    def save_pretrained(self, directory: str | Path, text_weights: bool = True) -> Path:
-        """Write every part to its folder, the default sampling config and ``model_index.json``.
+    @property
+    def sampling(self) -> SamplingConfig:
+        """The default sampling settings (saved in model_index.json)."""
+        return self._sampling
+
+    @sampling.setter
+    def sampling(self, value: SamplingConfig) -> None:
+        self._sampling = value
+        self.register_to_config(sampling=dataclasses.asdict(value))
+
+    def save_pretrained(self, save_directory: str | Path, text_weights: bool = True, **kwargs: Any) -> Path:
+        """Write every part to its folder and ``model_index.json`` (diffusers' ``save_pretrained``).
 
         ``text_weights=False`` stores a frozen text encoder by reference to its source (hub id or
         package, e.g. MiniLM) rather than copying its weights: a smaller folder that needs the source.
         """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.text_encoder.save_pretrained(directory / FOLDERS["text_encoder"], weights=text_weights)
-        self.autoencoder.save_pretrained(directory / FOLDERS["autoencoder"])
-        self.denoiser.save_pretrained(directory / FOLDERS["denoiser"])
-        self.scheduler.save_pretrained(directory / FOLDERS["scheduler"])
-        save_config(self.sampling, directory / SAMPLING_CONFIG_NAME)
-        index = {"_class_name": type(self).__name__, "_cxrgen_version": __version__, **FOLDERS,
-                 "image_size": self.image_size}
-        (directory / MODEL_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        directory = Path(save_directory)
+        if not text_weights:
+            self.text_encoder.check_by_reference()
+        super().save_pretrained(directory, **kwargs)
+        if not text_weights:
+            shutil.rmtree(directory / "text_encoder")
+            self.text_encoder.save_pretrained(directory / "text_encoder", weights=False)
         return directory
 
     @classmethod
-    def from_pretrained(cls, dir_or_id: str | Path) -> CXRPipeline:
-        """Load a directory written by ``save_pretrained``, or a hub id (downloaded, then loaded)."""
-        directory = _resolve_model_dir(dir_or_id)
-        index_path = directory / MODEL_INDEX_NAME
-        if not index_path.is_file():
-            raise ConfigError(f"{directory} holds no {MODEL_INDEX_NAME}: give a model directory written by "
-                              "CXRPipeline.save_pretrained (or by `cxrgen train`)")
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        folders = {part: directory / str(index.get(part, default)) for part, default in FOLDERS.items()}
-        missing = [f"{part} ({path.name}/)" for part, path in folders.items() if not path.is_dir()]
-        if missing:
-            raise ConfigError(f"model directory {directory} lacks the part folder(s) {', '.join(missing)}; "
-                              "copy the whole directory written by save_pretrained")
-        if "image_size" not in index:
-            raise ConfigError(f"{index_path} lacks image_size: re-save the model with CXRPipeline.save_pretrained")
-        sampling_path = directory / SAMPLING_CONFIG_NAME
-        sampling = load_config(SamplingConfig, sampling_path) if sampling_path.is_file() else None
-        pipe = cls(
-            text_encoder=_load_part("text_encoder", load_text_encoder, folders["text_encoder"]),
-            autoencoder=_load_part("autoencoder", LatentCodec.from_pretrained, folders["autoencoder"]),
-            denoiser=_load_part("denoiser", load_denoiser, folders["denoiser"]),
-            scheduler=_load_part("scheduler", DDPMScheduler.from_pretrained, folders["scheduler"]),
-            image_size=int(index["image_size"]),
-            sampling=sampling,
-        )
-        log.info("loaded CXRPipeline from %s", directory)
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> CXRPipeline:
+        """Load a folder written by ``save_pretrained`` (or a hub id); failures raise ConfigError saying what to do."""
+        source = str(pretrained_model_name_or_path)
+        local = Path(source).expanduser()
+        if local.is_dir():
+            verify_model_folder(local)
+        elif source.startswith((".", "/", "~")) or source.count("/") != 1:
+            raise ConfigError(f"model directory {source} does not exist: give a directory written by "
+                              "CXRPipeline.save_pretrained or a Hugging Face hub id (owner/name)")
+        try:
+            pipe = super().from_pretrained(source, **kwargs)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+            part = _failing_part(local) if local.is_dir() else None
+            if part is not None:
+                raise ConfigError(f"cannot load the {part} from {local / part} ({type(exc).__name__}: {exc}); "
+                                  f"re-save the model or replace the {part}/ folder") from exc
+            raise ConfigError(f"cannot load a CXRPipeline from {source} ({type(exc).__name__}: {exc}); give a "
+                              "local folder written by CXRPipeline.save_pretrained (or `cxrgen train`), or a "
+                              "hub id you can reach") from exc
+        log.info("loaded CXRPipeline from %s", source)
         return pipe.eval()
+
+    def parts(self) -> ModelParts:
+        """The three networks as ModelParts (e.g. for ``cxrgen.parts.describe_parts``)."""
+        spec = self.denoiser.spec
+        return ModelParts(self.denoiser, self.text_encoder, self.autoencoder,
+                          (spec.in_channels, spec.sample_size, spec.sample_size), self.text_encoder.context_length)
 
     # --- device ------------------------------------------------------------------------------
     def modules(self) -> tuple[nn.Module, nn.Module, nn.Module]:
@@ -164,22 +181,28 @@ class CXRPipeline:
     @torch.no_grad()
     def __call__(
         self,
-        prompts: list[str] | str,
-        num_images_per_prompt: int | None = None,
+        prompt: list[str] | str,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         negative_prompt: str | None = None,
-        sampler: str | None = None,
+        num_images_per_prompt: int | None = None,
         generator: Generators = None,
+        output_type: str = "pt",
+        return_dict: bool = True,
+        sampler: str | None = None,
         progress: bool = True,
-    ) -> PipelineOutput:
-        """Sample images for ``prompts``; unset arguments come from ``self.sampling``.
+    ) -> PipelineOutput | tuple[Any, list[str]]:
+        """Sample images for ``prompt`` (one or a list); unset arguments come from ``self.sampling``.
 
         ``generator`` is one torch.Generator, or a list with one per image (each image then depends
         only on its own generator); None uses a CPU generator seeded with ``sampling.seed``.
         """
+        if output_type not in OUTPUT_TYPES:
+            raise ConfigError(f"output_type={output_type!r}: use one of {list(OUTPUT_TYPES)}")
         cfg = self._settings(num_images_per_prompt, num_inference_steps, guidance_scale, negative_prompt, sampler)
-        return self.sample(prompts, cfg, generator, progress)
+        out = self.sample(prompt, cfg, generator, progress)
+        out.images = convert_images(out.images, output_type)
+        return out if return_dict else (out.images, out.prompts)
 
     @torch.no_grad()
     def sample(self, prompts: list[str] | str, cfg: SamplingConfig, generator: Generators = None,
@@ -199,11 +222,11 @@ class CXRPipeline:
         images = images.clamp(self.image_config.low, self.image_config.high)
         return PipelineOutput(images=images.cpu(), prompts=image_prompts)
 
-    def _settings(self, n: int | None, steps: int | None, w: float | None, negative: str | None,
+    def _settings(self, n: int | None, steps: int | None, guidance_scale: float | None, negative: str | None,
                   sampler: str | None) -> SamplingConfig:
         """The sampling config of one call: the given values over ``self.sampling`` (checked)."""
-        given = {"num_images_per_prompt": n, "steps": steps, "guidance_scale": w, "negative_prompt": negative,
-                 "sampler": sampler}
+        given = {"num_images_per_prompt": n, "steps": steps, "guidance_scale": guidance_scale,
+                 "negative_prompt": negative, "sampler": sampler}
         return dataclasses.replace(self.sampling, **{k: v for k, v in given.items() if v is not None})
 
     def _encode(self, prompts: list[str], cfg: SamplingConfig) -> tuple[torch.Tensor, ...]:
@@ -230,8 +253,8 @@ class CXRPipeline:
         scheduler = make_scheduler(cfg.sampler, self.scheduler.config)  # fresh: multistep state is per call
         device = self.device
         scheduler.set_timesteps(cfg.steps, device=device)
-        den_cfg = self.denoiser.config
-        shape = (context.shape[0], den_cfg.in_channels, den_cfg.sample_size, den_cfg.sample_size)
+        spec = self.denoiser.spec
+        shape = (context.shape[0], spec.in_channels, spec.sample_size, spec.sample_size)
         dtype = next(self.denoiser.parameters()).dtype
         latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (N, C, h, w)
         latents = latents * scheduler.init_noise_sigma
@@ -263,7 +286,7 @@ def check_prompts(prompts: list[str]) -> list[str]:
 
 def check_parts(pipe: CXRPipeline) -> None:
     """Raise ConfigError naming the part when the parts do not fit each other."""
-    den = pipe.denoiser.config
+    den = pipe.denoiser.spec
     codec, text = pipe.autoencoder, pipe.text_encoder
     if den.in_channels != codec.latent_channels:
         raise ConfigError(f"denoiser in_channels={den.in_channels} != autoencoder latent channels="
@@ -274,45 +297,49 @@ def check_parts(pipe: CXRPipeline) -> None:
     if den.sample_size * codec.downsample_factor != pipe.image_size:
         raise ConfigError(f"denoiser sample_size={den.sample_size} x autoencoder factor {codec.downsample_factor} "
                           f"!= image_size={pipe.image_size}: fix image_size in model_index.json or the parts")
-    if text.context_length > den.context_len:
+    if den.context_len is not None and text.context_length > den.context_len:
         raise ConfigError(f"text_encoder context length {text.context_length} exceeds denoiser context_len="
                           f"{den.context_len}: the text encoder does not belong to this denoiser")
     if not isinstance(pipe.scheduler, SchedulerMixin):
         raise ConfigError(f"scheduler is a {type(pipe.scheduler).__name__}: give a diffusers scheduler "
                           "(cxrgen.samplers.training_scheduler)")
     predicts = pipe.scheduler.config.prediction_type
-    if predicts != den.prediction_type:
+    if den.prediction_type is not None and predicts != den.prediction_type:
         raise ConfigError(f"scheduler prediction_type={predicts!r} != denoiser prediction_type="
                           f"{den.prediction_type!r}: the scheduler must be the denoiser's training schedule")
 
 
-def _resolve_model_dir(dir_or_id: str | Path) -> Path:
-    """A local model directory, or the snapshot of a hub id (downloads fail offline: clear error)."""
-    path = Path(dir_or_id)
-    if path.is_dir():
-        return path
-    if not _HUB_ID.match(str(dir_or_id)):
-        raise ConfigError(f"model directory {dir_or_id} does not exist: give a directory written by "
-                          "CXRPipeline.save_pretrained or a Hugging Face hub id (owner/name)")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id=str(dir_or_id)))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{dir_or_id} is not a local directory and could not be downloaded from the "
-                          f"Hugging Face hub ({type(exc).__name__}: {exc}); offline, give a local model "
-                          "directory written by CXRPipeline.save_pretrained") from exc
+def verify_model_folder(directory: Path) -> None:
+    """Check a local model folder before loading it: the one place for folder-level checks."""
+    if not (directory / MODEL_INDEX_NAME).is_file():
+        raise ConfigError(f"{directory} holds no {MODEL_INDEX_NAME}: give a model directory written by "
+                          "CXRPipeline.save_pretrained (or by `cxrgen train`)")
+    missing = [f"{part}/" for part in PARTS if not (directory / part).is_dir()]
+    if missing:
+        raise ConfigError(f"model directory {directory} lacks the part folder(s) {', '.join(missing)}; "
+                          "copy the whole directory written by save_pretrained")
 
 
-def _load_part(part: str, loader: Any, folder: Path) -> Any:
-    """Load one part, re-raising a failure as ConfigError naming the part and its folder."""
-    try:
-        return loader(folder)
-    except ConfigError as exc:
-        raise ConfigError(f"{part} ({folder}): {exc}") from exc
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ConfigError(f"cannot load the {part} from {folder} ({type(exc).__name__}: {exc}); "
-                          f"re-save the model or replace the {part}/ folder") from exc
+def _failing_part(directory: Path) -> str | None:
+    """The first part whose folder does not load on its own (to name it in an error), else None."""
+    index = json.loads((directory / MODEL_INDEX_NAME).read_text(encoding="utf-8"))
+    for part in PARTS:
+        try:
+            library, class_name = index[part]
+            getattr(importlib.import_module(library), class_name).from_pretrained(directory / part)
+        except Exception:  # noqa: BLE001 - any failure names this part
+            return part
+    return None
+
+
+def convert_images(images: torch.Tensor, output_type: str) -> Any:
+    """(N, 1, H, W) in [-1, 1] as "pt" (unchanged), "np" (N, H, W, 1) in [0, 1] or "pil" (8-bit grayscale)."""
+    if output_type == "pt":
+        return images
+    unit = ((images + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()  # (N, H, W, 1) in [0, 1]
+    if output_type == "np":
+        return unit
+    return [Image.fromarray(np.round(x[..., 0] * 255).astype(np.uint8)) for x in unit]
 
 
 @contextmanager
@@ -331,3 +358,9 @@ def _eval_mode(modules: Iterable[nn.Module]) -> Iterator[None]:
 def _accepts(fn: Any, name: str) -> bool:
     """Whether callable ``fn`` takes a keyword argument ``name`` (PNDM's step takes no generator)."""
     return name in inspect.signature(fn).parameters
+
+
+# diffusers.DiffusionPipeline.from_pretrained looks a model_index.json's "_class_name" up in the diffusers
+# namespace; naming CXRPipeline there lets it load cxrgen folders once cxrgen.pipeline is imported.
+if not hasattr(diffusers, CXRPipeline.__name__):
+    setattr(diffusers, CXRPipeline.__name__, CXRPipeline)

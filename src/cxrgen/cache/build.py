@@ -36,6 +36,7 @@ from cxrgen.cache.store import (
 )
 from cxrgen.config import TrainConfig, load_config, save_config, to_dict
 from cxrgen.errors import ConfigError, DataError
+from cxrgen.parts import build_model_parts
 from cxrgen.text import TextEncoder
 from cxrgen.train.data import ManifestImageDataset
 
@@ -67,8 +68,6 @@ def load_cache_parts(
     frozen = not cfg.model.text_encoder.trainable
     if codec is None or (frozen and text_encoder is None):
         # the trainer's own construction and seeding, so a fresh codec matches the trainer's
-        from cxrgen.train.trainer import build_model_parts
-
         if codec is None and cfg.model.autoencoder.pretrained is None:
             log.warning("autoencoder.pretrained is not set: caching latents of an untrained autoencoder "
                         "(smoke tests only); set it to a trained codec folder")

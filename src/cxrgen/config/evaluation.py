@@ -108,7 +108,7 @@ class EvalConfig:
     train_manifest: str | None = None  # the model's training rows (memorization); None: real manifest's train rows
     image_root: str | None = None  # relative image paths join this; None: the table's own folder
     n_per_prompt: int = 4  # images per prompt (RoentGen's MS-SSIM protocol)
-    steps: int | None = None  # None: the model's sampling.yaml
+    steps: int | None = None  # None: the model's sampling settings (model_index.json)
     sampler: str | None = None
     guidance: float | None = None
     seed: int | None = None

@@ -4,8 +4,10 @@ z_t (B, C, h, w) latents, t (B,) int or float timesteps, context (B, L, D_text) 
 (B, L) bool (True = real token); the prediction (B, C, h, w) is what ``prediction_type`` names.
 """
 
-from cxrgen.denoisers.registry import DENOISERS, build_denoiser, load_denoiser, resolve_config
+from cxrgen.denoisers.base import DenoiserSpec
+from cxrgen.denoisers.registry import DENOISERS, build_denoiser, load_denoiser, resolve_config, uvit_kwargs
 from cxrgen.denoisers.unet import UNetDenoiser
 from cxrgen.denoisers.uvit import UViT
 
-__all__ = ["DENOISERS", "UNetDenoiser", "UViT", "build_denoiser", "load_denoiser", "resolve_config"]
+__all__ = ["DENOISERS", "DenoiserSpec", "UNetDenoiser", "UViT", "build_denoiser", "load_denoiser", "resolve_config",
+           "uvit_kwargs"]

@@ -1,14 +1,23 @@
-"""What every denoiser shares: the input checks of ``denoiser(z_t, t, context, mask)`` and file names."""
+"""What every denoiser shares: the input checks of ``denoiser(z_t, t, context, mask)`` and its spec."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from cxrgen.config import DenoiserConfig
 from cxrgen.errors import ConfigError
 
-CONFIG_NAME = "denoiser_config.yaml"  # the resolved DenoiserConfig, saved beside the weights
-WEIGHTS_NAME = "model.safetensors"  # U-ViT weights (the U-Net uses diffusers' own file name)
+
+@dataclass(frozen=True)
+class DenoiserSpec:
+    """What the other parts must match: latent channels and side, text width and length, target."""
+
+    in_channels: int  # latent channels C
+    sample_size: int  # latent side h = w
+    context_dim: int  # text token width D_text
+    context_len: int | None  # most text tokens (None: any number)
+    prediction_type: str | None  # epsilon | v_prediction | sample (None: the scheduler's)
 
 
 def prepare_timesteps(t: torch.Tensor | int | float, batch: int, device: torch.device) -> torch.Tensor:
@@ -22,18 +31,18 @@ def prepare_timesteps(t: torch.Tensor | int | float, batch: int, device: torch.d
 
 
 def check_inputs(
-    cfg: DenoiserConfig, z_t: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None
+    spec: DenoiserSpec, z_t: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor | None:
-    """Check shapes against the config; return the mask as bool (True = real token) or None."""
-    if z_t.ndim != 4 or z_t.shape[1] != cfg.in_channels:
+    """Check shapes against the spec; return the mask as bool (True = real token) or None."""
+    if z_t.ndim != 4 or z_t.shape[1] != spec.in_channels:
         raise ConfigError(
-            f"latents of shape {tuple(z_t.shape)}: expected (B, {cfg.in_channels}, h, w); "
+            f"latents of shape {tuple(z_t.shape)}: expected (B, {spec.in_channels}, h, w); "
             "check denoiser.in_channels against the autoencoder's latent channels"
         )
     batch = z_t.shape[0]
-    if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != cfg.context_dim:
+    if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != spec.context_dim:
         raise ConfigError(
-            f"context of shape {tuple(context.shape)}: expected ({batch}, L, {cfg.context_dim}); "
+            f"context of shape {tuple(context.shape)}: expected ({batch}, L, {spec.context_dim}); "
             "set denoiser.context_dim to the text encoder's width"
         )
     if mask is None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from cxrgen.config import DenoiserConfig, load_config
-from cxrgen.denoisers.base import CONFIG_NAME
+from cxrgen.config import DenoiserConfig
 from cxrgen.denoisers.unet import UNetDenoiser
 from cxrgen.denoisers.uvit import UViT
 from cxrgen.errors import ConfigError
@@ -63,6 +63,14 @@ def resolve_config(cfg: DenoiserConfig) -> DenoiserConfig:
     return dataclasses.replace(cfg, **filled)
 
 
+def uvit_kwargs(cfg: DenoiserConfig) -> dict[str, Any]:
+    """``UViT`` constructor arguments of a training config's denoiser section (preset filled in)."""
+    resolved = resolve_config(cfg)
+    keys = ("in_channels", "sample_size", "context_dim", "context_len", "prediction_type", "pos_embed", *UVIT_FIELDS)
+    renamed = {"time_embed": "time_embed_type", "pos_embed": "pos_embed_type"}  # module names keep the short ones
+    return {renamed.get(k, k): getattr(resolved, k) for k in keys}
+
+
 def build_denoiser(cfg: DenoiserConfig, generator: torch.Generator | None = None) -> nn.Module:
     """A denoiser with the call signature ``(z_t, t, context, mask) -> prediction``.
 
@@ -73,18 +81,23 @@ def build_denoiser(cfg: DenoiserConfig, generator: torch.Generator | None = None
     """
     resolved = resolve_config(cfg)
     if _preset(cfg.name)["family"] == "uvit":
-        model = UViT(resolved, generator=generator)
+        model = UViT(**uvit_kwargs(resolved), generator=generator)
         if resolved.pretrained is not None:
             model.load_weights_from(resolved.pretrained)
         return model
-    return UNetDenoiser.from_config(resolved)
+    return UNetDenoiser.from_denoiser_config(resolved)
+
+
+#: Saved class name -> class, for folders written by a denoiser's ``save_pretrained``.
+_CLASSES = {"UViT": UViT, "UNetDenoiser": UNetDenoiser}
 
 
 def load_denoiser(directory: str | Path) -> nn.Module:
-    """Load any denoiser written by its ``save_pretrained``."""
-    path = Path(directory) / CONFIG_NAME
+    """Load any denoiser written by its ``save_pretrained`` (the class is named in its config.json)."""
+    path = Path(directory) / "config.json"
     if not path.is_file():
-        raise ConfigError(f"no {CONFIG_NAME} in {directory}: give a folder written by save_pretrained")
-    cfg = load_config(DenoiserConfig, path)
-    family = _preset(cfg.name)["family"]
-    return (UViT if family == "uvit" else UNetDenoiser).from_pretrained(directory)
+        raise ConfigError(f"no config.json in {directory}: give a folder written by a denoiser's save_pretrained")
+    name = json.loads(path.read_text(encoding="utf-8")).get("_class_name")
+    if name not in _CLASSES:
+        raise ConfigError(f"{path} names class {name!r}; cxrgen denoisers are {sorted(_CLASSES)}")
+    return _CLASSES[name].from_pretrained(directory)

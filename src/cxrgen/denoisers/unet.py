@@ -6,17 +6,15 @@ the deepest, and in the middle block; the text mask becomes diffusers' ``encoder
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel
-from torch import nn
 
-from cxrgen.config import DenoiserConfig, load_config, save_config
-from cxrgen.denoisers.base import CONFIG_NAME, check_inputs, prepare_timesteps
+from cxrgen.config import DenoiserConfig
+from cxrgen.denoisers.base import DenoiserSpec, check_inputs, prepare_timesteps
 from cxrgen.errors import ConfigError
 from cxrgen.hub import load_pretrained
 
@@ -67,7 +65,7 @@ def unet_kwargs(cfg: DenoiserConfig) -> dict[str, Any]:
     )
 
 
-def load_pretrained_unet(id_or_path: str) -> UNet2DConditionModel:
+def load_pretrained_unet(id_or_path: str) -> UNetDenoiser:
     """Load a U-Net by hub id or local folder (an SD folder with ``unet/`` or a U-Net folder itself)."""
     local = Path(id_or_path).expanduser()
     if local.is_dir():
@@ -77,51 +75,45 @@ def load_pretrained_unet(id_or_path: str) -> UNet2DConditionModel:
         raise ConfigError(f"denoiser.pretrained={id_or_path!r} is not a folder: give an existing path or hub id")
     else:
         subfolder, source = PRETRAINED_SUBFOLDER, id_or_path
-    return load_pretrained(UNet2DConditionModel, source, subfolder, "a U-Net",
+    return load_pretrained(UNetDenoiser, source, subfolder, "a U-Net",
                            "Give a local folder holding unet/config.json and its safetensors (no pickled "
                            ".bin), or a hub id you can reach.")
 
 
-def config_from_unet(cfg: DenoiserConfig, unet: UNet2DConditionModel) -> DenoiserConfig:
-    """``cfg`` with the architecture fields read back from a loaded U-Net; mismatched widths are errors."""
-    ucfg = unet.config
-    if ucfg.in_channels != cfg.in_channels or ucfg.cross_attention_dim != cfg.context_dim:
-        raise ConfigError(
-            f"loaded U-Net has in_channels={ucfg.in_channels}, cross_attention_dim="
-            f"{ucfg.cross_attention_dim}; set denoiser.in_channels and denoiser.context_dim to match"
-        )
-    return dataclasses.replace(
-        cfg,
-        block_out_channels=tuple(ucfg.block_out_channels),
-        layers_per_block=ucfg.layers_per_block,
-        attention_head_dim=ucfg.attention_head_dim,
-        norm_num_groups=ucfg.norm_num_groups,
-    )
+class UNetDenoiser(UNet2DConditionModel):
+    """diffusers' conditional U-Net called as ``unet(z_t, t, context, mask) -> prediction`` (B, C, h, w).
 
+    Its config.json is a plain ``UNet2DConditionModel`` config: ``UNet2DConditionModel.from_pretrained``
+    reads the saved folder too. The training target is the scheduler's (``prediction_type``).
+    """
 
-class UNetDenoiser(nn.Module):
-    """A conditional U-Net: ``unet(z_t, t, context, mask) -> prediction`` of shape (B, C, h, w)."""
-
-    def __init__(self, cfg: DenoiserConfig, unet: UNet2DConditionModel | None = None) -> None:
-        super().__init__()
-        if unet is None:
-            validate_unet_config(cfg)
-            unet = UNet2DConditionModel(**unet_kwargs(cfg))
-        else:
-            cfg = config_from_unet(cfg, unet)
-        self.config = cfg
-        self.prediction_type = cfg.prediction_type
-        self.unet = unet
+    prediction_type: str | None = None  # set from the training config; saved in the scheduler's config
 
     @classmethod
-    def from_config(cls, cfg: DenoiserConfig) -> UNetDenoiser:
+    def from_denoiser_config(cls, cfg: DenoiserConfig) -> UNetDenoiser:
         """Random init, or the weights named by ``cfg.pretrained`` (hub id or local path)."""
         if cfg.pretrained is None:
-            return cls(cfg)
-        logger.info("loading U-Net weights from %s", cfg.pretrained)
-        return cls(cfg, load_pretrained_unet(cfg.pretrained))
+            validate_unet_config(cfg)
+            model = cls(**unet_kwargs(cfg))
+        else:
+            logger.info("loading U-Net weights from %s", cfg.pretrained)
+            model = load_pretrained_unet(cfg.pretrained)
+            ucfg = model.config
+            if ucfg.in_channels != cfg.in_channels or ucfg.cross_attention_dim != cfg.context_dim:
+                raise ConfigError(
+                    f"loaded U-Net has in_channels={ucfg.in_channels}, cross_attention_dim="
+                    f"{ucfg.cross_attention_dim}; set denoiser.in_channels and denoiser.context_dim to match"
+                )
+        model.prediction_type = cfg.prediction_type
+        return model
 
-    def forward(
+    @property
+    def spec(self) -> DenoiserSpec:
+        """Latent shape and text width (any text length); the target is the scheduler's unless set."""
+        c = self.config
+        return DenoiserSpec(c.in_channels, c.sample_size, c.cross_attention_dim, None, self.prediction_type)
+
+    def forward(  # type: ignore[override]  # cxrgen's denoiser signature
         self,
         z_t: torch.Tensor,
         t: torch.Tensor | int | float,
@@ -129,23 +121,7 @@ class UNetDenoiser(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict (B, C, h, w) from latents (B, C, h, w), t (B,), context (B, L, D_text), mask (B, L)."""
-        mask = check_inputs(self.config, z_t, context, mask)
+        mask = check_inputs(self.spec, z_t, context, mask)
         t = prepare_timesteps(t, z_t.shape[0], z_t.device)
-        out = self.unet(
-            z_t, t, encoder_hidden_states=context, encoder_attention_mask=mask, return_dict=False
-        )
+        out = super().forward(z_t, t, encoder_hidden_states=context, encoder_attention_mask=mask, return_dict=False)
         return out[0]
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """diffusers' config.json + safetensors, and the resolved DenoiserConfig beside them."""
-        directory = Path(directory)
-        self.unet.save_pretrained(directory, safe_serialization=True)
-        save_config(dataclasses.replace(self.config, pretrained=None), directory / CONFIG_NAME)
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> UNetDenoiser:
-        """Load a U-Net denoiser written by ``save_pretrained``."""
-        directory = Path(directory)
-        cfg = load_config(DenoiserConfig, directory / CONFIG_NAME)
-        return cls(cfg, UNet2DConditionModel.from_pretrained(str(directory), use_safetensors=True))

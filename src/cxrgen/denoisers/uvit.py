@@ -5,24 +5,26 @@ used for chest X-rays by Chest-Diffusion. Differences from the reference code: `
 blocks (the paper's 13 for U-ViT-S; the reference's ``depth=12`` builds the same 13), padded text
 tokens are masked out of attention (the reference attends to all 77 CLIP tokens), and the patch
 positions can be fixed 2-D sine-cosine ones (``pos_embed: sincos``, as DiT) instead of learned.
+
+Saved like any diffusers model: ``config.json`` (the constructor's keyword arguments) and
+``diffusion_pytorch_model.safetensors``; ``UViT.from_pretrained(folder)`` reads them back.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from cxrgen.config import DenoiserConfig, load_config, save_config
-from cxrgen.denoisers.base import CONFIG_NAME, WEIGHTS_NAME, check_inputs, prepare_timesteps
+from cxrgen.denoisers.base import DenoiserSpec, check_inputs, prepare_timesteps
 from cxrgen.errors import ConfigError
-from cxrgen.folders import PART_FOLDERS
 
 logger = logging.getLogger(__name__)
 
@@ -118,13 +120,13 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def validate_uvit_config(cfg: DenoiserConfig) -> None:
-    """Raise ConfigError for a U-ViT config that could not run (checked at construction)."""
-    needed = ("hidden_size", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias", "time_embed",
-              "project_context", "final_conv")
-    missing = [k for k in needed if getattr(cfg, k) is None]
-    if missing:
-        raise ConfigError(f"U-ViT config lacks {missing}: build it with cxrgen.denoisers.build_denoiser")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def validate_uvit_config(cfg: Any) -> None:
+    """Raise ConfigError for a U-ViT config (attributes as UViT's arguments) that could not run."""
+    if cfg.prediction_type not in PREDICTION_TYPES:
+        raise ConfigError(f"denoiser.prediction_type={cfg.prediction_type!r}: use one of {list(PREDICTION_TYPES)}")
     if cfg.depth < 1 or cfg.depth % 2 == 0:
         raise ConfigError(f"denoiser.depth={cfg.depth}: give an odd block count (in + mid + out), e.g. 13")
     if cfg.hidden_size % cfg.num_heads:
@@ -135,11 +137,11 @@ def validate_uvit_config(cfg: DenoiserConfig) -> None:
         raise ConfigError(
             f"denoiser.patch_size={cfg.patch_size} does not divide the latent size {cfg.sample_size}"
         )
-    if cfg.time_embed not in TIME_EMBEDS:
-        raise ConfigError(f"denoiser.time_embed={cfg.time_embed!r}: use one of {list(TIME_EMBEDS)}")
-    if cfg.pos_embed not in POS_EMBEDS:
-        raise ConfigError(f"denoiser.pos_embed={cfg.pos_embed!r}: use one of {list(POS_EMBEDS)}")
-    if cfg.pos_embed == "sincos" and cfg.hidden_size % 4:
+    if cfg.time_embed_type not in TIME_EMBEDS:
+        raise ConfigError(f"denoiser.time_embed={cfg.time_embed_type!r}: use one of {list(TIME_EMBEDS)}")
+    if cfg.pos_embed_type not in POS_EMBEDS:
+        raise ConfigError(f"denoiser.pos_embed={cfg.pos_embed_type!r}: use one of {list(POS_EMBEDS)}")
+    if cfg.pos_embed_type == "sincos" and cfg.hidden_size % 4:
         raise ConfigError(f"denoiser.pos_embed=sincos needs hidden_size divisible by 4, got {cfg.hidden_size}")
     if not cfg.project_context and cfg.context_dim != cfg.hidden_size:
         raise ConfigError(
@@ -148,41 +150,70 @@ def validate_uvit_config(cfg: DenoiserConfig) -> None:
         )
 
 
-class UViT(nn.Module):
-    """U-ViT denoiser: ``uvit(z_t, t, context, mask) -> prediction`` of shape (B, C, h, w)."""
+class UViT(ModelMixin, ConfigMixin):
+    """U-ViT denoiser: ``uvit(z_t, t, context, mask) -> prediction`` of shape (B, C, h, w).
 
-    def __init__(self, cfg: DenoiserConfig, generator: torch.Generator | None = None) -> None:
+    ``generator`` draws the reference init (not part of the config); weights loaded afterwards replace it.
+    """
+
+    ignore_for_config = ["generator"]
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 4,
+        sample_size: int = 32,
+        context_dim: int = 768,
+        context_len: int = 77,
+        prediction_type: str = "epsilon",
+        hidden_size: int = 512,
+        depth: int = 13,
+        num_heads: int = 8,
+        patch_size: int = 2,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        time_embed_type: str = "identity",
+        project_context: bool = True,
+        final_conv: bool = True,
+        pos_embed_type: str = "learned",
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
+        cfg = self.config
         validate_uvit_config(cfg)
-        self.config = cfg
-        self.prediction_type = cfg.prediction_type
-        dim, patch = cfg.hidden_size, cfg.patch_size
-        self.grid = cfg.sample_size // patch
-        self.patch_embed = nn.Conv2d(cfg.in_channels, dim, kernel_size=patch, stride=patch)
-        if cfg.time_embed == "mlp":
+        self.prediction_type = prediction_type
+        dim, patch = hidden_size, patch_size
+        self.grid = sample_size // patch
+        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=patch)
+        if time_embed_type == "mlp":
             self.time_embed = nn.Sequential(
                 nn.Linear(dim, TIME_MLP_RATIO * dim), nn.SiLU(), nn.Linear(TIME_MLP_RATIO * dim, dim)
             )
         else:
             self.time_embed = nn.Identity()
-        self.context_embed = nn.Linear(cfg.context_dim, dim) if cfg.project_context else nn.Identity()
+        self.context_embed = nn.Linear(context_dim, dim) if project_context else nn.Identity()
         # one learned position per token of [time, text_1..text_Lmax, patch_1..patch_N]; with
         # pos_embed=sincos the patches' positions are a fixed buffer instead (not saved: recomputed)
-        learned_patches = self.grid**2 if cfg.pos_embed == "learned" else 0
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.context_len + learned_patches, dim))
+        learned_patches = self.grid**2 if pos_embed_type == "learned" else 0
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + context_len + learned_patches, dim))
         self.register_buffer("patch_pos", sincos_2d(self.grid, dim)[None] if not learned_patches else None,
                              persistent=False)
-        half = cfg.depth // 2
-        block = dict(dim=dim, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias)
+        half = depth // 2
+        block = dict(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
         self.in_blocks = nn.ModuleList([Block(**block, skip=False) for _ in range(half)])
         self.mid_block = Block(**block, skip=False)
         self.out_blocks = nn.ModuleList([Block(**block, skip=True) for _ in range(half)])
         self.norm = nn.LayerNorm(dim)
-        self.decoder_pred = nn.Linear(dim, patch * patch * cfg.in_channels)
-        self.final_layer = (
-            nn.Conv2d(cfg.in_channels, cfg.in_channels, 3, padding=1) if cfg.final_conv else nn.Identity()
-        )
+        self.decoder_pred = nn.Linear(dim, patch * patch * in_channels)
+        self.final_layer = nn.Conv2d(in_channels, in_channels, 3, padding=1) if final_conv else nn.Identity()
         self.reset_parameters(generator)
+
+    @property
+    def spec(self) -> DenoiserSpec:
+        """Latent shape, text width and length, and target: what the other parts must match."""
+        c = self.config
+        return DenoiserSpec(c.in_channels, c.sample_size, c.context_dim, c.context_len, c.prediction_type)
+
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -210,7 +241,7 @@ class UViT(nn.Module):
     ) -> torch.Tensor:
         """Predict (B, C, h, w) from latents (B, C, h, w), t (B,), context (B, L, D_text), mask (B, L)."""
         cfg = self.config
-        mask = check_inputs(cfg, z_t, context, mask)
+        mask = check_inputs(self.spec, z_t, context, mask)
         if mask is not None:
             context, mask = trim_padding(context, mask)
         b, _, h, w = z_t.shape
@@ -258,44 +289,20 @@ class UViT(nn.Module):
     def load_weights_from(self, source: str | Path) -> None:
         """Start from the weights of a saved U-ViT: its folder, or a CXRPipeline folder (its ``denoiser/``).
 
-        The saved config must equal this one but for ``pretrained`` (fine-tuning, not conversion); a
-        mismatch names the fields.
+        The saved config must equal this one (fine-tuning, not conversion); a mismatch names the fields.
         """
         directory = Path(source)
-        if (directory / PART_FOLDERS["denoiser"] / CONFIG_NAME).is_file():
-            directory = directory / PART_FOLDERS["denoiser"]
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file() or not (directory / CONFIG_NAME).is_file():
+        if (directory / "denoiser" / self.config_name).is_file():
+            directory = directory / "denoiser"
+        if not (directory / self.config_name).is_file():
             raise ConfigError(f"denoiser.pretrained={str(source)!r}: a U-ViT starts only from a local folder "
-                              f"holding {CONFIG_NAME} and {WEIGHTS_NAME} (a save_pretrained folder or a "
+                              f"holding {self.config_name} and its weights (a save_pretrained folder or a "
                               "CXRPipeline folder); train one or fix the path")
-        saved = load_config(DenoiserConfig, directory / CONFIG_NAME)
-        differ = {f.name: (getattr(saved, f.name), getattr(self.config, f.name))
-                  for f in dataclasses.fields(DenoiserConfig)
-                  if f.name != "pretrained" and getattr(saved, f.name) != getattr(self.config, f.name)}
+        saved = UViT.from_pretrained(directory)
+        ours = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        differ = {k: (saved.config.get(k), v) for k, v in ours.items() if saved.config.get(k) != v}
         if differ:
             raise ConfigError(f"denoiser.pretrained={str(source)!r} has another architecture (saved, asked): "
                               f"{differ}; set these denoiser fields to the saved values")
-        self.load_state_dict(load_file(str(weights)))
-        logger.info("U-ViT %s starts from the weights in %s", self.config.name, directory)
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the resolved config (YAML) and the weights (safetensors) to ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_config(dataclasses.replace(self.config, pretrained=None), directory / CONFIG_NAME)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_NAME))
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> UViT:
-        """Load a U-ViT written by ``save_pretrained``."""
-        directory = Path(directory)
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise ConfigError(f"no {WEIGHTS_NAME} in {directory}: give a folder written by save_pretrained")
-        model = cls(load_config(DenoiserConfig, directory / CONFIG_NAME))
-        model.load_state_dict(load_file(str(weights)))
-        logger.info("loaded U-ViT %s from %s", model.config.name, directory)
-        return model
+        self.load_state_dict(saved.state_dict())
+        logger.info("U-ViT starts from the weights in %s", directory)

@@ -3,78 +3,22 @@
 >>> encoder = build_text_encoder(TextEncoderConfig(backend="minilm"))
 >>> context, mask = encoder.encode(["large left pleural effusion"])
 >>> null_context, null_mask = encoder.encode_null(batch_size=1)   # classifier-free guidance
->>> encoder.save_pretrained("pipeline/text_encoder"); load_text_encoder("pipeline/text_encoder")
+>>> encoder.save_pretrained("model/text_encoder"); TextEncoder.from_pretrained("model/text_encoder")
 """
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-from typing import Protocol
-
-import torch
-
-from cxrgen.config import TextEncoderConfig, load_config
-from cxrgen.errors import ConfigError
-from cxrgen.text.base import BY_REFERENCE_NAME, TEXT_ENCODER_CONFIG_NAME, TextEncoder
+from cxrgen.config import TextEncoderConfig
+from cxrgen.text.base import TEXT_ENCODER_CONFIG_NAME, TextEncoder, saved_by_reference
 from cxrgen.text.biomedclip import BiomedCLIPTextEncoder
 from cxrgen.text.hf import BertTextEncoder, CLIPTextEncoder, TransformersTextEncoder
 from cxrgen.text.minilm import MiniLMTextEncoder
+from cxrgen.text.registry import TEXT_ENCODERS, build_text_encoder, load_text_encoder
 from cxrgen.text.scratch import ScratchTextEncoder, manifest_texts, train_tokenizer
-
-
-class _Factory(Protocol):
-    def __call__(
-        self, config: TextEncoderConfig, generator: torch.Generator | None = None
-    ) -> TextEncoder: ...
-
-
-#: Back-end name -> factory (a plain dict: add a back-end by adding an entry).
-TEXT_ENCODERS: dict[str, _Factory] = {
-    "clip": CLIPTextEncoder.from_config,
-    "bert": BertTextEncoder.from_config,
-    "biomedclip": BiomedCLIPTextEncoder.from_config,
-    "minilm": MiniLMTextEncoder.from_config,
-    "scratch": ScratchTextEncoder.from_config,
-}
-
-
-def build_text_encoder(config: TextEncoderConfig, generator: torch.Generator | None = None) -> TextEncoder:
-    """The text encoder named by ``config.backend``; ``generator`` seeds random init (scratch only)."""
-    factory = TEXT_ENCODERS.get(config.backend)
-    if factory is None:
-        raise ConfigError(
-            f"unknown text.backend={config.backend!r}; valid back-ends: {sorted(TEXT_ENCODERS)}"
-        )
-    return factory(config, generator)
-
-
-def load_text_encoder(directory: str | Path, trainable: bool | None = None) -> TextEncoder:
-    """Rebuild an encoder written by ``TextEncoder.save_pretrained`` (``trainable`` overrides the saved)."""
-    directory = Path(directory)
-    config_path = directory / TEXT_ENCODER_CONFIG_NAME
-    if not config_path.is_file():
-        raise ConfigError(
-            f"{directory} holds no {TEXT_ENCODER_CONFIG_NAME}; give a directory written by "
-            "TextEncoder.save_pretrained (or build a new encoder with build_text_encoder)"
-        )
-    saved = load_config(TextEncoderConfig, config_path)
-    if (directory / BY_REFERENCE_NAME).is_file():  # weights live at the saved source, not here
-        return build_text_encoder(saved if trainable is None else dataclasses.replace(saved, trainable=trainable))
-    config = dataclasses.replace(
-        saved,
-        name_or_path=str(directory),
-        subfolder=None,
-        tokenizer_subfolder=None,
-        trainable=saved.trainable if trainable is None else trainable,
-    )
-    return build_text_encoder(config)
-
 
 __all__ = [
     "TEXT_ENCODERS",
     "TEXT_ENCODER_CONFIG_NAME",
-    "BY_REFERENCE_NAME",
     "BertTextEncoder",
     "BiomedCLIPTextEncoder",
     "CLIPTextEncoder",
@@ -85,6 +29,7 @@ __all__ = [
     "TransformersTextEncoder",
     "build_text_encoder",
     "load_text_encoder",
+    "saved_by_reference",
     "train_tokenizer",
     "manifest_texts",
 ]

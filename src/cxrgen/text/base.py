@@ -8,29 +8,36 @@ ids become token features (``encode_tokens``) and how its weights are saved.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+from diffusers import ModelMixin
 from torch import nn
 
-from cxrgen.config import TextEncoderConfig, save_config
+from cxrgen.config import TextEncoderConfig
 from cxrgen.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: File name of the TextEncoderConfig inside a saved text-encoder directory.
-TEXT_ENCODER_CONFIG_NAME = "text_encoder_config.yaml"
-#: Marker of a folder that refers to a frozen encoder's source (hub id, local dir or package) instead
-#: of holding its weights; ``load_text_encoder`` loads from the source named in the config.
-BY_REFERENCE_NAME = "by_reference.json"
+#: File of a saved text encoder: its class, TextEncoderConfig fields and ``by_reference`` (true: the
+#: folder names a frozen encoder's source, hub id or installed package, instead of holding its weights).
+#: Beside it, a back-end's own files (e.g. transformers' config.json, safetensors and tokenizer).
+TEXT_ENCODER_CONFIG_NAME = "text_encoder_config.json"
 #: A sentence ends at . ; ! or ? followed by white space (so "3.5 cm" stays whole).
 SENTENCE_END = re.compile(r"(?<=[.;!?])\s+")
+
+
+def saved_by_reference(directory: str | Path) -> bool:
+    """Whether the text encoder saved in ``directory`` names its source instead of holding its weights."""
+    path = Path(directory) / TEXT_ENCODER_CONFIG_NAME
+    return path.is_file() and bool(json.loads(path.read_text(encoding="utf-8")).get("by_reference", False))
 
 
 def split_sentences(prompt: str) -> list[str]:
@@ -39,8 +46,11 @@ def split_sentences(prompt: str) -> list[str]:
     return [part for part in parts if part] or [prompt]
 
 
-class TextEncoder(nn.Module, ABC):
-    """Turns prompts into context tokens for the denoiser; frozen unless ``config.trainable``."""
+class TextEncoder(ModelMixin, ABC):
+    """Turns prompts into context tokens for the denoiser; frozen unless ``config.trainable``.
+
+    A ModelMixin so that a DiffusionPipeline saves and loads it with the methods below.
+    """
 
     #: Back-end name in the registry (cxrgen.text.TEXT_ENCODERS).
     backend: ClassVar[str]
@@ -235,27 +245,31 @@ class TextEncoder(nn.Module, ABC):
             raise ConfigError(f"encode_null(batch_size={batch_size}): give a positive batch size")
         return self.encode([self.config.null_prompt] * batch_size)
 
-    def save_pretrained(self, directory: str | Path, weights: bool = True) -> Path:
-        """Write config (YAML), weights (safetensors) and tokenizer files, for ``load_text_encoder``.
+    def save_pretrained(self, directory: str | Path, weights: bool = True, **kwargs: Any) -> Path:
+        """Write the config (JSON), weights (safetensors) and tokenizer files, for ``from_pretrained``.
 
-        ``weights=False`` writes only the config and a marker: the folder then refers to the frozen
-        encoder's source (e.g. the packaged MiniLM), which must be loadable wherever it is read.
+        ``weights=False`` writes only the config, marked ``by_reference``: the folder then refers to the
+        frozen encoder's source (e.g. the packaged MiniLM), which must be loadable wherever it is read.
         """
         directory = Path(directory)
         if not weights:
-            self._check_by_reference()
+            self.check_by_reference()
         directory.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, directory / TEXT_ENCODER_CONFIG_NAME)
-        if not weights:
-            marker = {"backend": self.backend, "name_or_path": self.config.name_or_path}
-            (directory / BY_REFERENCE_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-            return directory
-        (directory / BY_REFERENCE_NAME).unlink(missing_ok=True)
-        self._save_weights(directory)
-        self.tokenizer.save_pretrained(str(directory))
+        record = {"_class_name": type(self).__name__, **dataclasses.asdict(self.config), "by_reference": not weights}
+        (directory / TEXT_ENCODER_CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        if weights:
+            self._save_weights(directory)
+            self.tokenizer.save_pretrained(str(directory))
         return directory
 
-    def _check_by_reference(self) -> None:
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **kwargs: Any) -> TextEncoder:
+        """Load a folder written by ``save_pretrained`` (diffusers' loading options are accepted, unused)."""
+        from cxrgen.text.registry import load_text_encoder
+
+        return load_text_encoder(directory)
+
+    def check_by_reference(self) -> None:
         """Refuse a by-reference save that would lose weights (trained, or with no source to reload)."""
         if self.trainable:
             raise ConfigError("a trainable text encoder has its own weights: save it with weights=True")

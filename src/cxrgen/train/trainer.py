@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from cxrgen.config import TrainConfig, load_config, save_config
 from cxrgen.errors import ConfigError
-from cxrgen.parts import ModelParts, build_parts
+from cxrgen.parts import ModelParts, build_model_parts
 from cxrgen.samplers import training_scheduler
 from cxrgen.train import checkpoint as ckpt
 from cxrgen.train.data import ManifestImageDataset, ShardedBatchStream
@@ -53,16 +53,6 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     GradientState._reset_state()
     return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                        cpu=not torch.cuda.is_available())
-
-
-def build_model_parts(cfg: TrainConfig) -> ModelParts:
-    """The parts of ``cfg.model``; random init seeded by cfg.seed without touching the caller's RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        parts = build_parts(cfg.model)
-    if parts.text_encoder is None or parts.autoencoder is None:
-        raise ConfigError("cannot train: " + "; ".join(parts.notes))
-    return parts
 
 
 def training_dataset(cfg: TrainConfig, parts: ModelParts) -> tuple[Dataset, tuple | None]:
