@@ -133,7 +133,7 @@ def conditioning(model: Path, manifests: list[str], out: Path, per_set: int = 64
 
 
 def score_model(model: Path, sets: EvalSets, out_dir: Path, n_per_prompt: int = 4, **sampling) -> dict:
-    """``cxrgen evaluate`` on the comparison's sets; sampling overrides: sampler, steps, guidance, seed."""
+    """``cxrgen evaluate`` on the comparison's sets; sampling overrides: sampler, steps, guidance_scale, seed."""
     cfg = EvalConfig(model=str(model), prompts=str(sets.prompts), real_manifest=str(sets.real),
                      train_manifest=str(sets.train), out_dir=str(out_dir), n_per_prompt=n_per_prompt,
                      batch_size=n_per_prompt, device="cpu", heldout_splits=("test", "validate"),

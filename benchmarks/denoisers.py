@@ -21,7 +21,7 @@ from pathlib import Path
 from arms import conditioning, eval_sets, markdown_table, ratio_row, run_arm, score_model, summary_row
 
 from cxrgen.errors import ConfigError
-from cxrgen.generate import resolve_model
+from cxrgen.pipeline import resolve_model
 
 ARMS = {"U-ViT": ["model.denoiser.name=uvit-xs"], "U-Net": ["model.denoiser.name=unet-xs"]}
 ARM_COLUMNS = ["arm", "params_M", "gflops_forward", "fid_cxr", "auroc", "ms_ssim", "cond_gain", "s_per_image",

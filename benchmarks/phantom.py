@@ -22,7 +22,7 @@ import yaml
 from cxrgen.phantom.control import CONTROL_KEYS, control_benchmark
 from cxrgen.phantom.grid import phantom_grid
 from cxrgen.phantom.recipe import PhantomRecipe, train_phantom_model
-from cxrgen.pipeline import CXRPipeline
+from cxrgen.pipeline import load_pipeline
 
 #: One prompt per row of the README figure (held-out wordings, as in the benchmark).
 GRID_PROMPTS = [
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--max-findings", type=int, default=PhantomRecipe.max_findings,
                         help="at most this many findings per training phantom (default: no limit)")
-    parser.add_argument("--guidance", type=float, nargs="+",
+    parser.add_argument("--guidance-scale", "--guidance", dest="guidance", type=float, nargs="+",
                         help="guidance scales to score (default: the model's own); the first draws the grid")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a PhantomRecipe field, e.g. --set hidden_size=128 (repeatable)")
@@ -75,7 +75,7 @@ def main() -> None:
         print(f"recipe: {recipe}")
         model = train_phantom_model(out, recipe)["model_dir"]
     trained = time.perf_counter()
-    pipe = CXRPipeline.from_pretrained(model)
+    pipe = load_pipeline(model)
     out.mkdir(parents=True, exist_ok=True)
     scales = args.guidance or [pipe.sampling.guidance_scale]
     for scale in scales:

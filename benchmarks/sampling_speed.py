@@ -17,8 +17,7 @@ import time
 
 import torch
 
-from cxrgen.generate import resolve_model
-from cxrgen.pipeline import CXRPipeline
+from cxrgen.pipeline import load_pipeline, resolve_model
 
 BUDGET_S = 10.0
 PROMPT = "PA chest radiograph. Large right pleural effusion."
@@ -38,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = resolve_model(args.model)
-    pipe = CXRPipeline.from_pretrained(model).eval()
+    pipe = load_pipeline(model)
     settings = pipe.sampling
     pipe(PROMPT, progress=False)  # warm-up: first-call allocations and kernel selection
     times = [_time(lambda: pipe(PROMPT, progress=False)) for _ in range(args.repeats)]

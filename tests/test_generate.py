@@ -13,13 +13,14 @@ import torch
 from PIL import Image
 from tiny_models import PROMPTS, tiny_pipeline
 
-import cxrgen.generate as gen
+import cxrgen.pipeline
 from cxrgen.cli import main
 from cxrgen.config import SamplingConfig
 from cxrgen.data.images import read_image, to_unit_range
 from cxrgen.dicom import CONVERSION_TYPE, SECONDARY_CAPTURE_SOP_CLASS, SYNTHETIC_MARKER, read_synthetic_metadata
 from cxrgen.errors import ConfigError, MissingColumnsError
 from cxrgen.generate import generate_images, output_name, read_prompts
+from cxrgen.generate import run_generate as gen_run
 from cxrgen.pipeline import CXRPipeline
 
 SAMPLING = SamplingConfig(sampler="ddim", steps=2, guidance_scale=3.0)
@@ -57,7 +58,7 @@ def test_png_names_text_chunks_and_pixels(pipe: CXRPipeline, tmp_path: Path) -> 
     assert sorted(x.name for x in tmp_path.iterdir()) == sorted(p.name for p in paths)  # no temp files left
     text = Image.open(paths[4]).text  # prompt 1, image 1: global index 4
     assert text["prompt"] == PROMPTS[1] and text["seed"] == str(SEED + 4)
-    assert (text["sampler"], text["steps"], text["guidance"]) == ("ddim", "2", "3.0")
+    assert (text["sampler"], text["steps"], text["guidance_scale"]) == ("ddim", "2", "3.0")
     assert text["model"] == "tiny" and text["synthetic"] == "true"
     expected = pipe.sample([PROMPTS[1]], SAMPLING, [torch.Generator().manual_seed(SEED + 4)], progress=False)
     levels = np.rint(to_unit_range(expected.images[0, 0].double().numpy(), pipe.image_config) * 255)
@@ -77,7 +78,7 @@ def test_dicom_tags_and_pixels(pipe: CXRPipeline, tmp_path: Path) -> None:
     assert len({ds.SOPInstanceUID, other.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID}) == 4
     meta = read_synthetic_metadata(paths[0])
     assert meta["prompt"] == PROMPTS[0] and meta["seed"] == str(SEED) and meta["synthetic"] == "true"
-    assert {"sampler", "steps", "guidance", "model"} <= set(meta)
+    assert {"sampler", "steps", "guidance_scale", "model"} <= set(meta)
     assert (ds.Rows, ds.Columns, ds.BitsStored) == (32, 32, 16)
     # read back through cxrgen's reader: the 16-bit levels of the same image as the PNG holds at 8 bits
     back = read_image(paths[0])
@@ -164,7 +165,7 @@ def test_cli_generate_png_and_dicom_batch(model_dir: Path, tmp_path: Path, capsy
     assert main(["generate", "small left pleural effusion", "-n", "2", "--out", str(out), *args]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["00000_000.png", "00000_001.png"]
     text = Image.open(out / "00000_001.png").text
-    assert (text["seed"], text["sampler"], text["steps"], text["guidance"]) == ("6", "euler", "2", "2.0")
+    assert (text["seed"], text["sampler"], text["steps"], text["guidance_scale"]) == ("6", "euler", "2", "2.0")
     assert text["model"] == str(model_dir.resolve())
     assert str(out.resolve()) in capsys.readouterr().out
     csv = tmp_path / "prompts.csv"
@@ -175,8 +176,22 @@ def test_cli_generate_png_and_dicom_batch(model_dir: Path, tmp_path: Path, capsy
     assert read_synthetic_metadata(dcm / "00001_000.dcm")["prompt"] == "right lower lobe opacity"
 
 
+def test_cli_several_prompts_and_guidance_scale_flag(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "two"
+    assert main(["generate", "left effusion", "clear lungs", "--guidance-scale", "1.5", "--steps", "1", "-n", "1",
+                 "--model", str(model_dir), "--out", str(out), "--no-progress"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["00000_000.png", "00001_000.png"]
+    assert [Image.open(out / n).text["prompt"] for n in names] == ["left effusion", "clear lungs"]
+    assert Image.open(out / names[0]).text["guidance_scale"] == "1.5"
+    csv = tmp_path / "p.csv"
+    csv.write_text("prompt\nx\n")
+    with pytest.raises(ConfigError, match="not both"):
+        gen_run(["left effusion"], tmp_path / "o", model=str(model_dir), prompts_file=csv)
+
+
 def test_cli_errors(model_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(gen, "DEFAULT_MODEL", tmp_path / "no-default")
+    monkeypatch.setattr(cxrgen.pipeline, "DEFAULT_MODEL", tmp_path / "no-default")
     assert main(["generate", "effusion", "--out", str(tmp_path / "o")]) == 2
     assert "--model DIR" in capsys.readouterr().err
     csv = tmp_path / "p.csv"

@@ -16,7 +16,7 @@ from tiny_models import PROMPTS, WIDTH, tiny_pipeline
 from cxrgen.config import ScheduleConfig
 from cxrgen.denoisers import UViT
 from cxrgen.errors import ConfigError
-from cxrgen.pipeline import MODEL_INDEX_NAME, CXRPipeline
+from cxrgen.pipeline import MODEL_INDEX_NAME, CXRPipeline, load_pipeline
 from cxrgen.samplers import training_scheduler
 
 
@@ -180,3 +180,11 @@ def test_long_prompt_warns_and_truncates(pipe: CXRPipeline, caplog) -> None:
         out = pipe([long], num_inference_steps=1, generator=_gen(0), progress=False)
     assert out.images.shape == (1, 1, 32, 32)
     assert any("truncated" in r.getMessage() for r in caplog.records)
+
+
+def test_load_pipeline_applies_sampling_overrides(pipe: CXRPipeline, saved: Path) -> None:
+    loaded = load_pipeline(saved, "cpu", steps=3, guidance_scale=None, sampler="ddim")
+    assert (loaded.sampling.steps, loaded.sampling.sampler) == (3, "ddim")
+    assert loaded.sampling.guidance_scale == pipe.sampling.guidance_scale  # None keeps the model's value
+    with pytest.raises(ConfigError, match="unknown sampling"):
+        load_pipeline(saved, guidance=2.0)

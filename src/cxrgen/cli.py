@@ -207,16 +207,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- sampling overrides (generate, control, evaluate) ------------------------------------------
+def _add_sampling_args(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """--steps, --guidance-scale (alias --guidance), --sampler and --seed; unset keeps the model's defaults."""
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's sampling settings)")
+    p.add_argument("--guidance-scale", "--guidance", dest="guidance_scale", type=float,
+                   help="classifier-free guidance scale (1 = none; default: the model's)")
+    p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler (default: the model's)")
+    p.add_argument("--seed", type=int, help=seed_help)
+
+
 # --- generate ---------------------------------------------------------------------------------
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate synthetic chest X-rays (PNG or DICOM) from report text")
-    p.add_argument("prompt", nargs="?", help="report text (or use --prompts FILE.csv)")
+    p.add_argument("prompts", nargs="*", metavar="PROMPT", help="report text(s) (or use --prompts FILE.csv)")
     p.add_argument("--prompts", dest="prompts_file", help="CSV with a 'prompt' column: batch mode")
+    _add_sampling_args(p, seed_help="seed of the first image; image g gets seed + g")
     p.add_argument("-n", type=int, help="images per prompt (default: the model's sampling settings)")
-    p.add_argument("--steps", type=int, help="sampling steps")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale w (1 = none)")
-    p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler")
-    p.add_argument("--seed", type=int, help="seed of the first image; image g gets seed + g")
     p.add_argument("--negative-prompt", help="replaces the null prompt of guidance")
     p.add_argument("--model", help="model directory or hub id (default: the packaged model)")
     p.add_argument("--out", required=True, help="output folder (existing images are kept and skipped)")
@@ -230,8 +237,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from cxrgen.generate import run_generate
 
-    paths = run_generate(args.prompt, args.out, model=args.model, prompts_file=args.prompts_file, n=args.n,
-                         steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed,
+    paths = run_generate(args.prompts, args.out, model=args.model, prompts_file=args.prompts_file, n=args.n,
+                         steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
                          negative_prompt=args.negative_prompt, fmt="dicom" if args.dicom else "png",
                          batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
     print(f"{len(paths)} image(s) in {Path(args.out).resolve()}")
@@ -244,10 +251,7 @@ def _add_control(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model directory (CXRPipeline) trained on phantoms")
     p.add_argument("--json", required=True, help="output JSON (scores, per-prompt measurements, settings)")
     p.add_argument("--n-per-prompt", type=int, default=2, help="images per benchmark prompt")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the model's sampling settings)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale w (1 = none)")
-    p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler")
-    p.add_argument("--seed", type=int, default=0, help="seed of the benchmark's noise")
+    _add_sampling_args(p, seed_help="seed of the benchmark's noise (default 0)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--wording", choices=("heldout", "train"), default="heldout",
                    help="heldout: the benchmark (wordings unseen in training); train: the training wordings, "
@@ -264,8 +268,9 @@ def _cmd_control(args: argparse.Namespace) -> int:
     from cxrgen.phantom.control import CONTROL_KEYS, run_control
     from cxrgen.phantom.findings import FINDINGS
 
-    result = run_control(args.model, n_per_prompt=args.n_per_prompt, steps=args.steps, guidance=args.guidance,
-                         sampler=args.sampler, seed=args.seed, device=args.device, wording=args.wording,
+    result = run_control(args.model, n_per_prompt=args.n_per_prompt, steps=args.steps,
+                         guidance_scale=args.guidance_scale, sampler=args.sampler,
+                         seed=0 if args.seed is None else args.seed, device=args.device, wording=args.wording,
                          findings=tuple(args.findings) if args.findings else FINDINGS)
     result.update({k: None for k in CONTROL_KEYS if isinstance(result[k], float) and math.isnan(result[k])})
     by = result["laterality_by_finding"]
@@ -305,10 +310,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evaluator", help="cxrgen-evaluator folder (default: the shipped one)")
     p.add_argument("--train-manifest", help="the model's training manifest, for memorization")
     p.add_argument("--n-per-prompt", type=int, default=4, help="images per prompt (RoentGen: 4)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the model's sampling settings)")
-    p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale w (1 = none)")
-    p.add_argument("--seed", type=int, help="seed of the first image; image g gets seed + g")
+    _add_sampling_args(p, seed_help="seed of the first image; image g gets seed + g")
     p.add_argument("--batch-size", type=int, default=4, help="images sampled together (throughput is at this size)")
     p.add_argument("--max-real", type=int, help="random subset of the real reference rows")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
@@ -324,7 +326,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                      json_path=args.json_out, extractors=tuple(args.extractors or ("cxrgen-evaluator",)),
                      extractor_weights=tuple(args.extractor_weights), evaluator=args.evaluator,
                      train_manifest=args.train_manifest, n_per_prompt=args.n_per_prompt, steps=args.steps,
-                     sampler=args.sampler, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
+                     sampler=args.sampler, guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size,
                      max_real=args.max_real, device=args.device, progress=not args.no_progress)
     result = run_evaluation(cfg)
     print(json.dumps({k: result[k] for k in RESULT_KEYS if k != "compute"}, indent=2))

@@ -27,18 +27,17 @@ from cxrgen.config import SamplingConfig
 from cxrgen.data.images import save_png
 from cxrgen.dicom import read_synthetic_metadata, write_dicom
 from cxrgen.errors import ConfigError, MissingColumnsError
-from cxrgen.pipeline import CXRPipeline, check_prompts
+from cxrgen.pipeline import DEFAULT_MODEL, CXRPipeline, check_prompts, load_pipeline, model_label, resolve_model
 
 log = logging.getLogger(__name__)
 
-#: The packaged default model (shipped by a later release); until then ``--model DIR`` is needed.
-DEFAULT_MODEL = Path(cxrgen.__file__).parent / "models" / "default"
 DEFAULT_BATCH_SIZE = 4
 #: Output format -> file suffix.
 FORMATS = {"png": ".png", "dicom": ".dcm"}
 PROMPT_COLUMN = "prompt"
 #: Metadata that must agree for an existing file to count as done when resuming.
-RESUME_KEYS = ("prompt", "seed", "sampler", "steps", "guidance", "negative_prompt", "model")
+RESUME_KEYS = ("prompt", "seed", "sampler", "steps", "guidance_scale", "negative_prompt", "model")
+__all__ = ["DEFAULT_MODEL", "generate_images", "resolve_model", "run_generate"]
 
 
 @dataclass(frozen=True)
@@ -47,16 +46,6 @@ class Batch:
 
     prompt_index: int
     ks: tuple[int, ...]
-
-
-def resolve_model(model: str | Path | None) -> str:
-    """The model to load: ``model``, else the packaged default (an error saying to pass --model if absent)."""
-    if model is not None:
-        return str(model)
-    if not (DEFAULT_MODEL / "model_index.json").is_file():
-        raise ConfigError(f"no default model is packaged at {DEFAULT_MODEL} yet: pass --model DIR (a model "
-                          "directory written by `cxrgen train` or CXRPipeline.save_pretrained)")
-    return str(DEFAULT_MODEL)
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -96,9 +85,9 @@ def plan_batches(n_prompts: int, n_per_prompt: int, batch_size: int) -> list[Bat
 
 
 def image_metadata(prompt: str, seed: int, settings: SamplingConfig, model_name: str) -> dict[str, str]:
-    """What is recorded in each file: prompt, seed, sampler, steps, guidance, model, synthetic: true."""
+    """What is recorded in each file: prompt, seed, sampler, steps, guidance_scale, model, synthetic: true."""
     return {"prompt": prompt, "seed": str(seed), "sampler": settings.sampler, "steps": str(settings.steps),
-            "guidance": str(settings.guidance_scale), "negative_prompt": settings.negative_prompt or "",
+            "guidance_scale": str(settings.guidance_scale), "negative_prompt": settings.negative_prompt or "",
             "model": model_name, "synthetic": "true", "software": f"cxrgen {cxrgen.__version__}"}
 
 
@@ -212,13 +201,13 @@ def _sample_batch(pipe: CXRPipeline, prompt: str, settings: SamplingConfig, path
 
 
 def run_generate(
-    prompt: str | None,
+    prompts: list[str] | None,
     out: str | Path,
     model: str | None = None,
     prompts_file: str | Path | None = None,
     n: int | None = None,
     steps: int | None = None,
-    guidance: float | None = None,
+    guidance_scale: float | None = None,
     sampler: str | None = None,
     seed: int | None = None,
     negative_prompt: str | None = None,
@@ -228,19 +217,14 @@ def run_generate(
     progress: bool = True,
 ) -> list[Path]:
     """``cxrgen generate``: load the model, apply the given settings over its defaults, write the files."""
-    if (prompt is None) == (prompts_file is None):
-        raise ConfigError("give either one report text or --prompts FILE.csv (not both)")
-    prompts = [prompt] if prompts_file is None else read_prompts(prompts_file)
+    if bool(prompts) == (prompts_file is not None):
+        raise ConfigError("give report text(s) or --prompts FILE.csv (not both)")
+    prompts = list(prompts) if prompts else read_prompts(prompts_file)
     check_prompts(prompts)
     check_writable(out)  # before loading anything big
-    location = resolve_model(model)
-    pipe = CXRPipeline.from_pretrained(location)
     if device == "auto":
         device = str(_process_state().device)
-    pipe.to(device)
-    given = {"steps": steps, "guidance_scale": guidance, "sampler": sampler, "negative_prompt": negative_prompt}
-    sampling = dataclasses.replace(pipe.sampling, **{k: v for k, v in given.items() if v is not None})
-    local = Path(location)
-    model_name = str(local.resolve()) if local.is_dir() else location
-    return generate_images(pipe, prompts, out, n_per_prompt=n, sampling=sampling, seed=seed, fmt=fmt,
-                           model_name=model_name, batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=progress)
+    pipe = load_pipeline(model, device, steps=steps, guidance_scale=guidance_scale, sampler=sampler,
+                         negative_prompt=negative_prompt)
+    return generate_images(pipe, prompts, out, n_per_prompt=n, seed=seed, fmt=fmt, model_name=model_label(model),
+                           batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=progress)

@@ -44,6 +44,8 @@ from cxrgen.samplers import make_scheduler
 log = logging.getLogger(__name__)
 
 MODEL_INDEX_NAME = "model_index.json"
+#: The packaged default model, loaded when no model is given.
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default"
 #: The pipeline's parts, in the order they run; each is one sub-folder of a saved model.
 PARTS = ("text_encoder", "denoiser", "autoencoder", "scheduler")
 OUTPUT_TYPES = ("pt", "np", "pil")
@@ -268,6 +270,43 @@ class CXRPipeline(DiffusionPipeline):
                                      cfg.guidance_scale)
             latents = scheduler.step(pred, t, latents, **step_kwargs).prev_sample
         return latents
+
+
+# --- the one way every entry point loads a model ---------------------------------------------
+def resolve_model(model: str | Path | None) -> str:
+    """The model to load: ``model``, else the packaged default (an error saying to pass --model if absent)."""
+    if model is not None:
+        return str(model)
+    if not (DEFAULT_MODEL / MODEL_INDEX_NAME).is_file():
+        raise ConfigError(f"no default model is packaged at {DEFAULT_MODEL}: pass --model DIR (a model "
+                          "directory written by `cxrgen train` or CXRPipeline.save_pretrained)")
+    return str(DEFAULT_MODEL)
+
+
+def load_pipeline(model: str | Path | None = None, device: str | torch.device | None = None,
+                  **sampling: Any) -> CXRPipeline:
+    """The pipeline of ``model`` (None: the packaged default) on ``device``, for every entry point.
+
+    ``sampling``: SamplingConfig fields (steps, guidance_scale, sampler, negative_prompt, seed,
+    num_images_per_prompt) that replace the model's defaults; None values keep them.
+    """
+    known = {f.name for f in dataclasses.fields(SamplingConfig)}
+    unknown = sorted(set(sampling) - known)
+    if unknown:
+        raise ConfigError(f"unknown sampling setting(s) {unknown}; valid: {sorted(known)}")
+    pipe = CXRPipeline.from_pretrained(resolve_model(model))
+    if device is not None:
+        pipe.to(device)
+    given = {k: v for k, v in sampling.items() if v is not None}
+    if given:
+        pipe.sampling = dataclasses.replace(pipe.sampling, **given)
+    return pipe
+
+
+def model_label(model: str | Path | None) -> str:
+    """How a model is recorded in outputs: the resolved folder path, or the hub id."""
+    location = resolve_model(model)
+    return str(Path(location).resolve()) if Path(location).is_dir() else location
 
 
 # --- checks and loading helpers --------------------------------------------------------------

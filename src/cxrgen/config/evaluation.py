@@ -110,7 +110,7 @@ class EvalConfig:
     n_per_prompt: int = 4  # images per prompt (RoentGen's MS-SSIM protocol)
     steps: int | None = None  # None: the model's sampling settings (model_index.json)
     sampler: str | None = None
-    guidance: float | None = None
+    guidance_scale: float | None = None
     seed: int | None = None
     batch_size: int = 4  # images of one prompt sampled together (throughput is measured at this size)
     eval_batch_size: int = 64  # images per feature-extractor batch

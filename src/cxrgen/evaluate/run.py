@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 import cxrgen
-from cxrgen.config import EvalConfig, SamplingConfig
+from cxrgen.config import EvalConfig
 from cxrgen.data.labeler import label_report
 from cxrgen.data.manifest import read_manifest
 from cxrgen.errors import ConfigError, DataError, MissingColumnsError
@@ -39,13 +39,8 @@ from cxrgen.evaluate.extractors import (
 )
 from cxrgen.evaluate.report import write_report
 from cxrgen.evaluate.suite import ImageSets, PromptTable, score
-from cxrgen.generate import (
-    PROMPT_COLUMN,
-    check_writable,
-    generate_images,
-    resolve_model,
-)
-from cxrgen.pipeline import CXRPipeline, check_prompts
+from cxrgen.generate import PROMPT_COLUMN, check_writable, generate_images
+from cxrgen.pipeline import CXRPipeline, check_prompts, load_pipeline, model_label
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +137,10 @@ def build_extractors(cfg: EvalConfig, evaluator: CXREvaluator, device: torch.dev
     return out
 
 
-def _sampling(pipe: CXRPipeline, cfg: EvalConfig) -> SamplingConfig:
-    given = {"steps": cfg.steps, "guidance_scale": cfg.guidance, "sampler": cfg.sampler, "seed": cfg.seed}
-    return dataclasses.replace(pipe.sampling, num_images_per_prompt=cfg.n_per_prompt,
-                               **{k: v for k, v in given.items() if v is not None})
-
-
 def _generate(cfg: EvalConfig, pipe: CXRPipeline, prompts: list[str], model_name: str, device: torch.device,
               out_dir: Path) -> tuple[list[list[Path]], dict]:
     """Sample the missing images into out_dir/generated; the files grouped per prompt and the compute record."""
-    sampling = _sampling(pipe, cfg)
+    sampling = pipe.sampling
     compute = denoiser_cost(pipe, sampling.steps, sampling.guidance_scale)
     folder = out_dir / GENERATED_FOLDER
     k = cfg.n_per_prompt
@@ -209,9 +198,9 @@ def run_evaluation(cfg: EvalConfig) -> dict:
     real = _real_reference(cfg)
     train, heldout = _train_heldout(cfg)
     extractors = build_extractors(cfg, evaluator, device)
-    location = resolve_model(cfg.model)
-    pipe = CXRPipeline.from_pretrained(location).to(device)
-    model_name = str(Path(location).resolve()) if Path(location).is_dir() else location
+    pipe = load_pipeline(cfg.model, device, num_images_per_prompt=cfg.n_per_prompt, steps=cfg.steps,
+                         guidance_scale=cfg.guidance_scale, sampler=cfg.sampler, seed=cfg.seed)
+    model_name = model_label(cfg.model)
     generated, compute = _generate(cfg, pipe, table.prompts, model_name, device, out_dir)
     del pipe
     sets = ImageSets(generated=generated, real=real, train=train, heldout=heldout)

@@ -182,13 +182,11 @@ def control_benchmark(pipe: Any, n_per_prompt: int = 2, sampling: SamplingConfig
     return result
 
 
-def run_control(model: str, n_per_prompt: int = 2, steps: int | None = None, guidance: float | None = None,
+def run_control(model: str, n_per_prompt: int = 2, steps: int | None = None, guidance_scale: float | None = None,
                 sampler: str | None = None, seed: int = 0, device: str = "cpu",
                 wording: str = "heldout", findings: tuple[str, ...] = FINDINGS) -> dict[str, Any]:
     """What ``cxrgen control --model M`` calls: load the pipeline, override sampling, run the benchmark."""
-    from cxrgen.pipeline import CXRPipeline
+    from cxrgen.pipeline import load_pipeline
 
-    pipe = CXRPipeline.from_pretrained(model).to(device)
-    given = {"steps": steps, "guidance_scale": guidance, "sampler": sampler}
-    sampling = dataclasses.replace(pipe.sampling, **{k: v for k, v in given.items() if v is not None})
-    return control_benchmark(pipe, n_per_prompt, sampling, seed, wording=wording, findings=findings)
+    pipe = load_pipeline(model, device, steps=steps, guidance_scale=guidance_scale, sampler=sampler)
+    return control_benchmark(pipe, n_per_prompt, pipe.sampling, seed, wording=wording, findings=findings)
