@@ -1,7 +1,7 @@
 """Training steps/s with latents (+ text embeddings) from the cache vs encoded on the fly, side by side.
 
 Both loops run in one process on the same rows, batch size, denoiser init, loss
-(cxrgen.train.loss.diffusion_loss), plain AdamW step and number of timed steps after warm-up. On
+(cxrgen.objective.diffusion_loss), plain AdamW step and number of timed steps after warm-up. On
 the fly: load + resize PNGs, AutoencoderKL posterior, MiniLM text tokens, every step. From cache:
 read the posterior mean/std and text tokens from `cxrgen cache` shards, sample z = mean + std * eps.
 
@@ -32,14 +32,14 @@ from cxrgen.config import (
     TextEncoderConfig,
     TrainConfig,
 )
+from cxrgen.data.dataset import ManifestImageDataset
 from cxrgen.data.images import save_png
 from cxrgen.data.manifest import new_manifest, write_manifest
 from cxrgen.data.prepare import build_manifest
 from cxrgen.denoisers import build_denoiser
+from cxrgen.objective import diffusion_loss
 from cxrgen.samplers import training_scheduler
 from cxrgen.text import build_text_encoder
-from cxrgen.train.data import ManifestImageDataset
-from cxrgen.train.loss import diffusion_loss
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "covid-cxr-256"

@@ -9,14 +9,14 @@ from torch import nn
 from cxrgen.config import DenoiserConfig, ScheduleConfig
 from cxrgen.denoisers import build_denoiser
 from cxrgen.errors import ConfigError
-from cxrgen.samplers import training_scheduler
-from cxrgen.train.loss import (
+from cxrgen.objective import (
     cfg_drop_mask,
     diffusion_loss,
     diffusion_target,
     drop_context,
     drop_prompts,
 )
+from cxrgen.samplers import training_scheduler
 
 SCHEDULE = ScheduleConfig(num_train_timesteps=100)
 B, C, S, L, D = 6, 4, 8, 5, 16

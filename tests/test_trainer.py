@@ -15,7 +15,9 @@ from train_helpers import IMAGE_SIZE, PROMPTS, make_manifest, tiny_config, write
 
 from cxrgen.cli import main
 from cxrgen.config import ImageConfig, SamplingConfig
+from cxrgen.data.dataset import ManifestImageDataset
 from cxrgen.errors import TrainingDivergedError
+from cxrgen.parts import build_model_parts
 from cxrgen.pipeline import CXRPipeline
 from cxrgen.text import saved_by_reference
 from cxrgen.train import loop, state
@@ -25,14 +27,10 @@ from cxrgen.train.checkpoint import (
     list_checkpoints,
     read_state,
 )
-from cxrgen.train.data import (
-    ManifestImageDataset,
-    ShardedBatchStream,
-    epoch_permutation,
-)
+from cxrgen.train.data import ShardedBatchStream, epoch_permutation
 from cxrgen.train.ema import EMA
 from cxrgen.train.optim import build_lr_schedule, build_optimizer
-from cxrgen.train.trainer import build_model_parts, setup_run, train
+from cxrgen.train.trainer import setup_run, train
 
 
 def _ckpt_names(out: Path) -> list[str]:

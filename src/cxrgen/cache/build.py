@@ -35,10 +35,10 @@ from cxrgen.cache.store import (
     write_tensors,
 )
 from cxrgen.config import TrainConfig, load_config, save_config, to_dict
+from cxrgen.data.dataset import ManifestImageDataset
 from cxrgen.errors import ConfigError, DataError
 from cxrgen.parts import build_model_parts
 from cxrgen.text import TextEncoder
-from cxrgen.train.data import ManifestImageDataset
 
 log = logging.getLogger(__name__)
 

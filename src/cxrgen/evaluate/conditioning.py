@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrgen.errors import DataError
-from cxrgen.train.loss import diffusion_target
+from cxrgen.objective import diffusion_target
 
 
 @torch.no_grad()

@@ -20,8 +20,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from cxrgen.autoencoder import LatentCodec, sample_posterior
 from cxrgen.config import TrainConfig
 from cxrgen.errors import TrainingDivergedError
+from cxrgen.objective import cfg_drop_mask, diffusion_loss, drop_context, drop_prompts
 from cxrgen.train.ema import EMA
-from cxrgen.train.loss import cfg_drop_mask, diffusion_loss, drop_context, drop_prompts
 
 
 @dataclass

@@ -23,11 +23,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cxrgen.config import TrainConfig, load_config, save_config
+from cxrgen.data.dataset import ManifestImageDataset
 from cxrgen.errors import ConfigError
 from cxrgen.parts import ModelParts, build_model_parts
 from cxrgen.samplers import training_scheduler
 from cxrgen.train import checkpoint as ckpt
-from cxrgen.train.data import ManifestImageDataset, ShardedBatchStream
+from cxrgen.train.data import ShardedBatchStream
 from cxrgen.train.ema import EMA
 from cxrgen.train.loop import TrainingRun, optimizer_step
 from cxrgen.train.metrics_log import SAMPLES_DIR, MetricsLog, image_grid, save_grid
