@@ -1,4 +1,4 @@
-"""A README figure: one row per prompt -> generated phantom, with the findings the measurer reads back."""
+"""The figure of docs/phantom.md: one row per prompt -> generated phantom, with the findings the measurer reads back."""
 
 from __future__ import annotations
 

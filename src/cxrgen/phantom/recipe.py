@@ -1,4 +1,4 @@
-"""A small pixel-space model trained on phantoms in minutes on CPU: the end-to-end test's and README's recipe.
+"""A small pixel-space model trained on phantoms in minutes on CPU: the end-to-end test's and docs/phantom.md's recipe.
 
 ``train_phantom_model`` composes named steps: :func:`phantom_training_set` (write a phantom set with
 ``write_phantom_set`` and hold it in memory with the frozen MiniLM text features computed once up
@@ -40,7 +40,7 @@ TEXT_BATCH = 256  # prompts encoded at a time when precomputing frozen text feat
 class PhantomRecipe:
     """Sizes of the small phantom model and its training run (defaults: ~5 minutes on 2 CPU cores).
 
-    The defaults are the end-to-end test's recipe (README, "does the text control the image?"): a
+    The defaults are the end-to-end test's recipe (docs/phantom.md): a
     3-block, 128-wide U-ViT with fixed sine-cosine patch positions on 3,000 phantoms (canonical
     anatomy, at most 2 findings each), 4 reports per image, frozen MiniLM read one mean-pooled
     vector per sentence, 2,400 steps of 16.
