@@ -188,3 +188,14 @@ def test_load_pipeline_applies_sampling_overrides(pipe: CXRPipeline, saved: Path
     assert loaded.sampling.guidance_scale == pipe.sampling.guidance_scale  # None keeps the model's value
     with pytest.raises(ConfigError, match="unknown sampling"):
         load_pipeline(saved, guidance=2.0)
+
+
+def test_unet_pipeline_round_trips_through_diffusers(tmp_path: Path) -> None:
+    """A U-Net model: plain UNet2DConditionModel config on disk; its target comes from the scheduler."""
+    pipe = tiny_pipeline(tmp_path / "parts", overrides=["denoiser.name=unet-tiny", "denoiser.prediction_type=sample"])
+    saved = pipe.save_pretrained(tmp_path / "unet-model")
+    assert json.loads((saved / MODEL_INDEX_NAME).read_text())["denoiser"] == ["cxrgen", "UNetDenoiser"]
+    loaded = DiffusionPipeline.from_pretrained(saved)
+    assert loaded.denoiser.spec.prediction_type == "sample" == loaded.scheduler.config.prediction_type
+    a = pipe(PROMPTS[:1], generator=_gen(4), progress=False).images
+    assert torch.equal(a, loaded(PROMPTS[:1], generator=_gen(4), progress=False).images)

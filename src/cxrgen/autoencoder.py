@@ -83,7 +83,7 @@ class _ScaledCodec(ModelMixin):
 
     cfg: AutoencoderConfig
 
-    def set_scale(self, scale: float, shift: float) -> "_ScaledCodec":
+    def set_scale(self, scale: float, shift: float) -> _ScaledCodec:
         """Store a measured ``scale`` and ``shift`` in the codec config."""
         self.cfg = dataclasses.replace(self.cfg, scale=float(scale), shift=float(shift))
         self._scale_changed()
@@ -138,7 +138,7 @@ class LatentCodec(_ScaledCodec):
 
     # --- construction and persistence --------------------------------------------------------
     @classmethod
-    def build(cls, cfg: AutoencoderConfig) -> "LatentCodec | IdentityCodec":
+    def build(cls, cfg: AutoencoderConfig) -> LatentCodec | IdentityCodec:
         """Load ``cfg.pretrained`` (hub id or path) or build a fresh codec; ``kind="identity"``: pixel space."""
         if cfg.kind == "identity":
             return IdentityCodec(cfg)
@@ -149,7 +149,7 @@ class LatentCodec(_ScaledCodec):
 
     @classmethod
     def from_pretrained(cls, dir_or_id: str | Path, subfolder: str | None = None,
-                        **kwargs: object) -> "LatentCodec | IdentityCodec":
+                        **kwargs: object) -> LatentCodec | IdentityCodec:
         """Load a saved codec (an identity one too), or any AutoencoderKL (scale/shift from its config).
 
         Further keyword arguments (diffusers' loading options) are accepted and ignored.
@@ -238,7 +238,7 @@ class IdentityCodec(_ScaledCodec):
         return out_dir
 
     @classmethod
-    def from_pretrained(cls, dir_or_id: str | Path, subfolder: str | None = None, **kwargs: object) -> "IdentityCodec":
+    def from_pretrained(cls, dir_or_id: str | Path, subfolder: str | None = None, **kwargs: object) -> IdentityCodec:
         """Load a folder written by :meth:`save_pretrained`."""
         path = Path(dir_or_id) / (subfolder or "") / CONFIG_NAME
         if not path.is_file():

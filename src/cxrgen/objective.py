@@ -78,7 +78,7 @@ def cfg_drop_mask(batch: int, p: float, generator: torch.Generator) -> torch.Ten
 
 def drop_prompts(prompts: Sequence[str], drop: torch.Tensor, null_prompt: str) -> list[str]:
     """The prompts with those flagged in ``drop`` (B,) replaced by ``null_prompt`` (a trainable encoder)."""
-    return [null_prompt if bool(d) else p for p, d in zip(prompts, drop.tolist())]
+    return [null_prompt if bool(d) else p for p, d in zip(prompts, drop.tolist(), strict=True)]
 
 
 def drop_context(

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from cxrgen.config import ImageConfig, SamplingConfig
 from cxrgen.errors import ConfigError
 from cxrgen.guidance import guided_prediction, needs_uncond
+from cxrgen.hub import looks_local
 from cxrgen.parts import ModelParts
 from cxrgen.samplers import make_scheduler
 
@@ -133,7 +134,7 @@ class CXRPipeline(DiffusionPipeline):
         local = Path(source).expanduser()
         if local.is_dir():
             verify_model_folder(local)
-        elif source.startswith((".", "/", "~")) or source.count("/") != 1:
+        elif looks_local(source):
             raise ConfigError(f"model directory {source} does not exist: give a directory written by "
                               "CXRPipeline.save_pretrained or a Hugging Face hub id (owner/name)")
         try:
