@@ -31,6 +31,7 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
+from safetensors import SafetensorError
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -40,6 +41,7 @@ from cxrgen.config import ImageConfig, SamplingConfig, load_config, save_config
 from cxrgen.denoisers import load_denoiser
 from cxrgen.errors import ConfigError
 from cxrgen.guidance import guided_prediction, needs_uncond
+from cxrgen.integrity import check_weights_readable, record_weights, verify_weights
 from cxrgen.parts import PART_FOLDERS
 from cxrgen.samplers import make_scheduler
 from cxrgen.text import TextEncoder, load_text_encoder
@@ -107,6 +109,7 @@ class CXRPipeline:
         index = {"_class_name": type(self).__name__, "_cxrgen_version": __version__, **FOLDERS,
                  "image_size": self.image_size}
         (directory / MODEL_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        record_weights(directory)
         return directory
 
     @classmethod
@@ -125,6 +128,7 @@ class CXRPipeline:
                               "copy the whole directory written by save_pretrained")
         if "image_size" not in index:
             raise ConfigError(f"{index_path} lacks image_size: re-save the model with CXRPipeline.save_pretrained")
+        verify_weights(directory)
         sampling_path = directory / SAMPLING_CONFIG_NAME
         sampling = load_config(SamplingConfig, sampling_path) if sampling_path.is_file() else None
         pipe = cls(
@@ -310,7 +314,8 @@ def _load_part(part: str, loader: Any, folder: Path) -> Any:
         return loader(folder)
     except ConfigError as exc:
         raise ConfigError(f"{part} ({folder}): {exc}") from exc
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        check_weights_readable(folder)  # names a truncated or corrupt weights file
         raise ConfigError(f"cannot load the {part} from {folder} ({type(exc).__name__}: {exc}); "
                           f"re-save the model or replace the {part}/ folder") from exc
 

@@ -142,7 +142,7 @@ def commit(staging: Path, keep: int) -> Path:
     else:
         os.replace(staging, final)
     _fsync(final.parent)
-    prune(final.parent, keep)
+    prune(final.parent, keep, current=final)
     log.info("checkpoint written: %s", final)
     return final
 
@@ -152,9 +152,20 @@ def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def prune(root: Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` complete checkpoints; returns the deleted folders."""
-    old = list_checkpoints(root)[:-keep] if keep > 0 else []
+def prune(root: Path, keep: int, current: Path | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints; returns the deleted folders.
+
+    ``current`` (the checkpoint just written) is always kept, and checkpoints of later steps (left by
+    another run, or before a resume from an older checkpoint) never push it or its predecessors out.
+    """
+    found = list_checkpoints(root)
+    if current is not None:
+        later = [p for p in found if checkpoint_step(p) > checkpoint_step(current)]
+        if later:
+            log.warning("checkpoints of later steps %s are not this run's: kept, but --resume latest would pick "
+                        "them; delete them or resume by path", [p.name for p in later])
+        found = [p for p in found if checkpoint_step(p) <= checkpoint_step(current)]
+    old = found[:-keep] if keep > 0 else []
     for path in old:
         shutil.rmtree(path, ignore_errors=True)
     return old
