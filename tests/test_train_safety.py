@@ -66,3 +66,15 @@ def test_unwritable_output_folder_fails_before_training(tmp_path: Path, capsys) 
     assert _train(write_config(tmp_path), blocker / "run") == 2
     line = _one_error_line(capsys)
     assert "cannot write" in line and str(blocker / "run") in line
+
+
+def test_resume_from_a_truncated_checkpoint_names_the_file(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    config = write_config(tmp_path, steps=2)
+    assert _train(config, out) == 0
+    weights = ckpt.list_checkpoints(out / ckpt.CHECKPOINTS_DIR)[-1] / "denoiser.safetensors"
+    weights.write_bytes(weights.read_bytes()[:300])
+    capsys.readouterr()
+    assert _train(config, out, "--resume", "latest", "--set", "steps=4") == 2
+    line = _one_error_line(capsys)
+    assert str(weights) in line and "corrupt" in line

@@ -3,6 +3,8 @@
 Words of the IU X-ray reports' findings and impressions (all sections of its archive, not just the
 labeler's test) seen at least MIN_COUNT times, plus the words of the covid-cxr-256 notes, plus
 common English function words. Run: python tools/english_words.py ../shared/data
+``--check`` instead measures false refusals: a list from the even-numbered IU reports only, applied
+to the findings + impression of the odd-numbered ones.
 """
 
 from __future__ import annotations
@@ -26,6 +28,22 @@ upon very was were what when where which while who why will with within without 
 OUTPUT = Path(__file__).resolve().parents[1] / "src" / "cxrgen" / "data" / "english_words.txt"
 
 
+def check(data_root: str) -> None:
+    """Share of held-out English IU reports the check would refuse (list built from the other half)."""
+    from cxrgen.data.language import _WORD, MIN_ENGLISH_SHARE
+
+    reports = read_iu_archive(Path(data_root) / "iu-xray-reports" / "NLMCXR_reports.tgz")
+    counts: Counter[str] = Counter()
+    for report in reports[::2]:
+        for text in report.sections.values():
+            counts.update(WORD.findall(text.lower()))
+    words = {w for w, c in counts.items() if c >= MIN_COUNT and len(w) > 1} | set(FUNCTION_WORDS)
+    texts = [" ".join(r.sections.get(k, "") for k in ("findings", "impression")).strip() for r in reports[1::2]]
+    shares = [sum(w in words for w in ws) / len(ws) for ws in (_WORD.findall(t.lower()) for t in texts) if ws]
+    refused = sum(s < MIN_ENGLISH_SHARE for s in shares)
+    print(f"{refused} of {len(shares)} held-out IU reports refused (share < {MIN_ENGLISH_SHARE})")
+
+
 def main(data_root: str) -> None:
     root = Path(data_root)
     counts: Counter[str] = Counter()
@@ -41,4 +59,5 @@ def main(data_root: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "../shared/data")
+    args = [a for a in sys.argv[1:] if a != "--check"]
+    (check if "--check" in sys.argv else main)(args[0] if args else "../shared/data")

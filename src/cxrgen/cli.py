@@ -298,7 +298,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extractor-weights", action="append", default=[], metavar="NAME=WEIGHTS",
                    help="weights of an extractor other than cxrgen-evaluator, e.g. inception-v3=pt_inception-2015-12-05-6726825d.pth")
     p.add_argument("--evaluator", help="cxrgen-evaluator folder (default: the shipped one)")
-    p.add_argument("--train-manifest", help="the model's training manifest, for memorization")
+    p.add_argument("--train-manifest", help="the model's training manifest, for memorization (default: the one "
+                   "named by the model's train_config.yaml; evaluation stops when neither is there)")
     p.add_argument("--n-per-prompt", type=int, default=4, help="images per prompt (RoentGen: 4)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's sampling.yaml)")
     p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler")

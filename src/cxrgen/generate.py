@@ -149,11 +149,14 @@ def _check_existing(path: Path, fmt: str, expected: dict[str, str]) -> None:
 def _write(image: torch.Tensor, path: Path, fmt: str, pipe: CXRPipeline, meta: dict[str, str]) -> None:
     """Write one image atomically (temp file + rename), so a killed run leaves no half file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if fmt == "dicom":
-        write_dicom(image, tmp, pipe.image_config, meta)
-    else:
-        save_png(image, tmp, pipe.image_config, text=meta)
-    os.replace(tmp, path)
+    try:
+        if fmt == "dicom":
+            write_dicom(image, tmp, pipe.image_config, meta)
+        else:
+            save_png(image, tmp, pipe.image_config, text=meta)
+        os.replace(tmp, path)
+    finally:  # an error or Ctrl-C mid-write leaves no temp file (a SIGKILL's is removed by the next run)
+        tmp.unlink(missing_ok=True)
 
 
 def _process_state():

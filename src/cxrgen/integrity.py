@@ -16,7 +16,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from cxrgen.errors import DataError
+from cxrgen.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ WEIGHTS_GLOB = "*.safetensors"
 _CHUNK = 1 << 20
 
 
-class WeightsIntegrityError(DataError):
+class WeightsIntegrityError(ConfigError):
     """A weights file of a model folder is missing, truncated, corrupt or not the one recorded."""
 
 

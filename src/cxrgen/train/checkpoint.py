@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -100,7 +101,11 @@ def write_module(module: nn.Module, path: Path) -> None:
 
 def read_module(module: nn.Module, path: Path) -> None:
     """Load weights written by :func:`write_module` into ``module`` (strict)."""
-    missing, unexpected = load_model(module, str(path), strict=True, device=_device_of(module))
+    try:
+        missing, unexpected = load_model(module, str(path), strict=True, device=_device_of(module))
+    except SafetensorError as exc:
+        raise ConfigError(f"checkpoint file {path} is corrupt or truncated ({exc}): resume from an older "
+                          f"checkpoint folder (--resume {path.parent.parent}/{PREFIX}...)") from None
     if missing or unexpected:  # strict raises already; kept for clarity
         raise ConfigError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
 
