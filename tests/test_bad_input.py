@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from cli_helpers import one_error_line
 from PIL import Image
 from tiny_models import tiny_pipeline
 from train_helpers import write_config
@@ -38,13 +39,6 @@ def _generate(model: Path, out: Path, *extra: str) -> int:
                  "--device", "cpu", *extra])
 
 
-def _error(capsys) -> str:
-    """The CLI's stderr: exactly one 'cxrgen ...: error:' line and no traceback."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("cxrgen")]  # progress bars of other libraries aside
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # --- 4. float spellings -------------------------------------------------------------------------
@@ -66,7 +60,7 @@ def test_a_word_for_a_float_is_still_an_error() -> None:
 def test_train_rejects_a_bad_learning_rate_with_one_line(value: str, tmp_path: Path, capsys) -> None:
     config = write_config(tmp_path)
     assert main(["train", str(config), "--set", f"lr={value}", "--out", str(tmp_path / "run")]) == 2
-    assert "lr=" in _error(capsys)
+    assert "lr=" in one_error_line(capsys)
     assert not (tmp_path / "run").exists()
 
 
@@ -74,7 +68,7 @@ def test_train_rejects_a_bad_learning_rate_with_one_line(value: str, tmp_path: P
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_generate_rejects_non_finite_guidance(value: str, model_dir: Path, tmp_path: Path, capsys) -> None:
     assert _generate(model_dir, tmp_path / "out", PROMPT, f"--guidance={value}") == 2
-    assert "guidance" in _error(capsys)
+    assert "guidance" in one_error_line(capsys)
     with pytest.raises(ConfigError, match="finite"):
         SamplingConfig(guidance_scale=float(value))
 
@@ -84,13 +78,13 @@ def test_generate_rejects_non_finite_guidance(value: str, model_dir: Path, tmp_p
                                   "Kein Pleuraerguss, Herz normal gross."])
 def test_label_refuses_text_that_is_not_english(text: str, capsys) -> None:
     assert main(["label", text]) == 2
-    assert "English" in _error(capsys)
+    assert "English" in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])
 def test_label_blank_text_is_one_error(text: str, capsys) -> None:
     assert main(["label", text]) == 2
-    assert "give report text" in _error(capsys)
+    assert "give report text" in one_error_line(capsys)
 
 
 def test_label_english_still_labels(capsys) -> None:
@@ -104,14 +98,14 @@ def test_prompts_csv_that_is_not_utf8_names_the_file(model_dir: Path, tmp_path: 
     csv = tmp_path / "prompts.csv"
     csv.write_bytes("prompt\nDerrame pleural, cr\u00e1neo\n".encode("latin-1"))
     assert _generate(model_dir, tmp_path / "out", "--prompts", str(csv)) == 2
-    line = _error(capsys)
+    line = one_error_line(capsys)
     assert str(csv) in line and "UTF-8" in line
 
 
 def test_prompt_argument_with_raw_bytes_is_an_error(model_dir: Path, tmp_path: Path, capsys) -> None:
     raw = os.fsdecode(b"left effusion \xff\xfe")  # what Python makes of undecodable argv bytes
     assert _generate(model_dir, tmp_path / "out", raw) == 2
-    assert "UTF-8" in _error(capsys)
+    assert "UTF-8" in one_error_line(capsys)
 
 
 # --- 6. a blank line in a prompts CSV -------------------------------------------------------------
@@ -119,7 +113,7 @@ def test_blank_line_in_prompts_csv_is_an_error_naming_the_line(model_dir: Path, 
     csv = tmp_path / "prompts.csv"
     csv.write_text("prompt\nleft effusion\n\nright effusion\n")
     assert _generate(model_dir, tmp_path / "out", "--prompts", str(csv)) == 2
-    line = _error(capsys)
+    line = one_error_line(capsys)
     assert "line 3" in line and str(csv) in line
     assert not list((tmp_path / "out").glob("*.png"))
 
@@ -158,7 +152,7 @@ def test_ctrl_c_during_generate_exits_130_with_one_line(model_dir: Path, tmp_pat
 
     monkeypatch.setattr(CXRPipeline, "sample", interrupted)
     assert _generate(model_dir, tmp_path / "out", PROMPT) == 130
-    assert "interrupted" in _error(capsys)
+    assert "interrupted" in one_error_line(capsys)
 
 
 # --- 6. DICOM ImageComments over its limit ------------------------------------------------------------
@@ -191,7 +185,7 @@ def test_truncated_weights_fail_with_one_line_naming_the_file(model_dir: Path, t
     weights = model / "denoiser" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
     assert _generate(model, tmp_path / "out", PROMPT) == 2
-    line = _error(capsys)
+    line = one_error_line(capsys)
     assert "denoiser/model.safetensors" in line and "corrupt" in line
 
 
@@ -202,7 +196,7 @@ def test_changed_weights_fail_the_sha256_check(model_dir: Path, tmp_path: Path, 
     data[-1] ^= 0xFF  # one flipped bit pattern in the last weight: same size, still a valid file
     weights.write_bytes(bytes(data))
     assert _generate(model, tmp_path / "out", PROMPT) == 2
-    line = _error(capsys)
+    line = one_error_line(capsys)
     assert "autoencoder/diffusion_pytorch_model.safetensors" in line and "sha256" in line
 
 

@@ -5,18 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cli_helpers import one_error_line
 from train_helpers import write_config
 
 from cxrgen.cli import main
 from cxrgen.train import checkpoint as ckpt
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("cxrgen")]  # progress bars of other libraries aside
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _train(config: Path, out: Path, *extra: str) -> int:
@@ -29,7 +22,7 @@ def test_fresh_run_into_a_finished_run_folder_is_refused(tmp_path: Path, capsys)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
     assert _train(write_config(tmp_path, "short.yaml", steps=2), out) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "--resume latest" in line and "--overwrite" in line
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # nothing touched
@@ -64,7 +57,7 @@ def test_unwritable_output_folder_fails_before_training(tmp_path: Path, capsys) 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     assert _train(write_config(tmp_path), blocker / "run") == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "cannot write" in line and str(blocker / "run") in line
 
 
@@ -76,5 +69,5 @@ def test_resume_from_a_truncated_checkpoint_names_the_file(tmp_path: Path, capsy
     weights.write_bytes(weights.read_bytes()[:300])
     capsys.readouterr()
     assert _train(config, out, "--resume", "latest", "--set", "steps=4") == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert str(weights) in line and "corrupt" in line
