@@ -155,6 +155,17 @@ def test_ctrl_c_during_generate_exits_130_with_one_line(model_dir: Path, tmp_pat
     assert "interrupted" in one_error_line(capsys)
 
 
+def test_an_os_failure_mid_run_is_one_line_with_exit_1(model_dir: Path, tmp_path: Path, capsys,
+                                                        monkeypatch) -> None:
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("cxrgen.generate.save_png", disk_full)
+    assert _generate(model_dir, tmp_path / "out", PROMPT) == 1
+    assert "No space left on device" in one_error_line(capsys)
+    assert not list((tmp_path / "out").iterdir())  # no temp file left behind
+
+
 # --- 6. DICOM ImageComments over its limit ------------------------------------------------------------
 def test_long_prompt_fits_dicom_image_comments_and_is_kept_whole(model_dir: Path, tmp_path: Path) -> None:
     prompt = "small left pleural effusion, " * 500  # ~14,500 characters

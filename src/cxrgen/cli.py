@@ -368,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     except CxrgenError as exc:
         print(f"cxrgen {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine, not the input: a full disk, a lost mount, a permission
+        if args.verbose:
+            raise
+        print(f"cxrgen {args.command}: error: {exc} (rerun with -v for the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C: one line, exit 128 + SIGINT like a shell
         print(f"cxrgen {args.command}: interrupted; {_RESUME_HINTS.get(args.command, 'nothing was finished')}",
               file=sys.stderr)
