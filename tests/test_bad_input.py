@@ -118,6 +118,14 @@ def test_blank_line_in_prompts_csv_is_an_error_naming_the_line(model_dir: Path, 
     assert not list((tmp_path / "out").glob("*.png"))
 
 
+def test_blank_lines_at_the_end_of_a_prompts_csv_are_ignored(tmp_path: Path) -> None:
+    from cxrgen.generate import read_prompts
+
+    csv = tmp_path / "prompts.csv"
+    csv.write_text("prompt\nleft effusion\nright effusion\n\n\n")
+    assert read_prompts(csv) == ["left effusion", "right effusion"]
+
+
 # --- 5. resuming over a truncated or empty PNG ----------------------------------------------------
 @pytest.mark.parametrize("keep_bytes", [0, 100])
 def test_resume_resamples_a_truncated_png_and_names_it(keep_bytes: int, model_dir: Path, tmp_path: Path,

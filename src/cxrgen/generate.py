@@ -62,12 +62,17 @@ def resolve_model(model: str | Path | None) -> str:
 
 
 def read_text_table(path: Path) -> pd.DataFrame:
-    """A UTF-8 CSV as strings, blank lines kept as rows (so row numbers match the file); DataError if not UTF-8."""
+    """A UTF-8 CSV as strings, inner blank lines kept as rows (row numbers match the file; trailing ones dropped).
+
+    DataError when the file is not UTF-8.
+    """
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8")
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8, "
                         f"e.g. iconv -f latin1 -t utf-8 {path.name} > utf8.csv") from None
+    filled = (table.apply(lambda col: col.str.strip()) != "").any(axis=1).to_numpy().nonzero()[0]  # rows with text
+    return table.iloc[: filled[-1] + 1 if len(filled) else 0]
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -80,8 +85,6 @@ def read_prompts(path: str | Path) -> list[str]:
         raise MissingColumnsError(f"{path} has no '{PROMPT_COLUMN}' column (columns: {list(table.columns)}); "
                                   f"put one report text per row under a '{PROMPT_COLUMN}' header")
     prompts = table[PROMPT_COLUMN].tolist()
-    while prompts and not prompts[-1].strip():  # blank lines at the end shift nothing
-        prompts.pop()
     for i, prompt in enumerate(prompts):
         if not prompt.strip():  # would shift the numbering of every later prompt's files
             raise DataError(f"{path} line {i + 2} (prompt {i}) is blank: remove the line or give its report text")
