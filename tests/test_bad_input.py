@@ -139,6 +139,17 @@ def test_resume_resamples_a_truncated_png_and_names_it(keep_bytes: int, model_di
     assert "00000_001.png" in caplog.text and "Traceback" not in capsys.readouterr().err
 
 
+def test_resume_resamples_a_truncated_dicom(model_dir: Path, tmp_path: Path, caplog) -> None:
+    out = tmp_path / "out"
+    assert _generate(model_dir, out, PROMPT, "--dicom") == 0
+    path = out / "00000_000.dcm"
+    pixels = pydicom.dcmread(path).pixel_array
+    path.write_bytes(path.read_bytes()[:-500])  # pixel data cut short
+    assert _generate(model_dir, out, PROMPT, "--dicom") == 0
+    assert (pydicom.dcmread(path).pixel_array == pixels).all()  # same seed, same pixels (UIDs are new)
+    assert "00000_000.dcm" in caplog.text
+
+
 # --- 6. stale temp files of a killed run -----------------------------------------------------------
 def test_stale_temp_files_are_removed_on_the_next_run(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
