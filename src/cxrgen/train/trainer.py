@@ -141,6 +141,8 @@ def prepare_out_dir(out: Path, resume: str | Path | None, overwrite: bool) -> No
 
     state = PartialState(cpu=not torch.cuda.is_available())
     check_writable(out)
+    if (out / ckpt.CHECKPOINTS_DIR).is_dir():  # where the first write after step 1 goes
+        check_writable(out / ckpt.CHECKPOINTS_DIR)
     if resume is not None and overwrite:
         raise ConfigError("--resume continues the run in the output folder, --overwrite deletes it: give one")
     found = run_artefacts(out, RUN_ARTEFACTS) if resume is None else []
