@@ -93,7 +93,8 @@ def tiny_pipeline(root: Path) -> CXRPipeline:
 def cli_args(setup: dict, out: Path) -> list[str]:
     return ["evaluate", "--model", str(setup["model"]), "--prompts", str(setup["prompts"]), "--real",
             str(setup["manifest"]), "--out", str(out), "--json", str(out / "result.json"), "--evaluator",
-            str(setup["evaluator"]), "--n-per-prompt", str(K), "--seed", "1", "--no-progress"]
+            str(setup["evaluator"]), "--n-per-prompt", str(K), "--seed", "1", "--no-progress",
+            "--train-manifest", str(setup["manifest"])]
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +190,8 @@ def test_gflops_scale_with_steps_and_guidance(setup: dict) -> None:
 def test_report_without_matplotlib_has_no_plots(setup: dict, tmp_path: Path, monkeypatch, caplog) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     cfg = EvalConfig(model=str(setup["model"]), prompts=str(setup["prompts"]), real_manifest=str(setup["manifest"]),
-                     out_dir=str(tmp_path), evaluator=str(setup["evaluator"]), n_per_prompt=K, progress=False)
+                     out_dir=str(tmp_path), evaluator=str(setup["evaluator"]), n_per_prompt=K, progress=False,
+                     train_manifest=str(setup["manifest"]))
     result = run_evaluation(cfg)
     assert (tmp_path / REPORT_NAME).is_file() and (tmp_path / "samples.png").is_file()
     assert not (tmp_path / "auroc_per_class.png").exists()

@@ -16,6 +16,7 @@ from tiny_models import PROMPTS, WIDTH, tiny_pipeline
 from cxrgen.config import ScheduleConfig
 from cxrgen.denoisers import UViT
 from cxrgen.errors import ConfigError
+from cxrgen.integrity import RECORD_NAME
 from cxrgen.pipeline import MODEL_INDEX_NAME, CXRPipeline, load_pipeline
 from cxrgen.samplers import training_scheduler
 
@@ -86,7 +87,7 @@ def test_save_load_gives_identical_images(pipe: CXRPipeline, saved: Path) -> Non
     assert index["denoiser"] == ["cxrgen", "UViT"] and index["scheduler"] == ["diffusers", "DDPMScheduler"]
     assert index["sampling"]["sampler"] == pipe.sampling.sampler
     assert {p.name for p in saved.iterdir()} == {"text_encoder", "autoencoder", "denoiser", "scheduler",
-                                                 MODEL_INDEX_NAME}
+                                                 MODEL_INDEX_NAME, RECORD_NAME}
     assert not list(saved.rglob("*.bin")) and not list(saved.rglob("*.pt")) and not list(saved.rglob("*.yaml"))
     assert AutoencoderKL.from_pretrained(saved / "autoencoder").config.scaling_factor == pipe.autoencoder.scale
     a = pipe(PROMPTS, generator=_gen(5), progress=False).images

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from cxrgen.integrity import verify_weights
+
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "ship_model.py"
 
 
@@ -45,6 +47,7 @@ def test_stages_add_up_and_keep_the_autoencoder(tmp_path: Path) -> None:
     assert two["autoencoder"] == one["autoencoder"] and two["weights_bytes"] > 0
     assert load_file(str(dest / "denoiser" / "model.safetensors"))["w"].dtype == torch.float16
     assert two["denoiser_weights_dtype"] == "float16" and one["denoiser_weights_dtype"] == "float32"
+    assert verify_weights(dest) == ["denoiser/model.safetensors"]  # the record matches the halved weights
     both = _ship(str(tmp_path / "run2"), "--autoencoder", str(ae), "--start-from", str(dest / "training.json"),
                  "--recipe", "x", "--dest", str(dest))
     assert both.returncode != 0 and "not both" in both.stderr

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from cxrgen.integrity import record_weights
+
 
 def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo (Linux), else platform.processor()."""
@@ -74,6 +76,7 @@ def main() -> None:
     shutil.copytree(run / "model", dest)
     if args.fp16_denoiser:
         halve_weights(dest / "denoiser")
+    record_weights(dest)  # the sha256 of the weights as shipped (halving rewrote the denoiser's)
     record = {
         "recipe": args.recipe,
         "hardware": {"device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),

@@ -89,11 +89,10 @@ def _cmd_label(args: argparse.Namespace) -> int:
         _write_json(result, args.json_out)
         print(f"macro_f1 = {result['macro_f1']:.3f}")
         return 0
-    if not args.text:
-        raise CxrgenError("give report text to label, or --check-iu ARCHIVE")
     from cxrgen.data.labeler import label_report
+    from cxrgen.data.language import check_english
 
-    _write_json(label_report(args.text).to_dict(), args.json_out)
+    _write_json(label_report(check_english(args.text or "")).to_dict(), args.json_out)
     return 0
 
 
@@ -195,13 +194,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = _config_command(sub, "train", "train the diffusion model (accelerate: `accelerate launch -m cxrgen.cli train`)",
                         "YAML TrainConfig (e.g. src/cxrgen/configs/train-tiny.yaml)", "steps=2000")
     p.add_argument("--resume", help="'latest' (newest checkpoint under the output folder) or a checkpoint folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete a previous run in the output folder and start afresh (default: refuse)")
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from cxrgen.train.trainer import run_train
 
-    summary = run_train(args.config, args.overrides, args.resume, args.out)
+    summary = run_train(args.config, args.overrides, args.resume, args.out, overwrite=args.overwrite)
     if summary["rank"] == 0:  # one report under `accelerate launch`
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0
@@ -308,7 +309,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extractor-weights", action="append", default=[], metavar="NAME=WEIGHTS",
                    help="weights of an extractor other than cxrgen-evaluator, e.g. inception-v3=pt_inception-2015-12-05-6726825d.pth")
     p.add_argument("--evaluator", help="cxrgen-evaluator folder (default: the shipped one)")
-    p.add_argument("--train-manifest", help="the model's training manifest, for memorization")
+    p.add_argument("--train-manifest", help="the model's training manifest, for memorization (default: the one "
+                   "named by the model's train_config.yaml; evaluation stops when neither is there)")
     p.add_argument("--n-per-prompt", type=int, default=4, help="images per prompt (RoentGen: 4)")
     _add_sampling_args(p, seed_help="seed of the first image; image g gets seed + g")
     p.add_argument("--batch-size", type=int, default=4, help="images sampled together (throughput is at this size)")
@@ -335,6 +337,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # --- main -------------------------------------------------------------------------------------
+#: What survives a Ctrl-C of a command and how to continue (docs/failure_behaviour.md).
+_RESUME_HINTS = {
+    "generate": "finished images are kept: the same command skips them and makes the rest",
+    "evaluate": "generated images are kept: the same command reuses them",
+    "train": "continue from the last checkpoint with --resume latest",
+    "cache": "run the same command again",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="cxrgen", description=__doc__)
@@ -365,6 +376,15 @@ def main(argv: list[str] | None = None) -> int:
     except CxrgenError as exc:
         print(f"cxrgen {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine, not the input: a full disk, a lost mount, a permission
+        if args.verbose:
+            raise
+        print(f"cxrgen {args.command}: error: {exc} (rerun with -v for the traceback)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, exit 128 + SIGINT like a shell
+        print(f"cxrgen {args.command}: interrupted; {_RESUME_HINTS.get(args.command, 'nothing was finished')}",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Batch generation to files: PNG or DICOM with their metadata, resumable and sharded over processes.
 
 Image k of prompt p has the global index g = p * n_per_prompt + k, the file ``{p:05d}_{k:03d}.png``
-and the seed ``seed + g`` (its own torch.Generator), so a file never depends on batching, sharding
-or resuming. Work is cut into fixed batches (consecutive images of one prompt); process i of P takes
-the batches with index % P == i, so a sharded run forms the same batches as a single process and
-writes the same bytes.
+and the seed ``seed + g`` (its own torch.Generator), so a file never depends on sharding or resuming,
+and on the batch size only through floating-point rounding of batched kernels (a pixel may differ by
+one grey level between --batch-size 1 and 2). Work is cut into fixed batches (consecutive images of one
+prompt); process i of P takes the batches with index % P == i, so a sharded run forms the same batches
+as a single process and writes the same bytes.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pydicom
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -26,7 +27,8 @@ import cxrgen
 from cxrgen.config import SamplingConfig
 from cxrgen.data.images import save_png
 from cxrgen.dicom import read_synthetic_metadata, write_dicom
-from cxrgen.errors import ConfigError, MissingColumnsError
+from cxrgen.errors import ConfigError, DataError, MissingColumnsError
+from cxrgen.outputs import check_writable, remove_stale_temp_files
 from cxrgen.pipeline import DEFAULT_MODEL, CXRPipeline, check_prompts, load_pipeline, model_label, resolve_model
 
 log = logging.getLogger(__name__)
@@ -48,29 +50,45 @@ class Batch:
     ks: tuple[int, ...]
 
 
+def read_text_table(path: Path) -> pd.DataFrame:
+    """A UTF-8 CSV as strings, inner blank lines kept as rows (row numbers match the file; trailing ones dropped).
+
+    DataError when the file is not UTF-8.
+    """
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8, "
+                        f"e.g. iconv -f latin1 -t utf-8 {path.name} > utf8.csv") from None
+    filled = (table.apply(lambda col: col.str.strip()) != "").any(axis=1).to_numpy().nonzero()[0]  # rows with text
+    return table.iloc[: filled[-1] + 1 if len(filled) else 0]
+
+
 def read_prompts(path: str | Path) -> list[str]:
-    """The ``prompt`` column of a CSV file, one prompt per row (empty rows are errors later)."""
+    """The ``prompt`` column of a UTF-8 CSV file, one prompt per row; a blank row is an error naming its line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"prompts file {path} does not exist: give a CSV with a '{PROMPT_COLUMN}' column")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table = read_text_table(path)
     if PROMPT_COLUMN not in table.columns:
         raise MissingColumnsError(f"{path} has no '{PROMPT_COLUMN}' column (columns: {list(table.columns)}); "
                                   f"put one report text per row under a '{PROMPT_COLUMN}' header")
-    return table[PROMPT_COLUMN].tolist()
+    prompts = table[PROMPT_COLUMN].tolist()
+    for i, prompt in enumerate(prompts):
+        if not prompt.strip():  # would shift the numbering of every later prompt's files
+            raise DataError(f"{path} line {i + 2} (prompt {i}) is blank: remove the line or give its report text")
+    return prompts
 
 
-def check_writable(out_dir: str | Path) -> Path:
-    """Create ``out_dir`` and prove a file can be written there (ConfigError otherwise)."""
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"cannot write to output directory {out_dir} ({type(exc).__name__}: {exc}); "
-                          "give a writable --out directory") from exc
-    return out_dir
+def check_utf8(prompts: list[str]) -> list[str]:
+    """Prompts that are valid text; undecodable bytes (from a shell argument) raise ConfigError."""
+    for i, prompt in enumerate(prompts):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"prompt {i} holds bytes that are not UTF-8 text ({prompt!r}): give the report "
+                              "text in UTF-8") from None
+    return prompts
 
 
 def output_name(prompt_index: int, k: int, fmt: str) -> str:
@@ -98,6 +116,19 @@ def _read_metadata(path: Path, fmt: str) -> dict[str, Any]:
         return dict(im.text)
 
 
+def _readable(path: Path, fmt: str) -> bool:
+    """Whether an existing output decodes whole (a run killed mid-write outside cxrgen may leave a stub)."""
+    try:
+        if fmt == "dicom":
+            ds = pydicom.dcmread(path)
+            return len(ds.PixelData) >= int(ds.Rows) * int(ds.Columns) * 2
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except (OSError, SyntaxError, ValueError, AttributeError, pydicom.errors.InvalidDicomError):
+        return False
+
+
 def _check_existing(path: Path, fmt: str, expected: dict[str, str]) -> None:
     """An existing output must record the same settings, else resuming would mix two runs."""
     found = _read_metadata(path, fmt)
@@ -110,11 +141,14 @@ def _check_existing(path: Path, fmt: str, expected: dict[str, str]) -> None:
 def _write(image: torch.Tensor, path: Path, fmt: str, pipe: CXRPipeline, meta: dict[str, str]) -> None:
     """Write one image atomically (temp file + rename), so a killed run leaves no half file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if fmt == "dicom":
-        write_dicom(image, tmp, pipe.image_config, meta)
-    else:
-        save_png(image, tmp, pipe.image_config, text=meta)
-    os.replace(tmp, path)
+    try:
+        if fmt == "dicom":
+            write_dicom(image, tmp, pipe.image_config, meta)
+        else:
+            save_png(image, tmp, pipe.image_config, text=meta)
+        os.replace(tmp, path)
+    finally:  # an error or Ctrl-C mid-write leaves no temp file (a SIGKILL's is removed by the next run)
+        tmp.unlink(missing_ok=True)
 
 
 def _process_state():
@@ -163,6 +197,7 @@ def generate_images(
     settings = dataclasses.replace(settings, num_images_per_prompt=n_per_prompt, seed=seed)  # checks n >= 1
     prompts = check_prompts(prompts)
     out_dir = check_writable(out_dir)  # before any sampling
+    remove_stale_temp_files(out_dir)  # of a killed run
     rank, world = _shard(process_index, num_processes)
     mine = [b for i, b in enumerate(plan_batches(len(prompts), n_per_prompt, batch_size)) if i % world == rank]
 
@@ -173,6 +208,9 @@ def generate_images(
         metas = [image_metadata(prompts[batch.prompt_index], seed + batch.prompt_index * n_per_prompt + k,
                                 settings, model_name) for k in batch.ks]  # seed + global image index
         for path, meta in zip(batch_paths, metas):
+            if path.exists() and not _readable(path, fmt):
+                log.warning("%s is empty or truncated (cut short outside cxrgen?): sampling it again", path)
+                path.unlink()
             if path.exists():
                 _check_existing(path, fmt, meta)
         paths += batch_paths
@@ -220,7 +258,7 @@ def run_generate(
     if bool(prompts) == (prompts_file is not None):
         raise ConfigError("give report text(s) or --prompts FILE.csv (not both)")
     prompts = list(prompts) if prompts else read_prompts(prompts_file)
-    check_prompts(prompts)
+    check_prompts(check_utf8(prompts))
     check_writable(out)  # before loading anything big
     if device == "auto":
         device = str(_process_state().device)

@@ -32,6 +32,7 @@ from diffusers import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
+from safetensors import SafetensorError
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -39,6 +40,7 @@ from cxrgen.config import ImageConfig, SamplingConfig
 from cxrgen.errors import ConfigError
 from cxrgen.guidance import guided_prediction, needs_uncond
 from cxrgen.hub import looks_local
+from cxrgen.integrity import check_weights_readable, record_weights, verify_weights
 from cxrgen.parts import ModelParts
 from cxrgen.samplers import make_scheduler
 
@@ -125,6 +127,7 @@ class CXRPipeline(DiffusionPipeline):
         if not text_weights:
             shutil.rmtree(directory / "text_encoder")
             self.text_encoder.save_pretrained(directory / "text_encoder", weights=False)
+        record_weights(directory)
         return directory
 
     @classmethod
@@ -141,7 +144,9 @@ class CXRPipeline(DiffusionPipeline):
             pipe = super().from_pretrained(source, **kwargs)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
-        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as exc:
+            if local.is_dir():
+                check_weights_readable(local)  # names a truncated or corrupt weights file
             part = _failing_part(local) if local.is_dir() else None
             if part is not None:
                 raise ConfigError(f"cannot load the {part} from {local / part} ({type(exc).__name__}: {exc}); "
@@ -358,6 +363,7 @@ def verify_model_folder(directory: Path) -> None:
     if missing:
         raise ConfigError(f"model directory {directory} lacks the part folder(s) {', '.join(missing)}; "
                           "copy the whole directory written by save_pretrained")
+    verify_weights(directory)
 
 
 def _failing_part(directory: Path) -> str | None:

@@ -105,7 +105,7 @@ class EvalConfig:
     extractors: tuple[str, ...] = ("cxrgen-evaluator",)  # FID / KID feature spaces
     extractor_weights: tuple[str, ...] = ()  # NAME=WEIGHTS for extractors other than cxrgen-evaluator
     evaluator: str | None = None  # cxrgen-evaluator folder; None: the one shipped in cxrgen/models/evaluator
-    train_manifest: str | None = None  # the model's training rows (memorization); None: real manifest's train rows
+    train_manifest: str | None = None  # the model's training rows (memorization); None: its train_config.yaml
     image_root: str | None = None  # relative image paths join this; None: the table's own folder
     n_per_prompt: int = 4  # images per prompt (RoentGen's MS-SSIM protocol)
     steps: int | None = None  # None: the model's sampling settings (model_index.json)

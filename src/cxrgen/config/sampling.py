@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from cxrgen.errors import ConfigError
@@ -26,5 +27,6 @@ class SamplingConfig:
             raise ConfigError(f"sampling.sampler={self.sampler!r}: use one of {list(SAMPLER_NAMES)}")
         if self.steps < 1 or self.num_images_per_prompt < 1:
             raise ConfigError("sampling.steps and sampling.num_images_per_prompt must be >= 1")
-        if self.guidance_scale < 0:
-            raise ConfigError(f"sampling.guidance_scale={self.guidance_scale}: give a value >= 0")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ConfigError(f"sampling.guidance_scale={self.guidance_scale}: give a finite value >= 0 "
+                              "(--guidance; 1 = no guidance)")

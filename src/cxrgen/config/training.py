@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from cxrgen.config.data import ImageConfig
 from cxrgen.config.models import AutoencoderConfig, ModelConfig
 from cxrgen.config.sampling import SamplingConfig
 from cxrgen.errors import ConfigError
+
+
+def check_rates(**rates: float | None) -> None:
+    """Learning rates must be finite and > 0 (None: unset); ConfigError naming the first bad one."""
+    for name, value in rates.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name}={value}: give a finite learning rate > 0, e.g. {name}=1e-4")
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class AutoencoderTrainConfig:
             raise ConfigError(f"steps={self.steps}, batch_size={self.batch_size}: give positive numbers")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError(f"holdout_fraction={self.holdout_fraction}: give a share in (0, 1)")
+        check_rates(lr=self.lr, disc_lr=self.disc_lr)
         if min(self.l1_weight, self.ssim_weight, self.kl_weight, self.disc_weight) < 0:
             raise ConfigError("loss weights must be >= 0")
         if not 0.0 <= self.intensity_jitter < 0.5:
@@ -138,6 +147,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if min(self.steps, self.batch_size, self.grad_accum) <= 0:
             raise ConfigError("steps, batch_size and grad_accum must be positive")
+        check_rates(lr=self.lr, text_lr=self.text_lr)
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0) or self.warmup_steps < 0:
+            raise ConfigError(f"weight_decay={self.weight_decay}, warmup_steps={self.warmup_steps}: give values >= 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"grad_clip={self.grad_clip}: give a norm > 0, or null for no clipping")
         if not 0.0 <= self.cfg_dropout < 1.0:
             raise ConfigError(f"cfg_dropout={self.cfg_dropout}: give a probability in [0, 1)")
         if self.lr_schedule not in ("constant", "cosine"):

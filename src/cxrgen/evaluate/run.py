@@ -39,8 +39,10 @@ from cxrgen.evaluate.extractors import (
 )
 from cxrgen.evaluate.report import write_report
 from cxrgen.evaluate.suite import ImageSets, PromptTable, score
-from cxrgen.generate import PROMPT_COLUMN, check_writable, generate_images
-from cxrgen.pipeline import CXRPipeline, check_prompts, load_pipeline, model_label
+from cxrgen.evaluate.training_set import memorization_sets
+from cxrgen.generate import PROMPT_COLUMN, generate_images, read_text_table
+from cxrgen.outputs import check_writable
+from cxrgen.pipeline import CXRPipeline, check_prompts, load_pipeline, model_label, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise ConfigError(f"prompts file {path} does not exist: give a CSV with a '{PROMPT_COLUMN}' column")
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return read_text_table(path)
 
 
 def _resolve(value: object, base: Path) -> Path | None:
@@ -158,21 +160,6 @@ def _generate(cfg: EvalConfig, pipe: CXRPipeline, prompts: list[str], model_name
     return [paths[p * k : (p + 1) * k] for p in range(len(prompts))], compute
 
 
-def _train_heldout(cfg: EvalConfig) -> tuple[list[Path], list[Path]]:
-    """Training rows (memorization) and real held-out rows (threshold calibration)."""
-    heldout = manifest_paths(cfg.real_manifest, cfg.heldout_splits, cfg.image_root)
-    if cfg.train_manifest:
-        train = manifest_paths(cfg.train_manifest, (cfg.train_split,), cfg.image_root)
-        if not train:
-            log.warning("no %r rows in %s: using all its rows as the training set", cfg.train_split, cfg.train_manifest)
-            train = manifest_paths(cfg.train_manifest, None, cfg.image_root)
-    else:
-        log.info("no --train-manifest: memorization uses the real manifest's %r rows as the training set",
-                 cfg.train_split)
-        train = manifest_paths(cfg.real_manifest, (cfg.train_split,), cfg.image_root)
-    return train, heldout
-
-
 def _real_reference(cfg: EvalConfig) -> list[Path]:
     real = manifest_paths(cfg.real_manifest, None, cfg.image_root)
     if not real:
@@ -192,23 +179,25 @@ def run_evaluation(cfg: EvalConfig) -> dict:
     if not cfg.prompts or not cfg.real_manifest:
         raise ConfigError("give both --prompts CSV and --real MANIFEST")
     out_dir = check_writable(cfg.out_dir)
+    location = resolve_model(cfg.model)
+    memo = memorization_sets(cfg, location)  # the model's own training images, known before any work
     device = resolve_device(cfg.device)
     evaluator = CXREvaluator.from_pretrained(cfg.evaluator or DEFAULT_EVALUATOR, device=device)
     table = read_prompt_table(cfg.prompts, evaluator.class_names, cfg.image_root)  # bad CSV fails before sampling
     real = _real_reference(cfg)
-    train, heldout = _train_heldout(cfg)
     extractors = build_extractors(cfg, evaluator, device)
-    pipe = load_pipeline(cfg.model, device, num_images_per_prompt=cfg.n_per_prompt, steps=cfg.steps,
+    pipe = load_pipeline(location, device, num_images_per_prompt=cfg.n_per_prompt, steps=cfg.steps,
                          guidance_scale=cfg.guidance_scale, sampler=cfg.sampler, seed=cfg.seed)
-    model_name = model_label(cfg.model)
+    model_name = model_label(location)
     generated, compute = _generate(cfg, pipe, table.prompts, model_name, device, out_dir)
     del pipe
-    sets = ImageSets(generated=generated, real=real, train=train, heldout=heldout)
+    sets = ImageSets(generated=generated, real=real, train=memo.train, heldout=memo.heldout)
     result = score(cfg, table, sets, evaluator, extractors, out_dir)
     result["compute"] = {**compute, **result.get("compute", {})}
     result["settings"] = {"model": model_name, "evaluator": str(cfg.evaluator or DEFAULT_EVALUATOR),
                           "prompts": str(cfg.prompts), "real_manifest": str(cfg.real_manifest),
-                          "train_manifest": cfg.train_manifest, "n_per_prompt": cfg.n_per_prompt,
+                          "train_manifest": memo.source, "heldout_in_train": memo.heldout_in_train,
+                          "n_per_prompt": cfg.n_per_prompt,
                           "label_source": table.label_source}
     result = to_json_ready(result)
     json_path = Path(cfg.json_path) if cfg.json_path else out_dir / METRICS_NAME

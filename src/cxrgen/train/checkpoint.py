@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -100,7 +101,11 @@ def write_module(module: nn.Module, path: Path) -> None:
 
 def read_module(module: nn.Module, path: Path) -> None:
     """Load weights written by :func:`write_module` into ``module`` (strict)."""
-    missing, unexpected = load_model(module, str(path), strict=True, device=_device_of(module))
+    try:
+        missing, unexpected = load_model(module, str(path), strict=True, device=_device_of(module))
+    except SafetensorError as exc:
+        raise ConfigError(f"checkpoint file {path} is corrupt or truncated ({exc}): resume from an older "
+                          f"checkpoint folder (--resume {path.parent.parent}/{PREFIX}...)") from None
     if missing or unexpected:  # strict raises already; kept for clarity
         raise ConfigError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
 
@@ -142,7 +147,7 @@ def commit(staging: Path, keep: int) -> Path:
     else:
         os.replace(staging, final)
     _fsync(final.parent)
-    prune(final.parent, keep)
+    prune(final.parent, keep, current=final)
     log.info("checkpoint written: %s", final)
     return final
 
@@ -152,9 +157,20 @@ def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def prune(root: Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` complete checkpoints; returns the deleted folders."""
-    old = list_checkpoints(root)[:-keep] if keep > 0 else []
+def prune(root: Path, keep: int, current: Path | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints; returns the deleted folders.
+
+    ``current`` (the checkpoint just written) is always kept, and checkpoints of later steps (left by
+    another run, or before a resume from an older checkpoint) never push it or its predecessors out.
+    """
+    found = list_checkpoints(root)
+    if current is not None:
+        later = [p for p in found if checkpoint_step(p) > checkpoint_step(current)]
+        if later:
+            log.warning("checkpoints of later steps %s are not this run's: kept, but --resume latest would pick "
+                        "them; delete them or resume by path", [p.name for p in later])
+        found = [p for p in found if checkpoint_step(p) <= checkpoint_step(current)]
+    old = found[:-keep] if keep > 0 else []
     for path in old:
         shutil.rmtree(path, ignore_errors=True)
     return old

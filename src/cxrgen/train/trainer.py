@@ -25,13 +25,21 @@ from tqdm.auto import tqdm
 from cxrgen.config import TrainConfig, load_config, save_config
 from cxrgen.data.dataset import ManifestImageDataset
 from cxrgen.errors import ConfigError
+from cxrgen.outputs import check_writable, remove_paths, run_artefacts
 from cxrgen.parts import ModelParts, build_model_parts
 from cxrgen.samplers import training_scheduler
 from cxrgen.train import checkpoint as ckpt
 from cxrgen.train.data import ShardedBatchStream
 from cxrgen.train.ema import EMA
 from cxrgen.train.loop import TrainingRun, optimizer_step
-from cxrgen.train.metrics_log import SAMPLES_DIR, MetricsLog, image_grid, save_grid
+from cxrgen.train.metrics_log import (
+    METRICS_CSV,
+    SAMPLES_DIR,
+    TENSORBOARD_DIR,
+    MetricsLog,
+    image_grid,
+    save_grid,
+)
 from cxrgen.train.optim import build_lr_schedule, build_optimizer
 from cxrgen.train.state import load_run_state, save_run_checkpoint
 
@@ -41,6 +49,9 @@ MODEL_DIR = "model"
 METRICS_JSON = "metrics.json"
 #: Seeds of the per-rank training generators are cfg.seed + rank * RANK_SEED_STRIDE (distinct noise per rank).
 RANK_SEED_STRIDE = 1_000_003
+#: What a run writes into its output folder: a fresh run refuses a folder holding any of them.
+RUN_ARTEFACTS = (ckpt.CHECKPOINTS_DIR, MODEL_DIR, METRICS_JSON, METRICS_CSV, TENSORBOARD_DIR, SAMPLES_DIR,
+                 ckpt.CONFIG_NAME)
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,6 +124,27 @@ def setup_run(cfg: TrainConfig, out_dir: Path, parts: ModelParts | None = None,
                       null_context=None if null is None else (null[0].to(acc.device), null[1].to(acc.device)),
                       global_batch=cfg.batch_size * acc.num_processes)
     return run, dataset
+
+
+def prepare_out_dir(out: Path, resume: str | Path | None, overwrite: bool) -> None:
+    """Before step 1: prove ``out`` writable, and refuse (or, with ``overwrite``, clear) a previous run there."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    check_writable(out)
+    if (out / ckpt.CHECKPOINTS_DIR).is_dir():  # where the first write after step 1 goes
+        check_writable(out / ckpt.CHECKPOINTS_DIR)
+    if resume is not None and overwrite:
+        raise ConfigError("--resume continues the run in the output folder, --overwrite deletes it: give one")
+    found = run_artefacts(out, RUN_ARTEFACTS) if resume is None else []
+    if found and not overwrite:
+        raise ConfigError(f"{out} holds a previous run ({', '.join(p.name for p in found)}): continue it with "
+                          "--resume latest, delete it with --overwrite, or give a new --out folder")
+    state.wait_for_everyone()  # every rank has looked before the main process deletes or writes anything
+    if found and state.is_main_process:
+        log.warning("--overwrite: deleting the previous run's %s in %s", [p.name for p in found], out)
+        remove_paths(found)
+    state.wait_for_everyone()
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,8 +235,10 @@ def _train_steps(run: TrainingRun, metrics: MetricsLog) -> dict[str, float]:
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, out_dir: str | Path | None = None,
-          parts: ModelParts | None = None, dataset: Dataset | None = None) -> dict[str, Any]:
+          parts: ModelParts | None = None, dataset: Dataset | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train the diffusion model of ``cfg``; ``resume`` = "latest" or a checkpoint folder. Returns a summary.
+
+    A fresh run refuses an output folder that holds a previous run unless ``overwrite`` (which deletes it).
 
     ``parts`` / ``dataset`` replace the parts built from ``cfg.model`` and the manifest/cache data
     (items: {"image" or "latent_mean"+"latent_std", "prompt", ...}); a resumed run must pass the same.
@@ -212,6 +246,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, out_dir: str | Pat
     out = Path(out_dir if out_dir is not None else cfg.out_dir)
     if out_dir is not None:
         cfg = dataclasses.replace(cfg, out_dir=str(out))
+    prepare_out_dir(out, resume, overwrite)
     # The run owns the global torch RNG (dropout of a joint text encoder draws from it) inside a fork:
     # seeded per rank here, checkpointed and restored, and the caller's RNG state is left untouched.
     with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
@@ -255,7 +290,8 @@ def _train(cfg: TrainConfig, out: Path, resume: str | Path | None, parts: ModelP
 
 
 def run_train(config_path: str | Path | None, overrides: list[str] | None = None,
-              resume: str | Path | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
-    """What ``cxrgen train CONFIG [--set k=v] [--resume latest|PATH] [--out DIR]`` calls."""
+              resume: str | Path | None = None, out_dir: str | Path | None = None,
+              overwrite: bool = False) -> dict[str, Any]:
+    """What ``cxrgen train CONFIG [--set k=v] [--resume latest|PATH] [--out DIR] [--overwrite]`` calls."""
     cfg = load_config(TrainConfig, config_path, overrides)
-    return train(cfg, resume=resume, out_dir=out_dir)
+    return train(cfg, resume=resume, out_dir=out_dir, overwrite=overwrite)
