@@ -10,6 +10,7 @@ plausible (near 1; near the consolidated share for a lobe).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,12 +20,13 @@ import torch.nn.functional as F
 from cxrgen.errors import DataError
 from cxrgen.twin.atoms import Atom, Dictionary, dictionary
 from cxrgen.twin.findings import TwinFindings, lobe_side
-from cxrgen.twin.reference import REGISTER_SIZE, Reference, calibration_mask, reference, register, warp
+from cxrgen.twin.reference import calibration_mask, reference, register, warp
 from cxrgen.twin.render import check_view
 from cxrgen.twin.volume import CTSource
 
 LATERAL_ZONES = {"upper": ("right_upper", "left_upper"), "middle": ("right_middle",),
                  "lower": ("right_lower", "left_lower")}
+LARGE_FLUID_LEVEL, FULL_FLUID_AMPLITUDE = 0.24, 0.8
 #: Plausible amplitude of each kind of atom (1 = exactly the canonical edit).
 AMPLITUDES = {"effusion": (0.55, 1.6), "pneumothorax": (0.4, 2.0), "consolidation": (0.4, 1.3), "heart": (0.3, 1.6)}
 
@@ -68,17 +70,36 @@ def check_image(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-def difference(img: torch.Tensor, view: str, source: CTSource | None) -> tuple[torch.Tensor, tuple]:
-    """D = exposure-normalised image minus the registered template, and the registration."""
-    ref = reference(view, img.shape[-1], source)
-    reg = register(img, reference(view, REGISTER_SIZE, source))
-    template = warp(ref.template[None], *reg)[0]
-    m = calibration_mask(Reference(view=view, template=template, thickness=warp(ref.thickness, *reg)))
+@functools.lru_cache(maxsize=16)
+def _masks(view: str, size: int, source: CTSource | None) -> torch.Tensor:
+    """(2, S, S) float: the calibration pixels and the pixels any atom touches, at the nominal geometry."""
+    calib = calibration_mask(reference(view, size, source))
+    region = dictionary(size, source).maps[view].abs().amax(0) > 1e-3
+    return torch.stack([calib, region]).float()
+
+
+def difference(img: torch.Tensor, view: str, source: CTSource | None) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+    """D = exposure-normalised image minus the registered template, the registration and the warped atom region."""
+    size = img.shape[-1]
+    reg = register(img, view, source)
+    template = warp(reference(view, size, source).template[None], *reg)[0]
+    masks = warp(_masks(view, size, source), *reg) > 0.5
+    m = masks[0]
     x, y = template[m], img[m]
     b = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum().clamp_min(1e-6)
     a = y.mean() - b * x.mean()
     d = (img - a) / b.clamp_min(0.2) - template
-    return F.avg_pool2d(d[None, None], 3, 1, 1, count_include_pad=False)[0, 0], reg
+    return F.avg_pool2d(d[None, None], 3, 1, 1, count_include_pad=False)[0, 0], reg, masks[1]
+
+
+def plausible(atom: Atom, amplitude: float) -> bool:
+    """Is ``amplitude`` plausible for ``atom``? Fluid replaces all the lung below its level, so a
+    moderate or large effusion fits with an amplitude near 1 (a patchy lower-lobe consolidation,
+    which it can resemble, fits with about its filled share)."""
+    lo, hi = AMPLITUDES[atom.kind]
+    if atom.kind == "effusion" and atom.value >= LARGE_FLUID_LEVEL:
+        lo = FULL_FLUID_AMPLITUDE
+    return lo <= amplitude <= hi
 
 
 def _allowed(atom: Atom, chosen: list[Atom]) -> bool:
@@ -103,8 +124,7 @@ def _best_step(gram, rhs, yy, atoms, chosen, kinds, const):
             continue
         idx = chosen + [k, const]
         x = torch.linalg.solve(gram[idx][:, idx], rhs[idx])
-        lo, hi = AMPLITUDES[atom.kind]
-        if not lo <= float(x[-2]) <= hi:
+        if not plausible(atom, float(x[-2])):
             continue
         new = float(yy - rhs[idx] @ x)
         if best is None or new < best[0]:
@@ -112,13 +132,13 @@ def _best_step(gram, rhs, yy, atoms, chosen, kinds, const):
     return best
 
 
-def fit_atoms(d: torch.Tensor, maps: torch.Tensor, atoms: list[Atom], cfg: MeasureConfig) -> dict[Atom, float]:
+def fit_atoms(d: torch.Tensor, maps: torch.Tensor, atoms: list[Atom], cfg: MeasureConfig,
+              region: torch.Tensor) -> dict[Atom, float]:
     """Greedy least squares of D on the atoms (plus a constant) over the pixels any atom touches.
 
     Findings join while each removes at least ``min_gain`` of mean squared residual; the heart,
     present in every chest and changing few pixels, is fitted last with its own ``min_gain_heart``.
     """
-    region = maps.abs().amax(0) > 1e-3
     a = torch.cat([maps[:, region], torch.ones(1, int(region.sum()))]).double()  # (K + 1, N)
     y = d[region].double()
     gram, rhs, n, yy = a @ a.T, a @ y, float(region.sum()), float(y @ y)
@@ -133,10 +153,28 @@ def fit_atoms(d: torch.Tensor, maps: torch.Tensor, atoms: list[Atom], cfg: Measu
                 break
             sse, chosen = best[0], chosen + [best[1]]
             chosen, sse = _swap(gram, rhs, yy, atoms, chosen, const, sse)
+            chosen, sse = _split_bilateral(gram, rhs, yy, atoms, chosen, const, sse)
     if not chosen:
         return {}
     x = torch.linalg.solve(gram[chosen + [const]][:, chosen + [const]], rhs[chosen + [const]])
     return {atoms[c]: float(x[i]) for i, c in enumerate(chosen)}
+
+
+def _split_bilateral(gram, rhs, yy, atoms, chosen, const, sse):
+    """Replace a bilateral effusion by a one-sided effusion plus a consolidation on the other side when
+    that fits better (the lateral view overlays both lungs, so one greedy step cannot tell them apart)."""
+    pos = next((i for i, c in enumerate(chosen) if atoms[c].kind == "effusion" and atoms[c].where == "bilateral"), None)
+    if pos is None:
+        return chosen, sse
+    rest = chosen[:pos] + chosen[pos + 1:]
+    for e, eff in enumerate(atoms):
+        if eff.kind != "effusion" or eff.where == "bilateral" or not _allowed(eff, [atoms[c] for c in rest]):
+            continue
+        best = _best_step(gram, rhs, yy, atoms, rest + [e], {"consolidation"}, const)
+        if best is not None and best[0] < sse - 1e-9:
+            if plausible(eff, float(best[2][-3])):
+                sse, chosen = best[0], rest + [e, best[1]]
+    return chosen, sse
 
 
 def _swap(gram, rhs, yy, atoms, chosen, const, sse):
@@ -177,9 +215,9 @@ def measure(image: np.ndarray, view: str, cfg: MeasureConfig | None = None,
     cfg = cfg or MeasureConfig()
     img = check_image(image)
     dic = dictionary(img.shape[-1], source)
-    d, reg = difference(img, view, source)
+    d, reg, region = difference(img, view, source)
     keep = [i for i, a in enumerate(dic.atoms) if view == "lateral" or a.where != "bilateral"]
-    amps = fit_atoms(d, warp(dic.maps[view][keep], *reg), [dic.atoms[i] for i in keep], cfg)
+    amps = fit_atoms(d, warp(dic.maps[view][keep], *reg), [dic.atoms[i] for i in keep], cfg, region)
     side, size = _effusion(amps, cfg)
     ctr, enlarged = _heart(amps, dic, cfg)
     lobe = next((a.where for a in amps if a.kind == "consolidation"), "none")

@@ -64,6 +64,7 @@ def warp(maps: torch.Tensor, scale: float, roll_deg: float, shift: float) -> tor
     return F.grid_sample(maps[None], grid, align_corners=True)[0]
 
 
+@functools.lru_cache(maxsize=1)
 def _candidates() -> torch.Tensor:
     """(K, 2, 3) affine maps of every (scale, roll, shift) tried by :func:`register`."""
     out = []
@@ -85,16 +86,23 @@ def calibration_mask(ref: Reference) -> torch.Tensor:
     return body & ~near
 
 
-def register(image: torch.Tensor, ref_small: Reference) -> tuple[float, float, float]:
-    """The (scale, roll, shift) whose warped template best fits ``image`` on the calibration pixels."""
-    small = F.interpolate(image[None, None], size=ref_small.template.shape, mode="area")[0, 0]
+@functools.lru_cache(maxsize=8)
+def _registration_samples(view: str, source: CTSource | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The calibration pixels of the small template and every candidate's template values there: (N,), (K, N)."""
+    ref = reference(view, REGISTER_SIZE, source)
+    m = calibration_mask(ref)
     thetas = _candidates()
-    k = thetas.shape[0]
-    s = ref_small.template.shape[-1]
-    grid = F.affine_grid(thetas, [k, 1, s, s], align_corners=True)
-    warped = F.grid_sample(ref_small.template.expand(k, 1, s, s), grid, align_corners=True)[:, 0]  # (K, S, S)
-    m = calibration_mask(ref_small)
-    x, y = warped[:, m], small[m][None]  # (K, N), (1, N)
+    k, s = thetas.shape[0], REGISTER_SIZE
+    grid = F.affine_grid(thetas, [k, 1, s, s], align_corners=True)[:, m]  # (K, N, 2)
+    values = F.grid_sample(ref.template.expand(k, 1, s, s), grid[:, None], align_corners=True)[:, 0, 0]
+    return m, values
+
+
+def register(image: torch.Tensor, view: str, source: CTSource | None = None) -> tuple[float, float, float]:
+    """The (scale, roll, shift) whose warped template best correlates with ``image`` on the calibration pixels."""
+    m, x = _registration_samples(view, source)
+    small = F.interpolate(image[None, None], size=(REGISTER_SIZE, REGISTER_SIZE), mode="area")[0, 0]
+    y = small[m][None]  # (1, N)
     xc, yc = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
     corr = (xc * yc).sum(1) / (xc.norm(dim=1) * yc.norm(dim=1) + 1e-8)
     best = int(corr.argmax())
