@@ -13,7 +13,8 @@ from cxrgen.twin.findings import TwinFindings, sample_twin_findings
 from cxrgen.twin.render import VIEWS, Variation, Window, attenuation, display, project, project_points, sample_variation
 from cxrgen.twin.volume import CTSource
 
-WINDOW_PERCENTILES = (1.0, 99.5)  # of the finding-free nominal view: black and white points
+WINDOW_PERCENTILES = (1.0, 99.9)  # of the finding-free nominal view: black and white points...
+WINDOW_HEADROOM = 1.15  # ...the white point raised so that added fluid, heart or exposure never saturates
 
 
 def voxel_for(size: int) -> float:
@@ -42,7 +43,7 @@ def view_window(view: str, source: CTSource | None = None) -> Window:
     mu = attenuation(torch.from_numpy(anat.hu))[None]
     line = project(mu, view, 64, Variation(), anat.vol.voxel_mm, anat.vol.centre)[0].numpy()
     lo, hi = np.percentile(line, WINDOW_PERCENTILES)
-    return Window(float(lo), float(hi))
+    return Window(float(lo), float(lo + WINDOW_HEADROOM * (hi - lo)))
 
 
 def projected_width(points_mm: np.ndarray, var: Variation) -> float:

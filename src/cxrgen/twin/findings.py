@@ -22,8 +22,8 @@ PNEUMOTHORAX_SIZES: tuple[str, ...] = ("none", "small", "large")
 LOBES: tuple[str, ...] = ("none", "right_upper", "right_middle", "right_lower", "left_upper", "left_lower")
 
 #: Fluid level (fraction of that lung's height, medially; the meniscus rises laterally and posteriorly).
-EFFUSION_LEVELS: dict[str, tuple[float, float]] = {"small": (0.10, 0.14), "moderate": (0.24, 0.30),
-                                                   "large": (0.42, 0.50)}
+EFFUSION_LEVELS: dict[str, tuple[float, float]] = {"small": (0.12, 0.16), "moderate": (0.26, 0.32),
+                                                   "large": (0.44, 0.52)}
 #: Lung shrink factor about its lower medial point (1 = no pneumothorax).
 PNEUMOTHORAX_SHRINK: dict[str, tuple[float, float]] = {"small": (0.80, 0.86), "large": (0.55, 0.65)}
 #: In-plane heart scale: normal and enlarged; a heart scale outside HEART_SCALE_LIMITS is refused.

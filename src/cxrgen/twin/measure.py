@@ -26,9 +26,9 @@ from cxrgen.twin.volume import CTSource
 
 LATERAL_ZONES = {"upper": ("right_upper", "left_upper"), "middle": ("right_middle",),
                  "lower": ("right_lower", "left_lower")}
-LARGE_FLUID_LEVEL, FULL_FLUID_AMPLITUDE = 0.24, 0.8
+LARGE_FLUID_LEVEL, FULL_FLUID_AMPLITUDE = 0.26, 0.8
 #: Plausible amplitude of each kind of atom (1 = exactly the canonical edit).
-AMPLITUDES = {"effusion": (0.55, 1.6), "pneumothorax": (0.4, 2.0), "consolidation": (0.4, 1.3), "heart": (0.3, 1.6)}
+AMPLITUDES = {"effusion": (0.55, 1.6), "pneumothorax": (0.4, 2.0), "consolidation": (0.4, 1.3), "heart": (0.5, 1.6)}
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,9 @@ class MeasureConfig:
     min_gain: float = 1e-4  # mean squared residual an atom must remove (per region pixel) to join
     min_gain_heart: float = 1e-5
     max_atoms: int = 4
-    size_cuts: tuple[float, float] = (0.19, 0.37)  # small | moderate | large fluid levels
-    heart_cut_scale: float = 1.14  # heart scale between the normal and the enlarged ranges
+    size_cuts: tuple[float, float] = (0.21, 0.38)  # small | moderate | large fluid levels
+    heart_cut_scale: float = 1.14  # PA: heart scale between the normal and the enlarged ranges
+    lateral_heart_cut_scale: float = 1.14  # lateral (calibrated separately: its heart fit is noisier)
 
 
 @dataclass
@@ -198,13 +199,13 @@ def _effusion(amps: dict[Atom, float], cfg: MeasureConfig) -> tuple[str, str]:
     return side, "small" if level < lo else "moderate" if level < hi else "large"
 
 
-def _heart(amps: dict[Atom, float], dic: Dictionary, cfg: MeasureConfig) -> tuple[float, bool]:
+def _heart(amps: dict[Atom, float], dic: Dictionary, cut: float) -> tuple[float, bool]:
     """CTR and enlargement from the heart atom: scale 1 + amplitude * (atom scale - 1), CTR interpolated."""
     atom = next((a for a in amps if a.kind == "heart"), None)
     scale = 1.0 + amps[atom] * (atom.value - 1.0) if atom else 1.0
     known = sorted(dic.heart_ctr.items())
     ctr = float(np.interp(scale, [k for k, _ in known], [v for _, v in known]))
-    return ctr, scale > cfg.heart_cut_scale
+    return ctr, scale > cut
 
 
 def measure(image: np.ndarray, view: str, cfg: MeasureConfig | None = None,
@@ -219,7 +220,7 @@ def measure(image: np.ndarray, view: str, cfg: MeasureConfig | None = None,
     keep = [i for i, a in enumerate(dic.atoms) if view == "lateral" or a.where != "bilateral"]
     amps = fit_atoms(d, warp(dic.maps[view][keep], *reg), [dic.atoms[i] for i in keep], cfg, region)
     side, size = _effusion(amps, cfg)
-    ctr, enlarged = _heart(amps, dic, cfg)
+    ctr, enlarged = _heart(amps, dic, cfg.heart_cut_scale if view == "pa" else cfg.lateral_heart_cut_scale)
     lobe = next((a.where for a in amps if a.kind == "consolidation"), "none")
     names = {f"{a.kind}:{a.where}:{a.value:g}": round(v, 3) for a, v in amps.items()}
     if view == "pa":

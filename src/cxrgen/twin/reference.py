@@ -98,13 +98,41 @@ def _registration_samples(view: str, source: CTSource | None) -> tuple[torch.Ten
     return m, values
 
 
+def _correlations(values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row of (K, N) ``values`` with (N,) ``target``."""
+    xc, yc = values - values.mean(1, keepdim=True), target[None] - target.mean()
+    return (xc * yc).sum(1) / (xc.norm(dim=1) * yc.norm() + 1e-8)
+
+
+def _refine(image: torch.Tensor, ref: Reference, mask: torch.Tensor, start: tuple[float, float, float],
+            steps: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Best of the 27 neighbours of ``start`` (scale, roll, shift +- steps), at the image's own size."""
+    cands = [(start[0] + a * steps[0], start[1] + b * steps[1], start[2] + c * steps[2])
+             for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)]
+    thetas = torch.tensor([[[math.cos(math.radians(r)) / s, -math.sin(math.radians(r)) / s, -d],
+                            [math.sin(math.radians(r)) / s, math.cos(math.radians(r)) / s, 0.0]]
+                           for s, r, d in cands], dtype=torch.float32)
+    k, n = thetas.shape[0], image.shape[-1]
+    grid = F.affine_grid(thetas, [k, 1, n, n], align_corners=True)[:, mask]  # (K, N, 2)
+    values = F.grid_sample(ref.template.expand(k, 1, n, n), grid[:, None], align_corners=True)[:, 0, 0]
+    return cands[int(_correlations(values, image[mask]).argmax())]
+
+
+@functools.lru_cache(maxsize=16)
+def _full_mask(view: str, size: int, source: CTSource | None) -> torch.Tensor:
+    return calibration_mask(reference(view, size, source))
+
+
 def register(image: torch.Tensor, view: str, source: CTSource | None = None) -> tuple[float, float, float]:
-    """The (scale, roll, shift) whose warped template best correlates with ``image`` on the calibration pixels."""
+    """The (scale, roll, shift) whose warped template best correlates with ``image`` on the calibration
+    pixels: a coarse grid at REGISTER_SIZE, then two rounds of local refinement at the image's size."""
     m, x = _registration_samples(view, source)
     small = F.interpolate(image[None, None], size=(REGISTER_SIZE, REGISTER_SIZE), mode="area")[0, 0]
-    y = small[m][None]  # (1, N)
-    xc, yc = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
-    corr = (xc * yc).sum(1) / (xc.norm(dim=1) * yc.norm(dim=1) + 1e-8)
-    best = int(corr.argmax())
+    best = int(_correlations(x, small[m]).argmax())
     n_r, n_d = len(ROLLS), len(SHIFTS)
-    return float(SCALES[best // (n_r * n_d)]), float(ROLLS[(best // n_d) % n_r]), float(SHIFTS[best % n_d])
+    reg = (float(SCALES[best // (n_r * n_d)]), float(ROLLS[(best // n_d) % n_r]), float(SHIFTS[best % n_d]))
+    ref, mask = reference(view, image.shape[-1], source), _full_mask(view, image.shape[-1], source)
+    steps = (SCALES[1] - SCALES[0], ROLLS[1] - ROLLS[0], SHIFTS[1] - SHIFTS[0])
+    for factor in (0.5, 0.25):
+        reg = _refine(image, ref, mask, reg, tuple(factor * s for s in steps))
+    return reg
