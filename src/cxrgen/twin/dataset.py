@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from cxrgen.config import ImageConfig
@@ -44,8 +45,12 @@ def case_row(case: TwinCase, index: int, seed: int) -> dict:
 
 
 def write_twin_set(n: int, size: int, out_dir: str | Path, seed: int = 0, iu_archive: str | Path | None = None,
-                   source: CTSource | None = None, progress: bool = True) -> Path:
-    """Render ``n`` cases into ``out_dir`` (images/, reports/, twin.csv, twin.json); return the CSV path."""
+                   source: CTSource | None = None, progress: bool = True, threads: int | None = 1) -> Path:
+    """Render ``n`` cases into ``out_dir`` (images/, reports/, twin.csv, twin.json); return the CSV path.
+
+    ``threads``: torch threads while rendering (restored after; None leaves them): the renderer is
+    memory-bound, and one thread was fastest on a shared 2-core machine (docs/twin.md).
+    """
     if n <= 0:
         raise ConfigError(f"n={n}: give a positive number of twin cases")
     if not 32 <= size <= 1024:
@@ -55,21 +60,14 @@ def write_twin_set(n: int, size: int, out_dir: str | Path, seed: int = 0, iu_arc
     out = Path(out_dir)
     for sub in ("images", "reports"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    unit = ImageConfig(size=size, low=0.0, high=1.0)
-    rows = []
-    for i in tqdm(range(n), desc="twin cases", disable=not progress):
-        case = twin_sample(i, size, seed, source)
-        row = case_row(case, i, seed)
-        wording = "heldout" if row["split"] == "test" else "train"
-        findings, impression = twin_report(case.findings, np.random.default_rng([seed, i, 11]), wording,
-                                           str(iu_archive) if iu_archive else None)
-        stem = row["study_id"]
-        for view in ("pa", "lateral"):
-            row[f"{view}_path"] = f"images/{stem}_{view}.png"
-            save_png(case.view(view), out / row[f"{view}_path"], unit, bits=8)
-        row["report_path"] = f"reports/{stem}.txt"
-        (out / row["report_path"]).write_text(f"FINDINGS: {findings}\nIMPRESSION: {impression}\n", encoding="utf-8")
-        rows.append({**row, "wording": wording, "findings": findings, "impression": impression})
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        rows = [_write_case(i, size, out, seed, iu_archive, source)
+                for i in tqdm(range(n), desc="twin cases", disable=not progress)]
+    finally:
+        torch.set_num_threads(before)
     path = out / MANIFEST_NAME
     pd.DataFrame(rows).to_csv(path, index=False)
     (out / INFO_NAME).write_text(json.dumps({"n": n, "size": size, "seed": seed, "iu_archive": bool(iu_archive),
@@ -78,3 +76,21 @@ def write_twin_set(n: int, size: int, out_dir: str | Path, seed: int = 0, iu_arc
                                             indent=2) + "\n", encoding="utf-8")
     log.info("wrote %d twin cases (%dx%d) and %s", n, size, size, path)
     return path
+
+
+def _write_case(i: int, size: int, out: Path, seed: int, iu_archive: str | Path | None,
+                source: CTSource | None) -> dict:
+    """Render, save and describe case ``i``: its manifest row."""
+    case = twin_sample(i, size, seed, source)
+    row = case_row(case, i, seed)
+    wording = "heldout" if row["split"] == "test" else "train"
+    findings, impression = twin_report(case.findings, np.random.default_rng([seed, i, 11]), wording,
+                                       str(iu_archive) if iu_archive else None)
+    stem = row["study_id"]
+    unit = ImageConfig(size=size, low=0.0, high=1.0)
+    for view in ("pa", "lateral"):
+        row[f"{view}_path"] = f"images/{stem}_{view}.png"
+        save_png(case.view(view), out / row[f"{view}_path"], unit, bits=8)
+    row["report_path"] = f"reports/{stem}.txt"
+    (out / row["report_path"]).write_text(f"FINDINGS: {findings}\nIMPRESSION: {impression}\n", encoding="utf-8")
+    return {**row, "wording": wording, "findings": findings, "impression": impression}
