@@ -187,6 +187,8 @@ def test_dataset_round_trip_through_prepare(tmp_path):
     assert (merged["split"] == merged["split_truth"]).all()
     assert ((merged["Pleural Effusion"] == 1.0) == (merged["effusion_side_truth"] != "none")).all()
     assert (df["prompt"].str.len() > 0).all()
+    first = TwinFindings.from_row(table.iloc[0].to_dict())
+    assert first.present == twin_sample(0, SIZE, seed=3).findings.present
 
 
 def test_cli_writes_a_set_and_reports_bad_input_in_one_line(tmp_path, capsys):
@@ -199,3 +201,21 @@ def test_cli_writes_a_set_and_reports_bad_input_in_one_line(tmp_path, capsys):
     assert err.startswith("cxrgen twin: error:") and len(err.strip().splitlines()) == 1
     assert main(["twin", "--n", "1", "--size", "8", "--out", str(tmp_path / "v")]) == 2
     assert main(["twin", "--n", "1", "--out", str(tmp_path / "w"), "--iu-reports", str(tmp_path / "none.tgz")]) == 2
+
+
+@pytest.mark.shared_data
+def test_real_iu_sentences_state_the_case_and_pools_are_disjoint(iu_archive):
+    from cxrgen.data.iu import read_iu_archive
+    from cxrgen.twin.reports import _pool, iu_sentences
+
+    uids = [r.uid for r in read_iu_archive(iu_archive)]
+    held = {u for u in uids if _pool(u) == "heldout"}
+    assert 0.15 < len(held) / len(uids) < 0.25 and held.isdisjoint(u for u in uids if _pool(u) == "train")
+    bank = iu_sentences(str(iu_archive))
+    f = TwinFindings(effusion_side="right", effusion_size="small", effusion_level=0.14)
+    for wording in ("train", "heldout"):
+        texts = {s.text for s in bank[wording]}
+        findings, _ = twin_report(f, np.random.default_rng(0), wording, str(iu_archive), real_share=1.0)
+        assert any(findings.startswith(t) for t in texts), findings
+        details = label_report(findings).details["Pleural Effusion"]
+        assert details == {"laterality": "right", "size": "small"}

@@ -71,20 +71,6 @@ class TwinVolume:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.hu.shape)
 
-    def mask(self, *names: str) -> torch.Tensor:
-        """Boolean (X, Y, Z) mask of the union of the named structures."""
-        out = torch.zeros(self.shape, dtype=torch.bool)
-        for name in names:
-            out |= self.labels == self.ids[name]
-        return out
-
-    def positions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Voxel centre coordinates in mm from the isocentre, each broadcastable to (X, Y, Z)."""
-        x, y, z = (torch.arange(n, dtype=torch.float32) for n in self.shape)
-        cx, cy, cz = self.centre
-        v = self.voxel_mm
-        return ((x - cx) * v)[:, None, None], ((y - cy) * v)[None, :, None], ((z - cz) * v)[None, None, :]
-
 
 def read_structures(path: Path) -> dict[str, int]:
     """Label names -> ids from ``structures.csv`` (columns ``structure`` and ``id``)."""
