@@ -23,6 +23,17 @@ N_CASES = int(os.environ.get("CXRGEN_TWIN_MEASURE_N", "500"))
 FRESH_SEED = 2024
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The renderer and measurer are memory-bound: one torch thread is fastest on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [64, 128])
 def test_measurer_reads_each_finding_in_each_view(size):
