@@ -126,6 +126,18 @@ def test_unknown_names_and_sizes_out_of_range_are_refused(kwargs, field):
         TwinFindings(**kwargs)
 
 
+def test_mix_probabilities_are_checked_and_used():
+    from cxrgen.twin import TwinMix
+    from cxrgen.twin.findings import sample_twin_findings
+
+    with pytest.raises(ConfigError, match="effusion"):
+        TwinMix(effusion=1.5)
+    rng = np.random.default_rng(0)
+    assert all(not sample_twin_findings(rng, TwinMix(normal_fraction=1.0)).present for _ in range(20))
+    only = TwinMix(normal_fraction=0.0, effusion=1.0, pneumothorax=0.0, consolidation=0.0, cardiomegaly=0.0, nodule=0.0)
+    assert all(sample_twin_findings(rng, only).present == {"effusion"} for _ in range(20))
+
+
 def test_make_findings_refuses_unknown_size():
     with pytest.raises(ConfigError, match="huge"):
         make_findings(np.random.default_rng(0), effusion=("right", "huge"))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from cxrgen.twin.edits import Anatomy, apply_findings, load_anatomy
-from cxrgen.twin.findings import TwinFindings, sample_twin_findings
+from cxrgen.twin.findings import TwinFindings, TwinMix, sample_twin_findings
 from cxrgen.twin.render import VIEWS, Variation, Window, attenuation, display, project, project_points, sample_variation
 from cxrgen.twin.volume import CTSource
 
@@ -82,9 +82,11 @@ def render_case(findings: TwinFindings, var: Variation, size: int, rng: np.rando
 
 
 def twin_sample(index: int, size: int, seed: int = 0, source: CTSource | None = None,
-                normal_fraction: float = 0.2, variation: float = 1.0) -> TwinCase:
-    """Case ``index`` of a set: its own generator from (seed, index), so it does not depend on n."""
+                mix: TwinMix | None = None, variation: float = 1.0) -> TwinCase:
+    """Case ``index`` of a set: its own generator from (seed, index), so it does not depend on n.
+
+    ``variation`` scales the non-finding variation (0: the nominal geometry and exposure, no noise)."""
     rng = np.random.default_rng([seed, index])
-    findings = sample_twin_findings(rng, normal_fraction)
+    findings = sample_twin_findings(rng, mix)
     var = sample_variation(rng, variation)
     return render_case(findings, var, size, rng, source)

@@ -120,22 +120,40 @@ def make_findings(rng: np.random.Generator, effusion: tuple[str, str] = ("none",
         nodule_lobe=nodule, nodule_mm=u(NODULE_MM) if nodule != "none" else 0.0)
 
 
-def sample_twin_findings(rng: np.random.Generator, normal_fraction: float = 0.2) -> TwinFindings:
-    """A balanced mix: effusion 45 %, pneumothorax 30 %, consolidation 40 %, cardiomegaly 35 %, nodule 20 %."""
-    if rng.uniform() < normal_fraction:
+@dataclass(frozen=True)
+class TwinMix:
+    """How often each finding is drawn (sides, sizes and lobes uniformly among those allowed)."""
+
+    normal_fraction: float = 0.2  # cases with no finding at all
+    effusion: float = 0.45
+    pneumothorax: float = 0.3
+    consolidation: float = 0.4
+    cardiomegaly: float = 0.35
+    nodule: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"twin mix {name}={value}: give a probability in [0, 1]")
+
+
+def sample_twin_findings(rng: np.random.Generator, mix: TwinMix | None = None) -> TwinFindings:
+    """Draw one case's findings from ``mix``, never a combination the measurers cannot read apart."""
+    mix = mix or TwinMix()
+    if rng.uniform() < mix.normal_fraction:
         return make_findings(rng)
     effusion = ("none", "none")
-    if rng.uniform() < 0.45:
+    if rng.uniform() < mix.effusion:
         effusion = (str(rng.choice(EFFUSION_SIDES[1:])), str(rng.choice(SIZES[1:])))
     taken = {"right", "left"} if effusion[0] == "bilateral" else {effusion[0]}
     pneumothorax = ("none", "none")
     free = [s for s in ("right", "left") if s not in taken]
-    if free and rng.uniform() < 0.3:
+    if free and rng.uniform() < mix.pneumothorax:
         pneumothorax = (str(rng.choice(free)), str(rng.choice(PNEUMOTHORAX_SIZES[1:])))
         taken.add(pneumothorax[0])
     lobes = [lobe for lobe in LOBES[1:] if lobe_side(lobe) not in taken]
-    consolidation = str(rng.choice(lobes)) if lobes and rng.uniform() < 0.4 else "none"
-    cardiomegaly = bool(rng.uniform() < 0.35)
+    consolidation = str(rng.choice(lobes)) if lobes and rng.uniform() < mix.consolidation else "none"
+    cardiomegaly = bool(rng.uniform() < mix.cardiomegaly)
     nodule_lobes = [lobe for lobe in LOBES[1:] if lobe != consolidation]
-    nodule = str(rng.choice(nodule_lobes)) if rng.uniform() < 0.2 else "none"
+    nodule = str(rng.choice(nodule_lobes)) if rng.uniform() < mix.nodule else "none"
     return make_findings(rng, effusion, pneumothorax, consolidation, cardiomegaly, nodule)
