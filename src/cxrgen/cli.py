@@ -172,6 +172,28 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- twin (CT-based frontal + lateral twin) ----------------------------------------------------
+def _add_twin(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("twin", help="write CT-twin cases: PA + lateral DRRs of one chest CT with findings, reports")
+    p.add_argument("--n", type=int, default=1000, help="number of cases (studies)")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (images/, reports/, twin.csv)")
+    p.add_argument("--iu-reports", help="IU report archive NLMCXR_reports.tgz: real sentences in the reports")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while rendering (1 was fastest)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_twin)
+
+
+def _cmd_twin(args: argparse.Namespace) -> int:
+    from cxrgen.twin import write_twin_set
+
+    table = write_twin_set(args.n, args.size, args.out, seed=args.seed, iu_archive=args.iu_reports,
+                           progress=not args.no_progress, threads=args.threads)
+    print(f"wrote {args.n} twin cases and {table}; read it with `cxrgen prepare twin {args.out} --out DIR`")
+    return 0
+
+
 # --- cache ------------------------------------------------------------------------------------
 def _add_cache(sub: argparse._SubParsersAction) -> None:
     p = _config_command(sub, "cache", "precompute latents (+ frozen text embeddings) of a training config's rows",
@@ -357,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer(sub)
     _add_train_autoencoder(sub)
     _add_phantom(sub)
+    _add_twin(sub)
     _add_train_evaluator(sub)
     _add_cache(sub)
     _add_train(sub)

@@ -10,6 +10,7 @@ from cxrgen.data.readers.generic import read_csv_collection
 from cxrgen.data.readers.iu import read_iu
 from cxrgen.data.readers.mimic import read_mimic
 from cxrgen.data.readers.pediatric import read_pediatric
+from cxrgen.data.readers.twin import read_twin
 
 #: Source name -> reader; every reader takes (path, cfg, summary, **options).
 READERS: dict[str, Callable[..., Collection]] = {
@@ -18,6 +19,7 @@ READERS: dict[str, Callable[..., Collection]] = {
     "covid": read_covid,
     "pediatric": read_pediatric,
     "iu": read_iu,
+    "twin": read_twin,
 }
 
 __all__ = ["READERS", "Collection"]
