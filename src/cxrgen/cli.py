@@ -42,7 +42,7 @@ def _config_command(sub: argparse._SubParsersAction, name: str, help: str, confi
 # --- prepare ----------------------------------------------------------------------------------
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="read a collection into a manifest (parquet or CSV)")
-    p.add_argument("source", help="mimic | csv | covid | pediatric | iu")
+    p.add_argument("source", help="mimic | csv | covid | pediatric | iu | twin")
     p.add_argument("path", help="root folder (or file) of the collection")
     p.add_argument("--out", required=True, help="output folder for manifest, summary and config")
     p.add_argument("--config", help="YAML DataConfig (prompt, image, split)")

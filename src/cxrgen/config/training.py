@@ -85,6 +85,8 @@ class ScheduleConfig:
 
 #: Storage dtypes of the latent / text-embedding cache (items are read back as float32).
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
+#: The training record a run writes beside its weights (its config: manifests, split, model).
+TRAIN_CONFIG_NAME = "train_config.yaml"
 
 
 @dataclass(frozen=True)

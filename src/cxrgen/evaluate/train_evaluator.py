@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from cxrgen.config import EvaluatorTrainConfig, ImageConfig, load_config, save_config
+from cxrgen.config.training import TRAIN_CONFIG_NAME
 from cxrgen.data.images import from_unit_range, load_image, to_unit_range
 from cxrgen.data.manifest import read_manifest
 from cxrgen.errors import ConfigError, DataError, MissingColumnsError
@@ -35,7 +36,6 @@ from cxrgen.evaluate.networks import count_parameters
 log = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.json"
-TRAIN_CONFIG_NAME = "train_config.yaml"
 POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0  # CheXpert label values; NaN = not mentioned
 UNCERTAIN_AS = {"ones": POSITIVE, "zeros": NEGATIVE}  # U-Ones / U-Zeros
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import yaml
 
 from cxrgen.config import EvalConfig
+from cxrgen.config.training import TRAIN_CONFIG_NAME as CONFIG_NAME
 from cxrgen.data.images import file_sha1
 from cxrgen.data.manifest import read_manifest
 from cxrgen.errors import ConfigError
-from cxrgen.train.checkpoint import CONFIG_NAME
 
 log = logging.getLogger(__name__)
 

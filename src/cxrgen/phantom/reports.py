@@ -90,7 +90,7 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-def _fill(template: str, side: str = "", size: str = "", lobe: str = "") -> str:
+def fill_template(template: str, side: str = "", size: str = "", lobe: str = "") -> str:
     sided = f"{side}-sided" if side else ""
     return template.format(side=side, sided=sided, size=size, lobe=lobe, Size=size.capitalize(),
                            Sided=sided.capitalize(), Lobe=lobe.capitalize())
@@ -104,15 +104,15 @@ def _pick(rng: np.random.Generator, wording: str, key: str) -> str:
 def _positive_sentences(f: PhantomFindings, rng: np.random.Generator, wording: str) -> list[str]:
     out = []
     if f.effusion_side == "bilateral":
-        out.append(_fill(_pick(rng, wording, "effusion_bilateral"), size=f.effusion_size))
+        out.append(fill_template(_pick(rng, wording, "effusion_bilateral"), size=f.effusion_size))
     elif f.effusion_side != "none":
-        out.append(_fill(_pick(rng, wording, "effusion"), side=f.effusion_side, size=f.effusion_size))
+        out.append(fill_template(_pick(rng, wording, "effusion"), side=f.effusion_side, size=f.effusion_size))
     if f.pneumothorax_side != "none":
         key = f"pneumothorax_{f.pneumothorax_extent}"
-        out.append(_fill(_pick(rng, wording, key), side=f.pneumothorax_side))
+        out.append(fill_template(_pick(rng, wording, key), side=f.pneumothorax_side))
     if f.consolidation_lobe != "none":
         lobe = f.consolidation_lobe.replace("_", " ")
-        out.append(_fill(_pick(rng, wording, "consolidation"), lobe=lobe))
+        out.append(fill_template(_pick(rng, wording, "consolidation"), lobe=lobe))
     if f.cardiomegaly:
         out.append(_pick(rng, wording, "cardiomegaly"))
     return out

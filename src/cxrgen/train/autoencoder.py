@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from cxrgen.autoencoder import LatentCodec, measure_scale, sample_posterior
 from cxrgen.config import AutoencoderTrainConfig, ImageConfig, load_config, save_config
+from cxrgen.config.training import TRAIN_CONFIG_NAME
 from cxrgen.data.images import from_unit_range, load_image, to_unit_range
 from cxrgen.data.manifest import read_manifest
 from cxrgen.errors import ConfigError, DataError, MissingColumnsError
@@ -30,7 +31,6 @@ from cxrgen.losses import PatchDiscriminator, generator_adv_loss, hinge_d_loss, 
 log = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.json"
-TRAIN_CONFIG_NAME = "train_config.yaml"
 #: Share of the steps averaged for the first and last training L1 in the metrics.
 LOSS_WINDOW_SHARE = 0.1
 

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from cxrgen.config.training import TRAIN_CONFIG_NAME
 from cxrgen.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ PREFIX = "step-"
 STAGING_PREFIX = ".tmp-"
 TRASH_PREFIX = ".old-"
 STATE_NAME = "trainer_state.json"  # written last: its presence marks a complete checkpoint
-CONFIG_NAME = "train_config.yaml"
+CONFIG_NAME = TRAIN_CONFIG_NAME
 STEP_DIGITS = 8
 
 

@@ -23,7 +23,7 @@ from cxrgen.data.iu import read_iu_archive
 from cxrgen.data.labeler import label_report, split_sentences
 from cxrgen.data.manifest import NEGATIVE, POSITIVE
 from cxrgen.errors import ConfigError
-from cxrgen.phantom.reports import TEMPLATES, WORDINGS, _fill
+from cxrgen.phantom.reports import TEMPLATES, WORDINGS, fill_template
 from cxrgen.twin.findings import TwinFindings
 
 log = logging.getLogger(__name__)
@@ -129,12 +129,12 @@ def _template_sentence(finding: str, f: TwinFindings, rng: np.random.Generator, 
     if finding == "effusion":
         key = "effusion_bilateral" if f.effusion_side == "bilateral" else "effusion"
         side = "" if f.effusion_side == "bilateral" else f.effusion_side
-        return _fill(pick(t[key]), side=side, size=f.effusion_size)
+        return fill_template(pick(t[key]), side=side, size=f.effusion_size)
     if finding == "pneumothorax":
         key = "pneumothorax_apical" if f.pneumothorax_size == "small" else "pneumothorax_large"
-        return _fill(pick(t[key]), side=f.pneumothorax_side)
+        return fill_template(pick(t[key]), side=f.pneumothorax_side)
     if finding == "consolidation":
-        return _fill(pick(t["consolidation"]), lobe=f.consolidation_lobe.replace("_", " "))
+        return fill_template(pick(t["consolidation"]), lobe=f.consolidation_lobe.replace("_", " "))
     if finding == "cardiomegaly":
         return pick(t["cardiomegaly"])
     lobe = f.nodule_lobe.replace("_", " ")
