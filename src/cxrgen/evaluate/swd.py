@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,9 +38,11 @@ class SWDSettings:
     repeats: int = 4
     min_resolution: int = 16
     min_images: int = 8
+    max_descriptors: int = 16384  # per set and level (a random subset): bounds the sorting cost on CPU
 
     def __post_init__(self) -> None:
-        if min(self.patch, self.patches_per_image, self.directions, self.repeats, self.min_images) < 1:
+        if min(self.patch, self.patches_per_image, self.directions, self.repeats, self.min_images,
+               self.max_descriptors) < 1:
             raise ConfigError(f"SWD settings {self}: every count must be >= 1")
         if self.min_resolution < self.patch:
             raise ConfigError(f"SWD min_resolution={self.min_resolution} is smaller than the patch ({self.patch})")
@@ -94,16 +97,19 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: int, repeat
     for _ in range(repeats):
         dirs = torch.randn(a.shape[1], directions, generator=generator, dtype=a.dtype)  # (D, K)
         dirs = dirs / dirs.norm(dim=0, keepdim=True)
-        pa, pb = torch.sort(a @ dirs, dim=0).values, torch.sort(b @ dirs, dim=0).values  # (N, K) each
-        values.append((pa - pb).abs().mean())
-    return float(torch.stack(values).mean())
+        # (K, N) each, sorted along N with numpy (torch.sort on CPU is ~5x slower here)
+        pa = np.sort((a @ dirs).T.float().cpu().numpy(), axis=1)
+        pb = np.sort((b @ dirs).T.float().cpu().numpy(), axis=1)
+        values.append(float(np.abs(pa - pb).mean()))
+    return float(np.mean(values))
 
 
 def swd(real: torch.Tensor, generated: torch.Tensor, settings: SWDSettings = SWDSettings(),
         generator: torch.Generator | None = None) -> dict:
     """SWD x 1e3 per pyramid level (keyed by resolution) and their mean, real vs generated (N, 1, H, W).
 
-    Sets of different sizes use an equal number of descriptors (a random subset of the larger one).
+    Sets of different sizes use an equal number of descriptors (a random subset of the larger one, at most
+    ``settings.max_descriptors``).
     """
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     real, gen, notes = comparable(real, generated, settings.min_images, "SWD")
@@ -111,7 +117,7 @@ def swd(real: torch.Tensor, generated: torch.Tensor, settings: SWDSettings = SWD
     for lr, lg in zip(laplacian_pyramid(real, settings.min_resolution),
                       laplacian_pyramid(gen, settings.min_resolution)):
         da, db = _descriptors(lr, settings, generator), _descriptors(lg, settings, generator)
-        n = min(da.shape[0], db.shape[0])
+        n = min(da.shape[0], db.shape[0], settings.max_descriptors)
         da = da[torch.randperm(da.shape[0], generator=generator)[:n]]
         db = db[torch.randperm(db.shape[0], generator=generator)[:n]]
         per_level[str(lr.shape[-1])] = SCALE * sliced_wasserstein(da, db, settings.directions, settings.repeats,
