@@ -23,7 +23,7 @@ from cxrgen.config import (
     from_dict,
 )
 from cxrgen.data.images import save_png
-from cxrgen.data.manifest import new_manifest, write_manifest
+from cxrgen.data.manifest import CHEXPERT_LABELS, new_manifest, write_manifest
 from cxrgen.errors import MissingColumnsError
 from cxrgen.evaluate.compute_cost import denoiser_cost
 from cxrgen.evaluate.evaluator import CXREvaluator
@@ -197,3 +197,27 @@ def test_report_without_matplotlib_has_no_plots(setup: dict, tmp_path: Path, mon
     assert not (tmp_path / "auroc_per_class.png").exists()
     assert "matplotlib is not installed" in caplog.text
     assert json.loads((tmp_path / "metrics.json").read_text())["n_generated"] == result["n_generated"]
+
+
+def test_realism_block_with_enough_images(setup: dict, tmp_path: Path) -> None:
+    """C2ST, SWD, PRDC and per-finding FID come out of score() once the sets are large enough."""
+    evaluator = CXREvaluator.from_pretrained(setup["evaluator"])
+    paths = setup["real_paths"]
+    train, test = paths[:N_TRAIN], paths[N_TRAIN:]
+    table = read_prompt_table(setup["prompts"], CLASSES)
+    groups = [train[p * 8 : (p + 1) * 8] for p in range(len(PROMPTS))]
+    labels = np.full((len(train), 14), np.nan)
+    labels[:, CHEXPERT_LABELS.index("Pleural Effusion")] = 1.0  # every reference image has it
+    cfg = EvalConfig(progress=False, kid_subset_size=8, c2st_folds=2, c2st_epochs=2)
+    result = score(cfg, table, ImageSets(groups, real=train, train=train, heldout=test, real_labels=labels),
+                   evaluator, {"cxrgen-evaluator": CXREvaluatorExtractor(evaluator)}, tmp_path)
+    c2st = result["c2st"]
+    assert c2st["n"] == N_TEST and 0.0 <= c2st["cnn"] <= 1.0 and 0.0 <= c2st["linear"] <= 1.0
+    assert c2st["cnn_ci"][0] <= c2st["cnn"] <= c2st["cnn_ci"][1]
+    assert any("32 generated" in note for note in c2st["notes"])  # 16 real vs 32 generated: balanced
+    assert all(Path(t["path"]) in train for t in c2st["most_generated"])
+    assert result["swd"]["mean"] > 0 and set(result["swd"]["per_level"]) == {"32", "16"}
+    prdc = result["prdc"]["cxrgen-evaluator"]
+    assert prdc["precision"] == 1.0 and prdc["coverage"] == 1.0  # generated == reference features
+    effusion = result["fid_per_finding"]["Pleural Effusion"]
+    assert effusion["n_generated"] == 8 and effusion["n_real"] == N_TRAIN and effusion["fid"]["cxrgen-evaluator"] > 0

@@ -327,7 +327,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder: generated/ (reused), report.md, grids, plots")
     p.add_argument("--json", dest="json_out", help="metrics JSON path (default: OUT/metrics.json)")
     p.add_argument("--extractor", dest="extractors", action="append", metavar="NAME",
-                   help="FID feature space, repeatable: cxrgen-evaluator (default), inception-v3, xrv-densenet, clip-image")
+                   help="FID feature space, repeatable: cxrgen-evaluator (default), inception-v3, xrv-densenet, clip-image, rad-dino")
     p.add_argument("--extractor-weights", action="append", default=[], metavar="NAME=WEIGHTS",
                    help="weights of an extractor other than cxrgen-evaluator, e.g. inception-v3=pt_inception-2015-12-05-6726825d.pth")
     p.add_argument("--evaluator", help="cxrgen-evaluator folder (default: the shipped one)")

@@ -124,8 +124,15 @@ class EvalConfig:
     grid_prompts: int = 8  # prompts shown in the report's sample grid
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     progress: bool = True
+    # realism metrics (issue 18): C2ST, SWD, PRDC
+    c2st_folds: int = 5  # cross-validation folds of the classifier two-sample test
+    c2st_epochs: int = 20  # CNN epochs per fold
+    realism_max_images: int = 512  # seeded random subset of each set for C2ST and SWD (cost grows with it)
+    prdc_k: int = 5  # nearest neighbours of PRDC (Naeem et al. 2020)
 
     def __post_init__(self) -> None:
+        if min(self.c2st_folds - 1, self.c2st_epochs, self.realism_max_images, self.prdc_k) < 1:
+            raise ConfigError("c2st_folds must be >= 2; c2st_epochs, realism_max_images and prdc_k >= 1")
         if self.n_per_prompt < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError("n_per_prompt, batch_size and eval_batch_size must be >= 1")
         if not self.extractors:

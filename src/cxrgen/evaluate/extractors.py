@@ -8,6 +8,9 @@ them to what its network expects (range, size, channels) and returns features (B
   local safetensors file; pooled penultimate features as RoentGen's FID_XRV.
 - ``clip-image``: an open_clip image tower (extra ``[biomedclip]``): ``hf-hub:<id>``, ``local-dir:<dir>``
   or a folder with ``open_clip_config.json``; unnormalised image embeddings.
+- ``rad-dino``: RAD-DINO (Perez-Garcia et al. 2025; CheXGenBench's FD-RadDino), a DINOv2 ViT-B/14
+  trained on chest X-rays, through transformers: ``microsoft/rad-dino`` by hub id (the default) or a
+  local folder; the CLS embedding (pooler output, 768-d).
 - ``inception-v3``: the FID Inception network (``cxrgen.evaluate.inception``, plain torch), 2048-d pool3
   features as pytorch-fid; weights by path: pytorch-fid's or torch-fidelity's .pth, or .safetensors.
 
@@ -17,6 +20,7 @@ Optional packages are imported only when their extractor is built.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -53,6 +57,11 @@ CLIP_PREFIXES = ("hf-hub:", "local-dir:")
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RGB_CHANNELS = 3
+RAD_DINO_ID = "microsoft/rad-dino"
+RAD_DINO_SIZE = 518  # its image processor: shortest side 518, centre crop 518
+RAD_DINO_MEAN = (0.5307, 0.5307, 0.5307)  # its image processor's normalisation (0-1 pixels)
+RAD_DINO_STD = (0.2583, 0.2583, 0.2583)
+PREPROCESSOR_NAME = "preprocessor_config.json"
 
 
 class ExtractorUnavailableError(ConfigError):
@@ -254,12 +263,70 @@ class InceptionV3Extractor(FeatureExtractor):
             return self.model(x)
 
 
+# --------------------------------------------------------------------------------------------
+# RAD-DINO (transformers Dinov2Model)
+# --------------------------------------------------------------------------------------------
+class RadDinoExtractor(FeatureExtractor):
+    """A transformers DINOv2 image encoder (RAD-DINO): CLS embeddings (B, hidden_size), as FD-RadDino."""
+
+    name = "rad-dino"
+
+    def __init__(self, model: torch.nn.Module, image_size: int, mean: tuple[float, ...],
+                 std: tuple[float, ...]) -> None:
+        self.model = model.eval()
+        self.image_size = image_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, RGB_CHANNELS, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, RGB_CHANNELS, 1, 1)
+        self.feature_dim = int(model.config.hidden_size)
+
+    @classmethod
+    def load(cls, weights: str | Path | None, device: str = "cpu") -> RadDinoExtractor:
+        """By hub id (default ``microsoft/rad-dino``) or a local folder with config.json and weights."""
+        transformers = _import_optional("transformers", cls.name, "pip install transformers")
+        source = str(weights) if weights is not None else RAD_DINO_ID
+        try:
+            model = transformers.Dinov2Model.from_pretrained(source)
+        except (OSError, ValueError) as exc:
+            raise ExtractorUnavailableError(
+                f"could not load the RAD-DINO model {source!r} ({type(exc).__name__}: {exc}); offline, download "
+                f"{RAD_DINO_ID} once elsewhere and give its folder: --extractor-weights rad-dino=FOLDER"
+            ) from exc
+        size, mean, std = _dino_preprocessing(transformers, source)
+        return cls(model.to(device), size, mean, std)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] gray -> [0, 1] RGB at the processor's crop size, normalised -> CLS embeddings (B, D)."""
+        device = next(self.model.parameters()).device
+        x = as_evaluator_input(images, self.image_size).to(device)
+        rgb = ((x - PIXEL_LOW) / (PIXEL_HIGH - PIXEL_LOW)).expand(-1, RGB_CHANNELS, -1, -1)  # (B, 3, S, S)
+        with torch.no_grad():
+            out = self.model(pixel_values=(rgb - self.mean.to(device)) / self.std.to(device))
+        return out.pooler_output  # (B, D): the layer-normed CLS token
+
+
+def _dino_preprocessing(transformers: ModuleType, source: str) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """Crop size, mean and std of the model's preprocessor_config.json; RAD-DINO's values when it has none."""
+    try:
+        path = transformers.utils.cached_file(source, PREPROCESSOR_NAME, _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        path = None
+    if path is None:
+        log.info("%s has no %s: using RAD-DINO's preprocessing (%d px, mean %s, std %s)", source, PREPROCESSOR_NAME,
+                 RAD_DINO_SIZE, RAD_DINO_MEAN[0], RAD_DINO_STD[0])
+        return RAD_DINO_SIZE, RAD_DINO_MEAN, RAD_DINO_STD
+    cfg = json.loads(Path(path).read_text())
+    crop = cfg.get("crop_size") or cfg.get("size") or {}
+    size = int(crop.get("height", crop.get("shortest_edge", RAD_DINO_SIZE)) if isinstance(crop, dict) else crop)
+    return size, tuple(cfg.get("image_mean", RAD_DINO_MEAN)), tuple(cfg.get("image_std", RAD_DINO_STD))
+
+
 #: Registry: name -> loader(weights, device) -> FeatureExtractor.
 EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
     CXREvaluatorExtractor.name: CXREvaluatorExtractor.load,
     XRVDenseNetExtractor.name: XRVDenseNetExtractor.load,
     CLIPImageExtractor.name: CLIPImageExtractor.load,
     InceptionV3Extractor.name: InceptionV3Extractor.load,
+    RadDinoExtractor.name: RadDinoExtractor.load,
 }
 
 

@@ -22,6 +22,7 @@ REPORT_NAME = "report.md"
 SAMPLES_GRID_NAME = "samples.png"
 DIVERSITY_PLOT_NAME = "diversity_by_length.png"
 AUROC_PLOT_NAME = "auroc_per_class.png"
+MOST_GENERATED_NAME = "c2st_most_generated.png"
 GRID_PAD = 4  # pixels of white between tiles
 PROMPT_CHARS = 160  # prompt text shown per grid row
 FIGURE_SIZE = (6.0, 3.5)  # inches
@@ -148,6 +149,45 @@ def _memorization_lines(mem: dict) -> list[str]:
     return lines
 
 
+def _c2st_lines(c2st: dict, size: int, out_dir: Path) -> list[str]:
+    if c2st.get("cnn") is None:
+        return [f"C2ST not measured: {c2st.get('note', '')}"]
+    ci, lci = c2st["cnn_ci"], c2st["linear_ci"]
+    lines = [(f"C2ST accuracy (generated vs real held-out, {c2st['n']} + {c2st['n']} images, {c2st['folds']}-fold; "
+              f"0.5 = indistinguishable, 1.0 = every image told apart): CNN **{c2st['cnn']:.3f}** "
+              f"[{ci[0]:.3f}, {ci[1]:.3f}], linear on {c2st['image_size']} px pixels **{c2st['linear']:.3f}** "
+              f"[{lci[0]:.3f}, {lci[1]:.3f}] ({c2st['confidence']:.0%} Wilson intervals)"), ""]
+    lines += [f"note: {n}" for n in c2st.get("notes", [])]
+    top = c2st.get("most_generated", [])
+    if top:
+        tiles = load_images([Path(t["path"]) for t in top], size, progress=False)
+        save_sample_grid([list(tiles)], out_dir / MOST_GENERATED_NAME, ImageConfig(size=size))
+        lines += ["", f"![most generated-looking]({MOST_GENERATED_NAME})", "",
+                  "The generated images the CNN finds most \"generated\" (out-of-fold P(generated): "
+                  + ", ".join(f"{t['p_generated']:.3f}" for t in top) + ")."]
+    return lines
+
+
+def _realism_lines(result: dict, out_dir: Path) -> list[str]:
+    """C2ST (with the most "generated" images), SWD, PRDC per feature space and per-finding FID."""
+    lines = ["", "## Realism (C2ST, SWD, PRDC)", ""] + _c2st_lines(result["c2st"], result["image_size"], out_dir)
+    swd = result["swd"]
+    levels = ", ".join(f"{k} px {v:.1f}" for k, v in swd.get("per_level", {}).items())
+    lines += ["", f"SWD x1e3 (Laplacian-pyramid 7x7 patches, lower = closer): mean {_fmt(swd.get('mean'), 2)}"
+              + (f" ({levels})" if levels else f" ({swd.get('note', '')})"), "",
+              "| feature space | precision | recall | density | coverage |", "| --- | --- | --- | --- | --- |"]
+    for name, p in result["prdc"].items():
+        lines.append(f"| {name} | {_fmt(p['precision'], 3)} | {_fmt(p['recall'], 3)} | {_fmt(p['density'], 3)} | "
+                     f"{_fmt(p['coverage'], 3)} |")
+    if result["fid_per_finding"]:
+        lines += ["", "Per-finding FID (prompts with the finding vs real images labelled with it):", "",
+                  "| finding | generated | real | FID |", "| --- | --- | --- | --- |"]
+        for name, f in result["fid_per_finding"].items():
+            fids = ", ".join(f"{k} {_fmt(v, 2)}" for k, v in f["fid"].items())
+            lines.append(f"| {name} | {f['n_generated']} | {f['n_real']} | {fids} |")
+    return lines
+
+
 def _compute_lines(compute: dict) -> list[str]:
     ips = compute.get("images_per_s")
     return ["", "## Compute", "", "| quantity | value |", "| --- | --- |",
@@ -170,7 +210,10 @@ def write_report(result: dict, table: PromptTable, sets: ImageSets, out_dir: str
              f"real reference: `{settings.get('real_manifest', '')}` ({result['n_real']} images)  ",
              f"evaluator: cxrgen-evaluator `{settings.get('evaluator', '')}`", ""]
     lines += _samples(table, sets, result["image_size"], cfg, out_dir) + [""] + _tables(result)
-    lines += _memorization_lines(result["memorization"]) + _compute_lines(result["compute"])
+    lines += _memorization_lines(result["memorization"])
+    if "c2st" in result:
+        lines += _realism_lines(result, out_dir)
+    lines += _compute_lines(result["compute"])
     plt = _pyplot()
     if plt is not None:
         lines += ["", "## Plots", ""]

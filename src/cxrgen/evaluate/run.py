@@ -24,7 +24,7 @@ import torch
 import cxrgen
 from cxrgen.config import EvalConfig
 from cxrgen.data.labeler import label_report
-from cxrgen.data.manifest import read_manifest
+from cxrgen.data.manifest import CHEXPERT_LABELS, read_manifest
 from cxrgen.errors import ConfigError, DataError, MissingColumnsError
 from cxrgen.evaluate.compute_cost import (
     denoiser_cost,
@@ -51,7 +51,8 @@ GENERATED_FOLDER = "generated"
 METRICS_NAME = "metrics.json"
 IMAGE_PATH_COLUMN = "image_path"
 #: Top-level keys every metrics JSON has (issue 6); more may follow.
-RESULT_KEYS = ("fid", "kid", "ms_ssim", "auroc", "auroc_real", "memorization", "compute", "n_generated", "n_real")
+RESULT_KEYS = ("fid", "kid", "ms_ssim", "auroc", "auroc_real", "memorization", "compute", "n_generated", "n_real",
+               "c2st", "swd", "prdc", "fid_per_finding")
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,6 +113,17 @@ def manifest_paths(manifest: str | Path, splits: Sequence[str] | None = None,
         df = df[df["split"].astype(str).isin(list(splits))]
     base = Path(image_root) if image_root is not None else manifest.parent
     return [p for p in (_resolve(v, base) for v in df[IMAGE_PATH_COLUMN]) if p is not None]
+
+
+def manifest_labels(manifest: str | Path, paths: Sequence[Path], image_root: str | Path | None = None) -> np.ndarray:
+    """CheXpert labels (len(paths), 14) of the manifest rows behind ``paths`` (NaN where a path is not found)."""
+    manifest = Path(manifest)
+    df = read_manifest(manifest)
+    base = Path(image_root) if image_root is not None else manifest.parent
+    by_path = {_resolve(v, base): i for i, v in enumerate(df[IMAGE_PATH_COLUMN])}
+    values = df[list(CHEXPERT_LABELS)].to_numpy(dtype=np.float64)  # (rows, 14)
+    nan_row = np.full(len(CHEXPERT_LABELS), np.nan)
+    return np.stack([values[by_path[p]] if p in by_path else nan_row for p in paths]) if paths else values[:0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +203,8 @@ def run_evaluation(cfg: EvalConfig) -> dict:
     model_name = model_label(location)
     generated, compute = _generate(cfg, pipe, table.prompts, model_name, device, out_dir)
     del pipe
-    sets = ImageSets(generated=generated, real=real, train=memo.train, heldout=memo.heldout)
+    sets = ImageSets(generated=generated, real=real, train=memo.train, heldout=memo.heldout,
+                     real_labels=manifest_labels(cfg.real_manifest, real, cfg.image_root))
     result = score(cfg, table, sets, evaluator, extractors, out_dir)
     result["compute"] = {**compute, **result.get("compute", {})}
     result["settings"] = {"model": model_name, "evaluator": str(cfg.evaluator or DEFAULT_EVALUATOR),

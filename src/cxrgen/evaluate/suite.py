@@ -38,6 +38,7 @@ from cxrgen.evaluate.memorization import (
     save_pairs_grid,
     top_pairs,
 )
+from cxrgen.evaluate.realism import realism_metrics, subset
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class ImageSets:
     real: list[Path]
     train: list[Path]
     heldout: list[Path]
+    real_labels: np.ndarray | None = None  # (len(real), 14) CheXpert labels of the reference rows (per-finding FID)
 
 
 def image_batches(paths: Sequence[Path], size: int, batch_size: int) -> Iterator[torch.Tensor]:
@@ -242,4 +244,18 @@ def score(cfg: EvalConfig, table: PromptTable, sets: ImageSets, evaluator: CXREv
                           if isinstance(e, CXREvaluatorExtractor) and e.evaluator is evaluator), None)
     result["memorization"] = _memorization(cfg, mem_extractor or CXREvaluatorExtractor(evaluator), feats, gen, flat,
                                            sets, out_dir)
+    result.update(_realism(cfg, gen, flat, sets, table, extractors, feats))
     return result
+
+
+def _realism(cfg: EvalConfig, gen: torch.Tensor, flat: list[Path], sets: ImageSets, table: PromptTable,
+             extractors: dict[str, FeatureExtractor], feats: FeatureCache) -> dict:
+    """C2ST and SWD against held-out real images (the reference set when none), PRDC and per-finding FID."""
+    pool = sets.heldout or sets.real
+    if not sets.heldout:
+        log.warning("no held-out real rows: C2ST and SWD compare with the real reference set instead")
+    keep = subset(len(pool), cfg.realism_max_images, torch.Generator().manual_seed(0 if cfg.seed is None else cfg.seed))
+    real = load_images([pool[i] for i in keep], gen.shape[-1], cfg.progress, "reading held-out real")
+    features = {name: (feats.of_paths(e, "real", sets.real), feats.of_images(e, "generated", gen))
+                for name, e in extractors.items()}
+    return realism_metrics(cfg, gen, flat, real, table.prompts, features, sets.real_labels)
