@@ -123,11 +123,11 @@ def build_app(loader: ModelLoader, defaults: SamplingConfig, limits: DemoLimits,
                 status = gr.Markdown("", elem_id="status")
                 with gr.Row():
                     gallery = gr.Gallery(label=SYNTHETIC_CAPTION, columns=2, height=440, object_fit="contain",
-                                         preview=False, elem_id="gallery", scale=3)
+                                         preview=False, interactive=False, elem_id="gallery", scale=3)
                     with gr.Column(scale=2):
                         labeler = gr.Markdown("The labeler's reading of the report appears here.", elem_id="labeler")
                 files = gr.File(label="Downloads: PNG and DICOM Secondary Capture (marked synthetic)",
-                                file_count="multiple", elem_id="downloads")
+                                file_count="multiple", interactive=False, elem_id="downloads")
         button.click(make_handler(loader, limits, files_dir), [report, sampler, steps, guidance, seed, n_images],
                      [gallery, files, labeler, status], concurrency_id="generate")
     return app.queue(default_concurrency_limit=limits.concurrency_limit, max_size=limits.max_queue)
@@ -137,7 +137,7 @@ def start_server(model: str | None = None, host: str = "127.0.0.1", port: int = 
                  limits: DemoLimits | None = None, device: str = "cpu") -> Server:
     """Serve the page in a background thread while the model loads in another; ``Server.close()`` stops it."""
     limits = limits or DemoLimits()
-    loader = ModelLoader(model, device)
+    loader = ModelLoader(model, device, start=False)  # after the page is up: both need the CPU
     files_dir = Path(tempfile.mkdtemp(prefix="cxrgen-demo-"))
     app = build_app(loader, page_defaults(model), limits, files_dir)
     try:
@@ -147,4 +147,5 @@ def start_server(model: str | None = None, host: str = "127.0.0.1", port: int = 
     except OSError as exc:  # port taken, host not bindable
         shutil.rmtree(files_dir, ignore_errors=True)
         raise CxrgenError(f"cannot serve on {host}:{port} ({exc}): give another --port or --host") from exc
+    loader.start()
     return Server(app=app, url=app.local_url, loader=loader, files_dir=files_dir)

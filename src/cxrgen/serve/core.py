@@ -162,13 +162,21 @@ def page_defaults(model: str | Path | None) -> SamplingConfig:
 class ModelLoader:
     """Loads the model in a background thread (so the page is served meanwhile); ``get()`` waits for it."""
 
-    def __init__(self, model: str | Path | None, device: str = "cpu") -> None:
-        self.source = model
-        self.started = time.perf_counter()
+    def __init__(self, model: str | Path | None, device: str = "cpu", start: bool = True) -> None:
+        self.source, self.device = model, device
+        self.started: float | None = None
         self.seconds: float | None = None  # load time, once loaded
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrgen-load")
-        self._future: Future = self._pool.submit(self._load, model, device)
-        self._pool.shutdown(wait=False)
+        self._future: Future | None = None
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Begin loading (once); the page's server should already be up, as both compete for the CPU."""
+        if self._future is None:
+            self.started = time.perf_counter()
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrgen-load")
+            self._future = pool.submit(self._load, self.source, self.device)
+            pool.shutdown(wait=False)
 
     def _load(self, model: str | Path | None, device: str) -> Any:
         from cxrgen.serve.model import load_model  # torch, diffusers and the weights: the slow part
@@ -180,6 +188,7 @@ class ModelLoader:
 
     def get(self, timeout: float | None = None) -> Any:
         """The loaded DemoModel (waits for it); a failed load raises its CxrgenError (or one naming it)."""
+        self.start()
         try:
             return self._future.result(timeout)
         except CxrgenError:
