@@ -105,8 +105,11 @@ def browser():
         chromium.close()
 
 
-def _open(browser, url: str):
+def _open(browser, url: str, outside: list[str] | None = None):
+    """A new browser session on the page; requests to anywhere but the server are appended to ``outside``."""
     page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+    if outside is not None:
+        page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else outside.append(r.url))
     page.goto(url)
     page.wait_for_selector("#report textarea")
     return page
@@ -151,7 +154,8 @@ def test_page_answers_and_the_model_loads(server) -> None:
 
 
 def test_report_gives_captioned_images_the_reading_and_synthetic_downloads(server, browser) -> None:
-    page = _open(browser, server["url"])
+    outside: list[str] = []
+    page = _open(browser, server["url"], outside)
     _request(page, REPORT, n_images="2")
     status = _wait_status(page, "Generated 2 synthetic image(s) in")
     assert " s (dpm++, 2 steps" in status  # the time taken and the settings
@@ -160,6 +164,7 @@ def test_report_gives_captioned_images_the_reading_and_synthetic_downloads(serve
     assert captions.count() == 2
     for k in range(2):
         assert captions.nth(k).is_visible() and captions.nth(k).inner_text().startswith(SYNTHETIC_CAPTION)
+        assert captions.nth(k).evaluate("e => e.scrollWidth <= e.clientWidth")  # shown whole, not cut off
     panel = page.inner_text("#labeler")
     assert "Pleural Effusion" in panel and "right" in panel and "moderate" in panel
     links = page.eval_on_selector_all("#downloads a[download]", "els => els.map(e => [e.download, e.href])")
@@ -172,6 +177,7 @@ def test_report_gives_captioned_images_the_reading_and_synthetic_downloads(serve
     dcm = pydicom.dcmread(io.BytesIO(files["cxrgen-synthetic-seed0.dcm"]))
     assert dcm.ConversionType == CONVERSION_TYPE and (dcm.Rows, dcm.Columns) == (IMAGE_SIZE, IMAGE_SIZE)
     assert "SYNTHETIC" in dcm.ImageComments
+    assert outside == []  # offline: the page loads nothing (fonts, scripts, analytics) from elsewhere
 
 
 def test_empty_report_shows_a_clear_message(server, browser) -> None:

@@ -92,9 +92,9 @@ def test_labeler_reading_gives_finding_side_and_size() -> None:
     assert by["Cardiomegaly"]["reading"] == "uncertain"
 
 
-def test_labeler_markdown_is_a_table_or_says_normal() -> None:
-    table = labeler_markdown("Moderate left pleural effusion.")
-    assert "| Pleural Effusion | present | left | moderate |" in table
+def test_labeler_markdown_lists_findings_or_says_normal() -> None:
+    panel = labeler_markdown("Moderate left pleural effusion.")
+    assert "- **Pleural Effusion**: present; side: left; size: moderate" in panel
     assert "No finding" in labeler_markdown("The lungs are clear. No pleural effusion.")
     assert "Pleural Effusion" not in labeler_markdown("The lungs are clear. No pleural effusion.")
 
@@ -190,5 +190,5 @@ def test_handler_returns_captioned_images_files_and_the_reading(handler) -> None
     gallery, files, panel, status = handler("Large right pleural effusion. " * 20, "ddim", 2, 3.0, 0, 2)
     assert [c for _, c in gallery] == [f"{SYNTHETIC_CAPTION} · seed 0", f"{SYNTHETIC_CAPTION} · seed 1"]
     assert sorted(Path(f).suffix for f in files) == [".dcm", ".dcm", ".png", ".png"]
-    assert "| Pleural Effusion | present | right | large |" in panel
+    assert "**Pleural Effusion**: present; side: right; size: large" in panel
     assert "was cut from 600 to" in status and "Generated 2 synthetic image(s)" in status

@@ -27,7 +27,7 @@ from cxrgen.config.sampling import SAMPLER_NAMES  # noqa: E402
 from cxrgen.errors import CxrgenError  # noqa: E402
 from cxrgen.serve.core import (  # noqa: E402
     EXAMPLES,
-    SYNTHETIC_CAPTION,
+    GALLERY_LABEL,
     DemoLimits,
     ModelLoader,
     bound_report,
@@ -122,7 +122,7 @@ def build_app(loader: ModelLoader, defaults: SamplingConfig, limits: DemoLimits,
             with gr.Column(scale=2):
                 status = gr.Markdown("", elem_id="status")
                 with gr.Row():
-                    gallery = gr.Gallery(label=SYNTHETIC_CAPTION, columns=2, height=440, object_fit="contain",
+                    gallery = gr.Gallery(label=GALLERY_LABEL, columns=2, height=340, object_fit="contain",
                                          preview=False, interactive=False, elem_id="gallery", scale=3)
                     with gr.Column(scale=2):
                         labeler = gr.Markdown("The labeler's reading of the report appears here.", elem_id="labeler")

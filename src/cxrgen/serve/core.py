@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 #: Where the packaged default model is (cxrgen.generate.DEFAULT_MODEL, which imports torch to say so).
 PACKAGED_MODEL = Path(cxrgen.__file__).parent / "models" / "default"
 
-#: Shown under every image in the page; the files carry the same mark in their metadata.
-SYNTHETIC_CAPTION = "SYNTHETIC image made by cxrgen from the report (not a patient)"
+#: Shown under every image in the page (short, so it is not cut); the files carry the mark in their metadata.
+SYNTHETIC_CAPTION = "SYNTHETIC (cxrgen)"
+#: The gallery's title.
+GALLERY_LABEL = "Synthetic images made by cxrgen from the report (not of a patient)"
 
 #: Example reports of the page: (label, text). Side and size are read by the labeler panel.
 EXAMPLES: tuple[tuple[str, str], ...] = (
@@ -131,17 +133,13 @@ def labeler_reading(text: str) -> list[dict[str, str]]:
 
 
 def labeler_markdown(text: str) -> str:
-    """The labeler panel: a Markdown table of the findings the model is asked for."""
-    rows = labeler_reading(text)
-    head = "**What the labeler reads in the report** (the model is conditioned on the text itself)\n\n"
+    """The labeler panel: one line per finding the model is asked for (reading, side, size)."""
+    rows = [r for r in labeler_reading(text) if r["finding"] != NO_FINDING]
+    head = "**What the labeler reads in the report**\n\n"
     if not rows:
-        return head + "No finding is stated positively or as uncertain (normal study or unknown terms)."
-    if [r["finding"] for r in rows] == [NO_FINDING]:
-        return head + "No finding: a normal study."
-    lines = ["| finding | reading | side | size |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['finding']} | {r['reading']} | {r['side']} | {r['size']} |" for r in rows if
-              r["finding"] != NO_FINDING]
-    return head + "\n".join(lines)
+        return head + "No finding: a normal study (or terms the labeler does not know)."
+    lines = [f"- **{r['finding']}**: {r['reading']}; side: {r['side']}; size: {r['size']}" for r in rows]
+    return head + "\n".join(lines) + "\n\n(The model is conditioned on the text itself, not on these labels.)"
 
 
 def status_markdown(result: DemoResult, settings: SamplingConfig) -> str:
