@@ -192,3 +192,17 @@ def test_handler_returns_captioned_images_files_and_the_reading(handler) -> None
     assert sorted(Path(f).suffix for f in files) == [".dcm", ".dcm", ".png", ".png"]
     assert "**Pleural Effusion**: present; side: right; size: large" in panel
     assert "was cut from 600 to" in status and "Generated 2 synthetic image(s)" in status
+
+
+def test_serve_with_a_missing_model_ends_with_one_line_error(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("gradio", reason="the demo needs the [demo] extra (gradio)")
+    import socket
+
+    from cxrgen.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["serve", "--model", str(tmp_path / "nowhere"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cxrgen serve: error:") and "nowhere" in err and "Traceback" not in err
