@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 #: Request folders older than this are deleted (Gradio keeps its own copy only as long as its cache).
 KEEP_FILES_S = 3600
+LABELER_PLACEHOLDER = "The labeler's reading of the report appears here."
 INTRO = ("# cxrgen: chest X-rays from report text\n"
          "Type a radiology report (or pick an example) and press **Generate**. Every image here is "
          "**synthetic**: made by a latent diffusion model, not taken of a patient; the PNG and DICOM "
@@ -84,10 +85,10 @@ def make_handler(loader: ModelLoader, limits: DemoLimits, files_dir: Path):
 
             result = generate_files(model, prompt, settings, tempfile.mkdtemp(prefix="req-", dir=files_dir))
         except CxrgenError as exc:  # a bad request: say what to do, keep the page as it is
-            return None, None, gr.update(), f"⚠️ {exc}"
+            return None, None, LABELER_PLACEHOLDER, f"⚠️ {exc}"
         except Exception as exc:  # noqa: BLE001 - the page shows one line, the log keeps the traceback
             log.exception("demo generation failed")
-            return None, None, gr.update(), f"⚠️ Generation failed ({type(exc).__name__}: {exc}). Try again."
+            return None, None, LABELER_PLACEHOLDER, f"⚠️ Generation failed ({type(exc).__name__}: {exc}). Try again."
         result.warning = warning
         gallery = [(str(p), c) for p, c in zip(result.pngs, result.captions())]
         files = [str(p) for p in result.pngs + result.dicoms]
@@ -125,7 +126,7 @@ def build_app(loader: ModelLoader, defaults: SamplingConfig, limits: DemoLimits,
                     gallery = gr.Gallery(label=GALLERY_LABEL, columns=2, height=340, object_fit="contain",
                                          preview=False, interactive=False, elem_id="gallery", scale=3)
                     with gr.Column(scale=2):
-                        labeler = gr.Markdown("The labeler's reading of the report appears here.", elem_id="labeler")
+                        labeler = gr.Markdown(LABELER_PLACEHOLDER, elem_id="labeler")
                 files = gr.File(label="Downloads: PNG and DICOM Secondary Capture (marked synthetic)",
                                 file_count="multiple", interactive=False, elem_id="downloads")
         button.click(make_handler(loader, limits, files_dir), [report, sampler, steps, guidance, seed, n_images],

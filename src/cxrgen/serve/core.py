@@ -189,7 +189,7 @@ class ModelLoader:
         self.start()
         try:
             return self._future.result(timeout)
-        except CxrgenError:
+        except (CxrgenError, TimeoutError):
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. a corrupt weight file: say which model failed
             raise CxrgenError(f"could not load the model {self.source or '(packaged default)'}: "
