@@ -9,7 +9,7 @@ EXTRAS ?= test,minilm,demo,twin
 
 PROMPT ?= PA chest radiograph. Large right pleural effusion.
 
-.PHONY: install run data test clean
+.PHONY: install run demo data test clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ install: $(VENV)/.installed
 ## The main job: report text in, chest X-rays out (PNG), offline, with the packaged default model.
 run: install
 	$(VENV)/bin/cxrgen generate "$(PROMPT)" -n 2 --out $(OUT)/generated
+
+## The web demo (Gradio) on the packaged model, offline: http://127.0.0.1:$(PORT)/ (HOST=0.0.0.0 to share).
+HOST ?= 127.0.0.1
+PORT ?= 7860
+demo: install
+	$(VENV)/bin/cxrgen serve --host $(HOST) --port $(PORT)
 
 ## Prepare the shared data into manifests (what training and evaluation read) and print summaries.
 data: install

@@ -358,6 +358,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serve ------------------------------------------------------------------------------------
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="web demo (Gradio): report text in, synthetic chest X-rays out")
+    p.add_argument("--model", help="model directory or hub id (default: the packaged model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    start = time.perf_counter()
+    try:
+        from cxrgen.serve.app import start_server
+    except ImportError as exc:
+        raise CxrgenError(f"the demo needs Gradio ({exc}): pip install 'cxrgen[demo]'") from exc
+    server = start_server(args.model, host=args.host, port=args.port, device=args.device)
+    try:
+        print(f"cxrgen demo serving at {server.url} (page up {time.perf_counter() - start:.1f} s after start; "
+              "Ctrl+C stops it)", flush=True)
+        server.loader.get()  # a model that cannot load ends the command with its error
+        print(f"model ready {time.perf_counter() - start:.1f} s after start", flush=True)
+        server.app.block_thread()
+    finally:
+        server.close()
+    return 0
+
+
 # --- main -------------------------------------------------------------------------------------
 #: What survives a Ctrl-C of a command and how to continue (docs/failure_behaviour.md).
 _RESUME_HINTS = {
@@ -386,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_control(sub)
     _add_evaluate(sub)
+    _add_serve(sub)
     return parser
 
 
