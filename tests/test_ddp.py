@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from train_helpers import tiny_config_dict, write_config
 
@@ -53,6 +54,7 @@ def _launch(script: Path, config: Path, *extra: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow  # ~10-30 s: left out of the quick tier (pytest -m 'not slow')
 def test_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> None:
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)

@@ -181,6 +181,7 @@ def test_cli_label_without_text_is_an_error(capsys: pytest.CaptureFixture) -> No
 
 
 @pytest.mark.shared_data
+@pytest.mark.slow  # ~10-30 s: left out of the quick tier (pytest -m 'not slow')
 def test_cli_check_iu(iu_archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "iu.json"
     assert main(["label", "--check-iu", str(iu_archive), "--json", str(out)]) == 0

@@ -43,6 +43,7 @@ def test_disagreements_lists_false_positives_and_negatives() -> None:
 
 
 @pytest.mark.shared_data
+@pytest.mark.slow  # ~10-30 s: left out of the quick tier (pytest -m 'not slow')
 def test_labeler_meets_targets_on_iu(iu_archive: Path) -> None:
     result = check_labeler_on_iu(iu_archive)
     assert result["n_reports"] == 3955

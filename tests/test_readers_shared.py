@@ -48,6 +48,7 @@ def test_covid_prompts_and_labels(covid) -> None:
     assert len(row["prompt"].split()) <= 77
 
 
+@pytest.mark.slow  # ~10-30 s: left out of the quick tier (pytest -m 'not slow')
 def test_pediatric(shared_data: Path) -> None:
     df, summary = build_manifest("pediatric", shared_data / "pediatric-pneumonia-224", DataConfig())
     assert summary.rows == 5216 and summary.patients == 2913
@@ -63,6 +64,7 @@ def test_pediatric(shared_data: Path) -> None:
     assert 0.75 < shares["train"] < 0.85
 
 
+@pytest.mark.slow  # ~10-30 s: left out of the quick tier (pytest -m 'not slow')
 def test_iu_text_corpus(shared_data: Path) -> None:
     df, summary = build_manifest("iu", shared_data / "iu-xray-reports", DataConfig())
     assert summary.rows + sum(summary.dropped.values()) == 3955

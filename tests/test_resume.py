@@ -71,6 +71,7 @@ def test_resume_in_process_is_bit_exact(tmp_path: Path) -> None:
         train(tiny_config(tmp_path, out_dir=str(tmp_path / "cut"), **{**fields, "batch_size": 2}), resume="latest")
 
 
+@pytest.mark.slow  # ~10-30 s: left out of the quick tier (pytest -m 'not slow')
 def test_resume_after_sigkill_is_bit_exact(tmp_path: Path) -> None:
     """`cxrgen train` killed with SIGKILL right after a checkpoint, resumed: same final weights."""
     fields = {"steps": 40, "checkpoint_every": 4, "keep_checkpoints": 2, "warmup_steps": 3, "lr_schedule": "cosine"}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -27,6 +28,7 @@ def _ship(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow  # ~10-30 s: left out of the quick tier (pytest -m 'not slow')
 def test_stages_add_up_and_keep_the_autoencoder(tmp_path: Path) -> None:
     ae = tmp_path / "ae"
     ae.mkdir()
