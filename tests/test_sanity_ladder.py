@@ -55,13 +55,13 @@ def test_swd_passes_the_ladder(sets) -> None:
 
 def test_c2st_passes_the_ladder(sets) -> None:
     settings = C2STSettings(folds=4, epochs=10)
-    results: dict[str, dict] = {}
+    results: dict[int, tuple[torch.Tensor, dict]] = {}  # the tensor is kept so that its id is not reused
 
     def run(kind: str):
         def metric(r: torch.Tensor, x: torch.Tensor) -> float:
             if id(x) not in results:
-                results[id(x)] = c2st(r, x, settings, torch.Generator().manual_seed(0))
-            return results[id(x)][kind]
+                results[id(x)] = (x, c2st(r, x, settings, torch.Generator().manual_seed(0)))
+            return results[id(x)][1][kind]
         return metric
 
     values = run_ladder(*sets, {"cnn": run("cnn"), "linear": run("linear")}, torch.Generator().manual_seed(0))

@@ -48,12 +48,12 @@ class Metrics:
 
     def __init__(self, evaluator: CXREvaluator, settings: C2STSettings) -> None:
         self.evaluator, self.settings = evaluator.eval(), settings
-        self._c2st: dict[int, dict] = {}
+        self._c2st: dict[int, tuple[torch.Tensor, dict]] = {}  # the tensor is kept so that its id is not reused
 
     def _c2st_of(self, ref: torch.Tensor, x: torch.Tensor) -> dict:
         if id(x) not in self._c2st:
-            self._c2st[id(x)] = c2st(ref, x, self.settings, torch.Generator().manual_seed(0))
-        return self._c2st[id(x)]
+            self._c2st[id(x)] = (x, c2st(ref, x, self.settings, torch.Generator().manual_seed(0)))
+        return self._c2st[id(x)][1]
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.evaluator.features(b) for b in x.split(64)])

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from cxrgen.errors import ConfigError
 from cxrgen.evaluate.image_pairs import resize
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def degrade(images: torch.Tensor, rung: str, generator: torch.Generator) -> torc
     elif rung == "noise":
         out = torch.rand(images.shape, generator=generator) * 2 - 1
     else:
-        raise ValueError(f"unknown ladder rung {rung!r}; choose one of {list(RUNGS)}")
+        raise ConfigError(f"unknown ladder rung {rung!r}; choose one of {list(RUNGS)}")
     return out.clamp(-1, 1)
 
 

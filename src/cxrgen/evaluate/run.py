@@ -4,7 +4,8 @@ Generate K images per prompt (resumable, ``OUT/generated``), read them back, the
 FID / KID per feature extractor against the real reference set, MS-SSIM intra-prompt diversity
 (and by prompt length), per-class AUROC of the cxrgen-evaluator against the prompts' labels
 (beside the same on the prompts' real images: RoentGen table 3), memorization (nearest training
-image in evaluator feature space, copy threshold calibrated on real held-out rows) and compute.
+image in evaluator feature space, copy threshold calibrated on real held-out rows), compute, and
+realism (C2ST and SWD against real held-out images, PRDC per feature space, per-finding FID).
 Writes the metrics JSON and ``OUT/report.md`` with grids and plots.
 """
 
