@@ -14,8 +14,8 @@ AUTOENCODER_KINDS = ("kl", "identity")  # AutoencoderKL latents, or pixels (cxrg
 class DenoiserConfig:
     """A denoiser: a registry name (cxrgen.denoisers.DENOISERS) plus fields overriding its preset.
 
-    Architecture fields left at None take the preset's value; ``resolve_config`` fills them in
-    and the resolved config is what is saved beside the weights.
+    Architecture fields left at None take the preset's value (``resolve_config``); the model itself
+    is built from and saved with its constructor's keyword arguments (its diffusers config.json).
     """
 
     name: str = "uvit-tiny"  # registry key, e.g. uvit-s, uvit-m, sd15-unet, unet-tiny
