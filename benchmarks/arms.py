@@ -63,7 +63,7 @@ def eval_sets(manifests: list[str], out_dir: Path, prompts_per_set: int, seed: i
     held = [t[t["split"].isin(["test", "validate"])] for t in tables]
     per_set = min(len(h) for h in held)
     prompts, real = [], []
-    for table, h in zip(tables, held):
+    for table, h in zip(tables, held, strict=True):
         prompts.append(_balanced_prompts(table[table["split"] == "test"], prompts_per_set, rng))
         real.append(h.iloc[np.sort(rng.choice(len(h), per_set, replace=False))])
     sets = EvalSets(out_dir / "prompts.csv", out_dir / "real.csv", out_dir / "train.csv")

@@ -91,7 +91,7 @@ def main() -> None:
     pipe.sampling = dataclasses.replace(pipe.sampling, guidance_scale=scales[0])
     lines = phantom_grid(pipe, GRID_PROMPTS, args.grid, seed=args.seed)
     print(f"model {model}; train {trained - start:.0f} s, benchmark + grid {time.perf_counter() - trained:.0f} s")
-    for prompt, line in zip(GRID_PROMPTS, lines):
+    for prompt, line in zip(GRID_PROMPTS, lines, strict=True):
         print(f"{prompt} -> {line}")
 
 

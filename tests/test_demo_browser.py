@@ -199,9 +199,9 @@ def test_very_long_report_is_cut_with_a_visible_warning(server, browser) -> None
 
 def test_two_sessions_at_once_both_get_their_images(server, browser) -> None:
     pages = [_open(browser, server["url"]) for _ in range(2)]
-    for page, report in zip(pages, ("Large left pleural effusion.", "Moderate right pneumothorax.")):
+    for page, report in zip(pages, ("Large left pleural effusion.", "Moderate right pneumothorax."), strict=True):
         _request(page, report)  # the second waits in the queue while the first samples
-    for page, finding in zip(pages, ("Pleural Effusion", "Pneumothorax")):
+    for page, finding in zip(pages, ("Pleural Effusion", "Pneumothorax"), strict=True):
         _wait_status(page, "Generated 1 synthetic image(s)")
         assert _images(page, 1) == [(IMAGE_SIZE, IMAGE_SIZE)]
         assert finding in page.inner_text("#labeler")

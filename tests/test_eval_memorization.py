@@ -96,7 +96,7 @@ def test_save_pairs_grid_writes_expected_png(tmp_path) -> None:
     k, height, width = 3, 20, 24
     gen = torch.full((k, 1, height, width), -1.0)  # black
     train = torch.full((k, 1, height, width), 1.0)  # white
-    path = save_pairs_grid(list(zip(gen, train)), tmp_path / "grids" / "pairs.png", text={"sims": "0.9,0.8,0.7"})
+    path = save_pairs_grid(list(zip(gen, train, strict=True)), tmp_path / "grids" / "pairs.png", text={"sims": "0.9,0.8,0.7"})
     with Image.open(path) as image:
         assert image.format == "PNG" and image.mode == "L"
         assert image.size == (2 * width + 3 * GRID_PAD, k * height + (k + 1) * GRID_PAD)

@@ -31,7 +31,7 @@ def _images(root: Path, names: list[str], seed: int) -> list[Path]:
 def _manifest(path: Path, images: list[Path], split: str | list[str]) -> Path:
     splits = [split] * len(images) if isinstance(split, str) else split
     rows = [{"source": "synthetic", "image_path": str(p), "patient_id": str(i), "prompt": "no finding", "split": s}
-            for i, (p, s) in enumerate(zip(images, splits))]
+            for i, (p, s) in enumerate(zip(images, splits, strict=True))]
     return write_manifest(new_manifest(rows), path)
 
 

@@ -69,7 +69,7 @@ def test_ctr_ordering() -> None:
     ctrs = [0.42, 0.48, 0.55, 0.6, 0.65]
     measured = [measure(render(PhantomFindings(ctr=c), 64, np.random.default_rng(6))).ctr for c in ctrs]
     assert measured == sorted(measured)
-    assert max(abs(m - c) for m, c in zip(measured, ctrs)) < 0.04
+    assert max(abs(m - c) for m, c in zip(measured, ctrs, strict=True)) < 0.04
 
 
 def test_measure_other_sizes_and_compare() -> None:

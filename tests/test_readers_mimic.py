@@ -42,7 +42,7 @@ def test_every_field(mimic_root: Path) -> None:
     # labels straight from the CheXpert CSV: 1 / 0 / -1 / empty
     assert row["Pleural Effusion"] == 1.0 and row["Pneumonia"] == -1.0 and row["Cardiomegaly"] == 0.0
     assert math.isnan(row["Edema"])
-    for subject, study, images, _, labels in STUDIES:
+    for _subject, study, images, _, labels in STUDIES:
         got = df[df["study_id"] == study]
         assert sorted(got["image_path"].map(lambda p: Path(p).stem)) == sorted(d for d, _, _ in images)
         for name in CHEXPERT_LABELS:
@@ -52,7 +52,7 @@ def test_every_field(mimic_root: Path) -> None:
 
 def test_official_split_kept(mimic_root: Path) -> None:
     df, _ = build_manifest("mimic", mimic_root, DataConfig())
-    by_study = dict(zip(df["study_id"], df["split"]))
+    by_study = dict(zip(df["study_id"], df["split"], strict=True))
     assert by_study["57375967"] == "validate" and by_study["51000011"] == "test"
 
 

@@ -148,7 +148,7 @@ def test_generated_files_are_marked_synthetic_in_png_and_dicom(demo_model, tmp_p
     assert result.seeds == [5, 6] and result.seconds > 0
     assert [p.suffix for p in result.pngs] == [".png", ".png"] and [p.suffix for p in result.dicoms] == [".dcm"] * 2
     assert all(c.startswith(SYNTHETIC_CAPTION) for c in result.captions()) and "seed 6" in result.captions()[1]
-    for k, (png, dcm) in enumerate(zip(result.pngs, result.dicoms)):
+    for k, (png, dcm) in enumerate(zip(result.pngs, result.dicoms, strict=True)):
         with Image.open(png) as im:
             assert im.size == (32, 32) and im.mode == "L"
             assert im.text["synthetic"] == "true" and im.text["prompt"] == "small left pleural effusion"

@@ -111,7 +111,7 @@ def test_draw_keeps_patients_and_duplicates_together_with_target_shares() -> Non
     by_patient_only = assign_splits(df, cfg, link_columns=("patient_id",))
     assert not _shared_pairs_together(df, by_patient_only)  # the check above can fail
     shares = split.value_counts(normalize=True)
-    for name, target in zip(SPLITS, (cfg.train, cfg.validate, cfg.test)):
+    for name, target in zip(SPLITS, (cfg.train, cfg.validate, cfg.test), strict=True):
         assert abs(shares[name] - target) < SHARE_TOLERANCE
     assert check_split_leaks(df, split) == 0
 

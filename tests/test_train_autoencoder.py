@@ -126,7 +126,7 @@ def test_measured_scale_standardises_training_latents(trained, png_paths):
 
 def test_manifest_input_uses_its_splits(png_paths, tmp_path):
     splits = ["train"] * 30 + ["validate"] * 6 + ["test"] * 4
-    df = new_manifest([{"image_path": p, "split": s} for p, s in zip(png_paths, splits)])
+    df = new_manifest([{"image_path": p, "split": s} for p, s in zip(png_paths, splits, strict=True)])
     metrics = train_autoencoder(tiny_train_cfg(steps=2), df, tmp_path / "m")
     assert metrics["train_images"] == 30 and metrics["eval"]["images"] == 6
     train, held = resolve_images(tiny_train_cfg(eval_split="test"), df)
@@ -189,7 +189,7 @@ def test_intensity_jitter_is_an_increasing_affine_map_per_image():
     x = blobs(4, seed=1) * 0.5  # stay inside the range so nothing is clamped
     y = jitter_intensity(x, 0.1, cfg, torch.Generator().manual_seed(0))
     assert not torch.allclose(x, y)
-    for xi, yi in zip(x.flatten(1), y.flatten(1)):
+    for xi, yi in zip(x.flatten(1), y.flatten(1), strict=True):
         design = torch.stack([xi, torch.ones_like(xi)], dim=1)  # (P, 2)
         coef = torch.linalg.lstsq(design, yi.unsqueeze(1)).solution.squeeze(1)
         assert coef[0] > 0  # increasing: no inversion; same pixel positions: no flip
@@ -201,7 +201,7 @@ def test_random_crop_takes_windows_of_the_image_unflipped():
     x = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16)
     y = random_crop(x, 8, torch.Generator().manual_seed(0))
     assert y.shape == (2, 1, 8, 8)
-    for xi, yi in zip(x, y):  # each crop is a contiguous window: rows and columns increase as in x
+    for xi, yi in zip(x, y, strict=True):  # each crop is a contiguous window: rows and columns increase as in x
         top, left = divmod(int(yi[0, 0, 0].item()) - int(xi[0, 0, 0].item()), 16)
         assert torch.equal(yi, xi[:, top:top + 8, left:left + 8])
     assert random_crop(x, None, torch.Generator()) is x and random_crop(x, 16, torch.Generator()) is x

@@ -66,7 +66,7 @@ def write_chiral_manifest(folder: Path, n_train: int, n_test: int) -> Path:
     images, labels = chiral_images(n_train + n_test, seed=0)
     cfg = ImageConfig(size=SIZE)
     rows = []
-    for i, (img, lab) in enumerate(zip(images, labels)):
+    for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
         other = [1.0 - lab, NAN, -1.0, 1.0 - lab][i % 4]
         path = save_png(img, folder / "img" / f"{i:03d}.png", cfg)
         rows.append({"source": "chiral", "image_path": str(path.relative_to(folder)), "patient_id": str(i),

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import math
 import shutil
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def test_ema_update_math() -> None:
             p.add_(1.0)
         model[1].running_mean.fill_(5.0)
     ema.update(model)
-    for shadow, s0, p in zip(ema.model.parameters(), start, model.parameters()):
+    for shadow, s0, p in zip(ema.model.parameters(), start, model.parameters(), strict=True):
         torch.testing.assert_close(shadow, 0.9 * s0 + 0.1 * p)
     assert torch.equal(ema.model[1].running_mean, model[1].running_mean)  # buffers copied
     follow = EMA(model, decay=None)  # no EMA: the copy follows the weights
@@ -104,7 +105,7 @@ def test_ema_warmup_lowers_the_decay_early() -> None:
         decays.append(ema.current_decay())
         ema.update(model)
     assert decays[0] == pytest.approx(0.1) and decays[10] == pytest.approx(11 / 20)
-    assert all(a <= b for a, b in zip(decays, decays[1:])) and decays[-1] < 0.999
+    assert all(a <= b for a, b in pairwise(decays)) and decays[-1] < 0.999
     assert EMA(model, decay=0.999).current_decay() == 0.999  # off: the plain decay from the first update
 
 
@@ -200,7 +201,7 @@ def test_bf16_autocast_trains_on_cpu(tmp_path: Path) -> None:
     before = [p.detach().clone() for p in parts.denoiser.parameters()]
     summary = train(cfg, parts=parts)
     assert math.isfinite(summary["final_loss"])
-    assert any(not torch.equal(b, p) for b, p in zip(before, parts.denoiser.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, parts.denoiser.parameters(), strict=True))
     assert all(p.dtype == torch.float32 for p in parts.denoiser.parameters())  # master weights stay fp32
 
 

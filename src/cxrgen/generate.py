@@ -207,7 +207,7 @@ def generate_images(
         batch_paths = [out_dir / output_name(batch.prompt_index, k, fmt) for k in batch.ks]
         metas = [image_metadata(prompts[batch.prompt_index], seed + batch.prompt_index * n_per_prompt + k,
                                 settings, model_name) for k in batch.ks]  # seed + global image index
-        for path, meta in zip(batch_paths, metas):
+        for path, meta in zip(batch_paths, metas, strict=True):
             if path.exists() and not _readable(path, fmt):
                 log.warning("%s is empty or truncated (cut short outside cxrgen?): sampling it again", path)
                 path.unlink()
@@ -233,7 +233,7 @@ def _sample_batch(pipe: CXRPipeline, prompt: str, settings: SamplingConfig, path
     generators = [torch.Generator().manual_seed(int(m["seed"])) for m in metas]
     batch_settings = dataclasses.replace(settings, num_images_per_prompt=len(paths))
     out = pipe.sample([prompt], batch_settings, generators, progress=False)
-    for image, path, meta in zip(out.images, paths, metas):
+    for image, path, meta in zip(out.images, paths, metas, strict=True):
         if not path.exists():  # a batch cut short by a kill is re-sampled whole: same bytes
             _write(image, path, fmt, pipe, meta)
 

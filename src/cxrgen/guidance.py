@@ -11,7 +11,7 @@ prediction. The same formula applies to v- and x0-prediction targets (they are l
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -6,7 +6,8 @@ timestep count and prediction type; diffusers does the step math, cxrgen never r
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from diffusers import (
     DDIMScheduler,

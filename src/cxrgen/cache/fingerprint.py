@@ -117,7 +117,7 @@ def _manifest_changes(cached: list[dict[str, str]], current: list[dict[str, str]
     if cached_paths != current_paths:
         return [f"manifests: the cache was built from {cached_paths}, the config names {current_paths}"]
     return [f"manifests: {now['path']} changed since the cache was built"
-            for was, now in zip(cached, current) if was["sha1"] != now["sha1"]]
+            for was, now in zip(cached, current, strict=True) if was["sha1"] != now["sha1"]]
 
 
 def _describe(cached: Any, current: Any) -> str:

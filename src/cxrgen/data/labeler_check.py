@@ -46,7 +46,7 @@ def score_labels(truth: list[set[str]], predicted: list[dict[str, float]], uncer
     per_class: dict[str, dict[str, float]] = {}
     for label, terms in MESH_FOR_LABEL.items():
         tp = fp = fn = 0
-        for heads, labels in zip(truth, predicted):
+        for heads, labels in zip(truth, predicted, strict=True):
             actual = any(t in heads for t in terms)
             guess = labels.get(label) in hits
             tp += actual and guess

@@ -71,7 +71,7 @@ class ReadSummary:
         self.dropped[reason] += n
         log.info("%s: dropped %d row(s): %s", self.source, n, reason)
 
-    def fill_from(self, manifest: pd.DataFrame) -> "ReadSummary":
+    def fill_from(self, manifest: pd.DataFrame) -> ReadSummary:
         """Set the counts of kept rows from the finished manifest."""
         self.rows = len(manifest)
         self.patients = int(manifest["patient_id"].nunique()) if len(manifest) else 0

@@ -43,7 +43,7 @@ def check_images(df: pd.DataFrame, summary: ReadSummary) -> pd.DataFrame:
 def add_labels(df: pd.DataFrame) -> pd.DataFrame:
     """Label each row's findings and impression with the cxrgen labeler (for unlabelled sources)."""
     texts = [" ".join(t for t in (f, i) if t) or r
-             for f, i, r in zip(df["findings"], df["impression"], df["report"])]
+             for f, i, r in zip(df["findings"], df["impression"], df["report"], strict=True)]
     rows = [label_report(t).as_row() if t.strip() else {}
             for t in tqdm(texts, desc="labelling", disable=len(texts) < 500)]
     labels = pd.DataFrame(rows, index=df.index, columns=list(CHEXPERT_LABELS), dtype="float64")
@@ -59,7 +59,7 @@ def add_prompts(df: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
     empty = df["prompt"].str.strip() == ""
     df.loc[empty, "prompt"] = [
         select_prompt({"findings": f, "impression": i}, cfg.prompt)
-        for f, i in zip(df.loc[empty, "findings"].fillna(""), df.loc[empty, "impression"].fillna(""))
+        for f, i in zip(df.loc[empty, "findings"].fillna(""), df.loc[empty, "impression"].fillna(""), strict=True)
     ]
     return df
 

@@ -170,7 +170,7 @@ def _draw_splits(
 
 def _warn_empty_splits(split: pd.Series, cfg: SplitConfig) -> None:
     """Warn when a split with a positive share got no rows (small data or a one-split source)."""
-    shares = dict(zip(SPLITS, (cfg.train, cfg.validate, cfg.test)))
+    shares = dict(zip(SPLITS, (cfg.train, cfg.validate, cfg.test), strict=True))
     present = set(split.unique())
     empty = [name for name, share in shares.items() if share > 0 and name not in present]
     if empty and len(split):

@@ -81,7 +81,7 @@ class C2STNet(nn.Module):
         super().__init__()
         chans = [1, width, 2 * width, 4 * width, 4 * width]
         layers: list[nn.Module] = []
-        for c_in, c_out in zip(chans[:-1], chans[1:]):
+        for c_in, c_out in zip(chans[:-1], chans[1:], strict=True):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(chans[-1] * (size // 16) ** 2, 1)

@@ -146,7 +146,7 @@ def diversity_by_length(
     if bucket_width < 1:
         raise DataError(f"bucket_width={bucket_width}: give a positive number of tokens")
     buckets: dict[int, list[float]] = {}
-    for prompt, score in zip(prompts, per_prompt_scores):
+    for prompt, score in zip(prompts, per_prompt_scores, strict=True):
         buckets.setdefault(int(tokens_fn(prompt)) // bucket_width, []).append(float(score))
     rows = []
     for index in sorted(buckets):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -87,4 +88,4 @@ def run_ladder(reference: torch.Tensor, heldout: torch.Tensor,
 def is_ordered(values: dict[str, float], tolerance: float = 0.0) -> bool:
     """True when the rungs rank strictly worse (higher) in ladder order, each step by more than ``tolerance``."""
     seq = [values[r] for r in RUNGS]
-    return all(b - a > tolerance for a, b in zip(seq, seq[1:]))
+    return all(b - a > tolerance for a, b in pairwise(seq))

@@ -200,7 +200,7 @@ def _memorization(cfg: EvalConfig, extractor: FeatureExtractor, feats: FeatureCa
     gen_idx = [g for g, _, _ in pairs]
     train_imgs = load_images([sets.train[t] for _, t, _ in pairs], gen.shape[-1], cfg.progress, "reading neighbours")
     ssim = pair_ssim(gen[gen_idx], train_imgs)  # (k,)
-    grid = save_pairs_grid(list(zip(gen[gen_idx], train_imgs)), out_dir / PAIRS_GRID_NAME,
+    grid = save_pairs_grid(list(zip(gen[gen_idx], train_imgs, strict=True)), out_dir / PAIRS_GRID_NAME,
                            text={"similarity": ", ".join(f"{s:.4f}" for _, _, s in pairs),
                                  "layout": "rows: generated | nearest training image"})
     return {
@@ -214,7 +214,7 @@ def _memorization(cfg: EvalConfig, extractor: FeatureExtractor, feats: FeatureCa
         "n_train": len(sets.train),
         "n_heldout": len(sets.heldout),
         "top_pairs": [{"generated": str(gen_paths[g]), "train": str(sets.train[t]), "similarity": s,
-                       "pixel_ssim": float(v)} for (g, t, s), v in zip(pairs, ssim)],
+                       "pixel_ssim": float(v)} for (g, t, s), v in zip(pairs, ssim, strict=True)],
         "grid": grid.name,
     }
 

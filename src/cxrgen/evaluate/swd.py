@@ -115,7 +115,7 @@ def swd(real: torch.Tensor, generated: torch.Tensor, settings: SWDSettings = SWD
     real, gen, notes = comparable(real, generated, settings.min_images, "SWD")
     per_level: dict[str, float] = {}
     for lr, lg in zip(laplacian_pyramid(real, settings.min_resolution),
-                      laplacian_pyramid(gen, settings.min_resolution)):
+                      laplacian_pyramid(gen, settings.min_resolution), strict=True):
         da, db = _descriptors(lr, settings, generator), _descriptors(lg, settings, generator)
         n = min(da.shape[0], db.shape[0], settings.max_descriptors)
         da = da[torch.randperm(da.shape[0], generator=generator)[:n]]

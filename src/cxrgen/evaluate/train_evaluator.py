@@ -83,7 +83,7 @@ def class_counts(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, di
     return {
         name: {"positive": int((col == POSITIVE).sum()), "negative": int((col == NEGATIVE).sum()),
                "uncertain": int((col == UNCERTAIN).sum()), "missing": int(np.isnan(col).sum())}
-        for name, col in zip(class_names, labels.T)
+        for name, col in zip(class_names, labels.T, strict=True)
     }
 
 

@@ -56,7 +56,7 @@ def _rows(manifest: Path, splits: Sequence[str] | None, image_root: str | None) 
     base = Path(image_root) if image_root is not None else manifest.parent
     sha1 = df[SHA1_COLUMN] if SHA1_COLUMN in df.columns else [None] * len(df)
     out = []
-    for value, digest in zip(df["image_path"], sha1):
+    for value, digest in zip(df["image_path"], sha1, strict=True):
         text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip()
         if text:
             path = Path(text) if Path(text).is_absolute() else base / text

@@ -64,7 +64,7 @@ def _present(m: MeasuredFindings | PhantomFindings) -> dict[str, bool]:
 def score_image(measured: MeasuredFindings | None, truth: PhantomFindings, prompt: str) -> dict[str, Any]:
     """The benchmark items of one generated image (``measured`` None: unreadable, every item wrong)."""
     negation: list[bool] = []
-    sides = dict(zip(PRESENCE_FINDINGS, (truth.effusion_side, truth.pneumothorax_side, truth.consolidation_side)))
+    sides = dict(zip(PRESENCE_FINDINGS, (truth.effusion_side, truth.pneumothorax_side, truth.consolidation_side), strict=True))
     laterality = {k: False for k, side in sides.items() if side != "none"}  # finding -> side right
     presence = {k: False for k in PRESENCE_FINDINGS}
     cardio, height = False, 0.0
@@ -76,7 +76,7 @@ def score_image(measured: MeasuredFindings | None, truth: PhantomFindings, promp
         if truth.effusion_side != "none":  # the larger side: size is scored apart from laterality
             height = float(max(measured.effusion_height.values()))
         got_sides = dict(zip(PRESENCE_FINDINGS, (measured.effusion_side, measured.pneumothorax_side,
-                                                 measured.consolidation_lobe.split("_")[0])))
+                                                 measured.consolidation_lobe.split("_")[0]), strict=True))
         laterality = {k: got_sides[k] == sides[k] for k in laterality}
     else:
         negation = [False] * len(negated_findings(prompt))
@@ -95,7 +95,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     sized = [(EFFUSION_SIZES.index(r["truth"].effusion_size), r["fluid_height"]) for r in rows
              if r["truth"].effusion_side != "none"]
     rho = math.nan
-    ranks, heights = zip(*sized) if sized else ((), ())
+    ranks, heights = zip(*sized, strict=True) if sized else ((), ())
     if len(set(ranks)) >= 2:  # undefined (nan) unless at least two sizes were prompted
         # constant measured heights carry no size information: agreement 0, not undefined
         rho = 0.0 if np.ptp(heights) == 0 else float(spearmanr(ranks, heights).statistic)

@@ -89,7 +89,7 @@ class PhantomFindings:
         """The FINDINGS this study shows (empty for a normal study)."""
         shown = (self.effusion_side != "none", self.pneumothorax_side != "none",
                  self.consolidation_lobe != "none", self.cardiomegaly)
-        return frozenset(name for name, on in zip(FINDINGS, shown) if on)
+        return frozenset(name for name, on in zip(FINDINGS, shown, strict=True) if on)
 
     @property
     def n_findings(self) -> int:

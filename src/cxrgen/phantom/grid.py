@@ -36,7 +36,7 @@ def phantom_grid(pipe: Any, prompts: list[str], out_path: str | Path, seed: int 
     lines = [describe(measure_or_none(p)) for p in pixels]
     canvas = Image.new("L", (CELL + TEXT_WIDTH, CELL * len(prompts)), color=255)
     draw = ImageDraw.Draw(canvas)
-    for i, (prompt, pix, line) in enumerate(zip(prompts, pixels, lines)):
+    for i, (prompt, pix, line) in enumerate(zip(prompts, pixels, lines, strict=True)):
         cell = Image.fromarray((pix * 255).round().astype(np.uint8)).resize((CELL, CELL), Image.BILINEAR)
         canvas.paste(cell, (0, i * CELL))
         text = "\n".join(textwrap.wrap(prompt, WRAP) + [""] + textwrap.wrap(line, WRAP))

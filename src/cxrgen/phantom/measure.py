@@ -219,7 +219,7 @@ def _consolidation(n: np.ndarray, s: np.ndarray, lungs: dict[str, LungShape], fl
         t = (y - lung.apex_y) / lung.height
         free = (u > cfg.zone_u[0]) & (u < cfg.zone_u[1]) & ~dense
         free &= y < fluid_top[side] - cfg.zone_heart_margin
-        for zone, (t0, t1) in zip(("upper", "lower"), cfg.zone_t):
+        for zone, (t0, t1) in zip(("upper", "lower"), cfg.zone_t, strict=True):
             sel = free & (t > t0) & (t < t1)
             scores[f"{side}_{zone}"] = float(z[sel].max()) if sel.any() else 0.0
     return scores

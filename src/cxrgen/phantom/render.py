@@ -82,7 +82,7 @@ def _vessels(x, y, lung: LungShape, geo: Geometry, size: int, rng: np.random.Gen
     """Branching vessel markings radiating from the hilum, tapering toward the periphery (only at ``where``)."""
     hilum = np.array(lung_point(lung, geo.hilum_u, geo.hilum_t))
     targets = np.array([lung_point(lung, u, t) for u, t in zip(rng.uniform(0.25, 1.0, VESSEL_BRANCHES),
-                                                              rng.uniform(0.02, 0.98, VESSEL_BRANCHES))])
+                                                              rng.uniform(0.02, 0.98, VESSEL_BRANCHES), strict=True)])
     ends = hilum + (targets - hilum) * rng.uniform(0.7, 0.95, (VESSEL_BRANCHES, 1))
     forks = hilum + (ends - hilum) * rng.uniform(0.3, 0.6, (VESSEL_BRANCHES, 1))
     turn = rng.uniform(0.3, 0.7, VESSEL_BRANCHES) * rng.choice([-1.0, 1.0], VESSEL_BRANCHES)
@@ -110,7 +110,7 @@ def _mottle(x, y, rng: np.random.Generator, n_waves: int = 6) -> np.ndarray:
     angle = rng.uniform(0.0, np.pi, n_waves)
     phase = rng.uniform(0.0, 2 * np.pi, n_waves)
     out = np.zeros_like(x)
-    for f, a, p in zip(freq, angle, phase):
+    for f, a, p in zip(freq, angle, phase, strict=True):
         out += np.cos(2 * np.pi * f * (x * np.cos(a) + y * np.sin(a)) + p)
     return out / np.sqrt(n_waves)
 

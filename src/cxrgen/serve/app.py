@@ -90,7 +90,7 @@ def make_handler(loader: ModelLoader, limits: DemoLimits, files_dir: Path):
             log.exception("demo generation failed")
             return None, None, LABELER_PLACEHOLDER, f"⚠️ Generation failed ({type(exc).__name__}: {exc}). Try again."
         result.warning = warning
-        gallery = [(str(p), c) for p, c in zip(result.pngs, result.captions())]
+        gallery = [(str(p), c) for p, c in zip(result.pngs, result.captions(), strict=True)]
         files = [str(p) for p in result.pngs + result.dicoms]
         return gallery, files, panel, status_markdown(result, settings)
 

@@ -70,8 +70,8 @@ def manifest_split(df: pd.DataFrame, eval_split: str, base: Path | None) -> tupl
     df = df[df["image_path"].astype(str).str.len() > 0]
     paths = [Path(p) if Path(p).is_absolute() or base is None else base / p for p in df["image_path"]]
     split = df["split"].astype(str).to_numpy()
-    train = [str(p) for p, s in zip(paths, split) if s == "train"]
-    held = [str(p) for p, s in zip(paths, split) if s == eval_split]
+    train = [str(p) for p, s in zip(paths, split, strict=True) if s == "train"]
+    held = [str(p) for p, s in zip(paths, split, strict=True) if s == eval_split]
     if not train or not held:
         raise DataError(
             f"manifest has {len(train)} 'train' and {len(held)} {eval_split!r} images with a path; "
@@ -113,7 +113,7 @@ def random_crop(images: torch.Tensor, size: int | None, generator: torch.Generat
     b, (h, w) = images.shape[0], images.shape[-2:]
     tops = torch.randint(0, h - size + 1, (b,), generator=generator).tolist()
     lefts = torch.randint(0, w - size + 1, (b,), generator=generator).tolist()
-    return torch.stack([img[..., t:t + size, x:x + size] for img, t, x in zip(images, tops, lefts)])
+    return torch.stack([img[..., t:t + size, x:x + size] for img, t, x in zip(images, tops, lefts, strict=True)])
 
 
 def jitter_intensity(

@@ -116,7 +116,7 @@ def enlarge_heart(hu: np.ndarray, anat: Anatomy, scale: float) -> np.ndarray:
     factors = np.array([scale, scale, 1.0 + 0.5 * (scale - 1.0)])
     lo = np.maximum(np.floor(c - (c - heart.min(0)) * factors) - 1, 0).astype(int)
     hi = np.minimum(np.ceil(c + (heart.max(0) - c) * factors) + 2, anat.label.shape).astype(int)
-    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1).reshape(-1, 3)
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1).reshape(-1, 3)
     src = np.rint(c + (grid - c) / factors).astype(int)
     src = np.clip(src, 0, np.array(anat.label.shape) - 1)
     new = grid[anat.label[tuple(src.T)] == anat.vol.ids["heart"]]

@@ -91,7 +91,7 @@ class TwinFindings:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "TwinFindings":
+    def from_row(cls, row: Mapping[str, Any]) -> TwinFindings:
         kwargs = {k: row[k] for k in cls.__dataclass_fields__ if k in row}
         for k in ("effusion_level", "pneumothorax_shrink", "consolidation_fill", "heart_scale", "nodule_mm"):
             if k in kwargs:

@@ -36,7 +36,7 @@ def twin_grid(cases: list[TwinCase], reports: list[str], out_path: str | Path) -
     """Write the figure: one row per case (PA, lateral, then report, truth and measurements as text)."""
     canvas = Image.new("L", (2 * CELL + TEXT_WIDTH, CELL * len(cases)), color=255)
     draw = ImageDraw.Draw(canvas)
-    for i, (case, report) in enumerate(zip(cases, reports)):
+    for i, (case, report) in enumerate(zip(cases, reports, strict=True)):
         for j, view in enumerate(("pa", "lateral")):
             pix = Image.fromarray((case.view(view) * 255).round().astype(np.uint8)).resize((CELL, CELL), Image.BILINEAR)
             canvas.paste(pix, (j * CELL, i * CELL))

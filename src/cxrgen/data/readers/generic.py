@@ -62,7 +62,7 @@ def read_csv_collection(path: str | Path, cfg: DataConfig, summary: ReadSummary,
             df[key] = [s.get(key, "") for s in sections]
         # a report without section headers is its own impression
         df["impression"] = [s.get("impression") or (clean_text(str(r)) if not s.get("findings") else "")
-                            for s, r in zip(sections, df["report"])]
+                            for s, r in zip(sections, df["report"], strict=True)]
     labels = [n for n in CHEXPERT_LABELS if n in mapping]
     for name in labels:
         df[name] = pd.to_numeric(df[name], errors="coerce")
