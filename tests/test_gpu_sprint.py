@@ -64,5 +64,5 @@ def test_sprint_refuses_a_budget_too_short_to_train(tmp_path: Path) -> None:
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path, num_workers=0)))
     with pytest.raises(TimeoutError, match="no time left"):
-        sprint.main(["--out", str(tmp_path / "sprint"), "--config", str(config), "--budget-s", "0.5",
+        sprint.main(["--out", str(tmp_path / "sprint"), "--config", str(config), "--budget-s", "0.01",
                      "--warmup-steps", "1"])
