@@ -40,11 +40,14 @@ def test_sprint_trains_within_budget_and_writes_model_report_grid(tmp_path: Path
     assert written["device"] == "cpu" and written["train_mfu"] is None and written["sample_mfu"] is None
     assert written["config"]["mixed_precision"] == "no"  # bf16 autocast only on the GPU
     assert written["config"]["ema_decay"] < 0.9999  # EMA horizon shortened to the sprint's steps
-    assert written["train_images_per_s"] > 0 and written["sampling"]["images_per_s"] > 0
-    assert written["sampling"]["gflops_per_image"] > 0 and written["train_tflops"] > 0
+    assert written["train_images_per_s"] > 0 and written["train_tflops"] > 0
+    if written["sampling"] is None:  # a slow machine left too little of the budget: skipped, and said so
+        assert any(note.startswith("sampling benchmark skipped") for note in written["notes"])
+    else:
+        assert written["sampling"]["images_per_s"] > 0 and written["sampling"]["gflops_per_image"] > 0
+        assert (tmp_path / "sprint" / "samples.png").is_file()
     assert written["train_tflops"] == pytest.approx(3 * written["gflops_forward"] * written["train_images_per_s"] / 1e3)
     assert len(written["losses"]) >= 2
-    assert (tmp_path / "sprint" / "samples.png").is_file()
     assert not (tmp_path / "sprint" / "warmup").exists()
     pipe = CXRPipeline.from_pretrained(written["model_dir"])
     assert pipe.denoiser.config.sample_size == data["model"]["denoiser"]["sample_size"]
