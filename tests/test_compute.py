@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
 
 from cxrgen.compute import count_params, denoiser_flops, model_info
 from cxrgen.config import DenoiserConfig
-from cxrgen.denoisers import build_denoiser, resolve_config
+from cxrgen.denoisers import build_denoiser, denoiser_kwargs
 from cxrgen.errors import ConfigError
 
 C, SIZE, L, D_TEXT = 4, 32, 8, 16
 TINY = DenoiserConfig(name="uvit-tiny", sample_size=SIZE, context_dim=D_TEXT, context_len=L)
 
 
-def _uvit_macs(cfg: DenoiserConfig, n_text: int) -> int:
+def _uvit_macs(den: DenoiserConfig, n_text: int) -> int:
     """Multiply-adds of one U-ViT forward (B=1), counted by hand from the architecture."""
+    cfg = SimpleNamespace(**denoiser_kwargs(den))  # the constructor's arguments: hidden_size, depth, ...
     d, p, c = cfg.hidden_size, cfg.patch_size, cfg.in_channels
     n_img = (cfg.sample_size // p) ** 2
     n = 1 + n_text + n_img
@@ -46,7 +49,7 @@ def test_count_params_counts_shared_once_and_trainable() -> None:
 def test_uvit_flops_match_the_hand_count() -> None:
     model = build_denoiser(TINY)
     result = denoiser_flops(model, (C, SIZE, SIZE), L, D_TEXT)
-    macs = _uvit_macs(resolve_config(TINY), L)
+    macs = _uvit_macs(TINY, L)
     assert result["gmacs_fwd"] == pytest.approx(macs / 1e9, rel=1e-9)
     assert result["gflops_fwd"] == pytest.approx(2 * result["gmacs_fwd"], rel=1e-12)
     twice = denoiser_flops(model, (C, SIZE, SIZE), L, D_TEXT, batch_size=2)
@@ -77,7 +80,7 @@ def test_model_info_reports_all_parts() -> None:
     text_encoder = nn.Linear(D_TEXT, D_TEXT)
     info = model_info(model, text_encoder, None, latent_shape=(C, SIZE, SIZE), context_len=L, context_dim=D_TEXT)
     assert info["denoiser"]["params"] == count_params(model)
-    assert info["denoiser"]["gmacs_fwd"] == pytest.approx(_uvit_macs(resolve_config(TINY), L) / 1e9)
+    assert info["denoiser"]["gmacs_fwd"] == pytest.approx(_uvit_macs(TINY, L) / 1e9)
     assert info["text_encoder"] == {"params": D_TEXT * D_TEXT + D_TEXT}
     assert info["autoencoder"] == {"params": None}
 

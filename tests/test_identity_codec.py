@@ -24,7 +24,7 @@ def pixel_model_config(bert_dir: Path) -> ModelConfig:
         "image_size": SIZE,
         "text_encoder": {"backend": "bert", "name_or_path": str(bert_dir), "max_length": 16},
         "autoencoder": {"kind": "identity"},
-        "denoiser": {"name": "uvit-tiny", "in_channels": 1, "sample_size": SIZE, "patch_size": 4,
+        "denoiser": {"name": "uvit-tiny", "in_channels": 1, "sample_size": SIZE, "kwargs": {"patch_size": 4},
                      "context_dim": WIDTH, "context_len": 16},
     })  # fmt: skip
 

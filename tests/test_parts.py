@@ -49,7 +49,7 @@ def test_describe_reads_the_model_section_of_a_training_yaml(tiny_yaml: Path, tm
     train_yaml = tmp_path / "train.yaml"
     train_yaml.write_text(yaml.safe_dump({"model": yaml.safe_load(tiny_yaml.read_text()), "steps": 5}))
     assert describe(train_yaml)["denoiser"]["params"] == describe(tiny_yaml)["denoiser"]["params"]
-    wider = describe(train_yaml, ["denoiser.hidden_size=64"])  # overrides address the model section
+    wider = describe(train_yaml, ["denoiser.kwargs.hidden_size=64"])  # overrides address the model section
     assert wider["denoiser"]["params"] > describe(tiny_yaml)["denoiser"]["params"]
 
 

@@ -10,8 +10,7 @@ from diffusers import UNet2DConditionModel
 
 from cxrgen.compute import count_params
 from cxrgen.config import DenoiserConfig
-from cxrgen.denoisers import UNetDenoiser, build_denoiser, load_denoiser, resolve_config
-from cxrgen.denoisers.unet import unet_kwargs
+from cxrgen.denoisers import UNetDenoiser, build_denoiser, denoiser_kwargs, load_denoiser
 from cxrgen.errors import ConfigError
 
 B, C, SIZE, L, D_TEXT = 3, 4, 16, 6, 16
@@ -89,6 +88,11 @@ def test_pretrained_errors(model: UNetDenoiser, tmp_path) -> None:
     wrong_width = dataclasses.replace(TINY, context_dim=D_TEXT * 2, pretrained=str(tmp_path / "sd"))
     with pytest.raises(ConfigError, match="context_dim"):
         build_denoiser(wrong_width)
+    same = dataclasses.replace(TINY, kwargs={"block_out_channels": [32, 64]}, pretrained=str(tmp_path / "sd"))
+    assert list(build_denoiser(same).config.block_out_channels) == [32, 64]  # asked overrides = what was saved
+    other = dataclasses.replace(same, kwargs={"block_out_channels": [64, 128]})
+    with pytest.raises(ConfigError, match="another architecture .*block_out_channels"):
+        build_denoiser(other)  # an override the loaded weights do not have is not dropped silently
 
 
 def test_bf16_autocast_on_cpu(model: UNetDenoiser) -> None:
@@ -100,8 +104,7 @@ def test_bf16_autocast_on_cpu(model: UNetDenoiser) -> None:
 
 def test_sd15_preset_is_the_stable_diffusion_1x_unet() -> None:
     """SD 1.x U-Net: 4 levels (320, 640, 1280, 1280), 8 heads, 768-wide text; 860M params (model card)."""
-    cfg = resolve_config(DenoiserConfig(name="sd15-unet", sample_size=32))
-    kwargs = unet_kwargs(cfg)
+    kwargs = denoiser_kwargs(DenoiserConfig(name="sd15-unet", sample_size=32))
     assert kwargs["block_out_channels"] == (320, 640, 1280, 1280)
     assert kwargs["down_block_types"] == ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
     assert kwargs["up_block_types"] == ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
@@ -112,16 +115,17 @@ def test_sd15_preset_is_the_stable_diffusion_1x_unet() -> None:
 
 
 @pytest.mark.parametrize(
-    ("changes", "message"),
+    ("changes", "kwargs", "message"),
     [
-        ({"sample_size": 15}, "divisible"),
-        ({"norm_num_groups": 24}, "norm_num_groups"),
-        ({"attention_head_dim": 3}, "attention_head_dim"),
-        ({"block_out_channels": (32,)}, "two levels"),
-        ({"depth": 5}, "remove the fields"),
-        ({"name": "unet-huge"}, "valid names"),
+        ({"sample_size": 15}, {}, "divisible"),
+        ({}, {"norm_num_groups": 24}, "norm_num_groups"),
+        ({}, {"attention_head_dim": 3}, "attention_head_dim"),
+        ({}, {"block_out_channels": (32,)}, "two levels"),
+        ({}, {"depth": 5}, "depth is not a parameter of UNetDenoiser; valid: .*layers_per_block"),
+        ({}, {"cross_attention_dim": 8}, "set denoiser.in_channels, sample_size, context_dim"),
+        ({"name": "unet-huge"}, {}, "valid names"),
     ],
 )
-def test_bad_configs_raise_at_construction(changes: dict, message: str) -> None:
+def test_bad_configs_raise_at_construction(changes: dict, kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        build_denoiser(dataclasses.replace(TINY, **changes))
+        build_denoiser(dataclasses.replace(TINY, **changes, kwargs=kwargs))

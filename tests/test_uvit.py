@@ -10,13 +10,13 @@ import torch
 import cxrgen.denoisers.uvit
 from cxrgen.compute import count_params
 from cxrgen.config import DenoiserConfig
-from cxrgen.denoisers import DENOISERS, UViT, build_denoiser, load_denoiser, resolve_config, uvit_kwargs
+from cxrgen.denoisers import DENOISERS, UViT, build_denoiser, denoiser_kwargs, load_denoiser
 from cxrgen.denoisers.uvit import sincos_2d, timestep_embedding, trim_padding, unpatchify
 from cxrgen.errors import ConfigError
 
 B, C, SIZE, L, D_TEXT = 3, 4, 32, 8, 16
 TINY = DenoiserConfig(name="uvit-tiny", sample_size=SIZE, context_dim=D_TEXT, context_len=L)
-TINY_DEPTH = DENOISERS["uvit-tiny"]["depth"]
+TINY_DEPTH = DENOISERS["uvit-tiny"].kwargs["depth"]
 TOL = 1e-6  # float32 round-off between equal computations in a different token order
 
 
@@ -157,7 +157,7 @@ def test_save_load_gives_identical_output(model: UViT, tmp_path) -> None:
 
 
 def test_registry_sizes_are_constructor_kwargs() -> None:
-    kwargs = uvit_kwargs(DenoiserConfig(name="uvit-xs", context_dim=384))
+    kwargs = denoiser_kwargs(DenoiserConfig(name="uvit-xs", context_dim=384))
     assert kwargs["hidden_size"] == 256 and kwargs["depth"] == 9 and kwargs["patch_size"] == 4
     model = UViT(**kwargs)
     assert model.config.hidden_size == 256 and model.spec.context_dim == 384
@@ -173,7 +173,8 @@ def test_pretrained_starts_from_saved_weights(model: UViT, tmp_path) -> None:
     started.save_pretrained(tmp_path / "again")
     assert "pretrained" not in load_denoiser(tmp_path / "again").config  # the saved model does not point back
     with pytest.raises(ConfigError, match="hidden_size"):
-        build_denoiser(dataclasses.replace(TINY, hidden_size=64, num_heads=2, pretrained=str(tmp_path / "pipe")))
+        build_denoiser(dataclasses.replace(TINY, kwargs={"hidden_size": 64, "num_heads": 2},
+                                           pretrained=str(tmp_path / "pipe")))
     with pytest.raises(ConfigError, match="local folder"):
         build_denoiser(dataclasses.replace(TINY, pretrained=str(tmp_path / "missing")))
 
@@ -214,7 +215,7 @@ def test_sincos_positions_are_fixed_and_tell_patches_apart(tmp_path) -> None:
     assert pos.shape == (16, 16) and len({tuple(row.tolist()) for row in pos}) == 16
     assert torch.equal(pos[1, :8], pos[0, :8]) and not torch.equal(pos[1, 8:], pos[0, 8:])  # same row, next column
     assert torch.equal(pos[4, 8:], pos[0, 8:]) and not torch.equal(pos[4, :8], pos[0, :8])  # next row, same column
-    cfg = dataclasses.replace(TINY, pos_embed="sincos")
+    cfg = dataclasses.replace(TINY, kwargs={"pos_embed_type": "sincos"})
     model = _model(cfg)
     grid = SIZE // model.config.patch_size
     assert model.pos_embed.shape == (1, 1 + L, model.config.hidden_size)  # learned: time and text only
@@ -232,7 +233,7 @@ def test_sincos_positions_are_fixed_and_tell_patches_apart(tmp_path) -> None:
 
 
 def test_same_widths_need_no_projection() -> None:
-    cfg = dataclasses.replace(TINY, context_dim=32, project_context=False)
+    cfg = dataclasses.replace(TINY, context_dim=32, kwargs={"project_context": False})
     model = _model(cfg)
     assert isinstance(model.context_embed, torch.nn.Identity)
     z, t, _, mask = _inputs()
@@ -240,24 +241,26 @@ def test_same_widths_need_no_projection() -> None:
 
 
 @pytest.mark.parametrize(
-    ("changes", "message"),
+    ("changes", "kwargs", "message"),
     [
-        ({"name": "uvit-huge"}, "valid names"),
-        ({"patch_size": 3}, "patch_size"),
-        ({"num_heads": 5}, "num_heads"),
-        ({"depth": 4}, "odd"),
-        ({"time_embed": "linear"}, "time_embed"),
-        ({"project_context": False}, "project_context"),
-        ({"block_out_channels": (32, 64)}, "remove the fields"),
-        ({"prediction_type": "x0"}, "prediction_type"),
-        ({"pos_embed": "rope"}, "pos_embed"),
-        ({"pos_embed": "sincos", "hidden_size": 34}, "divisible by 4"),
-        ({"name": "unet-tiny", "pos_embed": "sincos"}, "U-ViTs only"),
+        ({"name": "uvit-huge"}, {}, "valid names"),
+        ({}, {"patch_size": 3}, "patch_size"),
+        ({}, {"num_heads": 5}, "num_heads"),
+        ({}, {"depth": 4}, "odd"),
+        ({}, {"time_embed_type": "linear"}, "time_embed"),
+        ({}, {"project_context": False}, "project_context"),
+        ({}, {"block_out_channels": (32, 64)}, "block_out_channels is not a parameter of UViT; valid: .*hidden_size"),
+        ({}, {"hidden_sise": 64}, "did you mean 'hidden_size'"),
+        ({}, {"context_len": 4}, "set denoiser.in_channels, sample_size, context_dim, context_len"),
+        ({"prediction_type": "x0"}, {}, "prediction_type"),
+        ({}, {"pos_embed_type": "rope"}, "pos_embed"),
+        ({}, {"pos_embed_type": "sincos", "hidden_size": 34}, "divisible by 4"),
+        ({"name": "unet-tiny"}, {"pos_embed_type": "sincos"}, "pos_embed_type is not a parameter of UNetDenoiser"),
     ],
 )
-def test_bad_configs_raise_at_construction(changes: dict, message: str) -> None:
+def test_bad_configs_raise_at_construction(changes: dict, kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        build_denoiser(dataclasses.replace(TINY, **changes))
+        build_denoiser(dataclasses.replace(TINY, **changes, kwargs=kwargs))
 
 
 def test_bad_inputs_raise_config_error(model: UViT) -> None:
@@ -292,9 +295,9 @@ def test_published_sizes_match_the_paper(name: str) -> None:
     cfg = DenoiserConfig(name=name, sample_size=32, context_dim=768, context_len=77)
     with torch.device("meta"):  # no memory, no init cost
         model = build_denoiser(cfg)
-    spec = resolve_config(cfg)
+    kwargs = denoiser_kwargs(cfg)
     n = count_params(model)
-    assert n == _uvit_t2i_params(spec.depth, spec.hidden_size)
+    assert n == _uvit_t2i_params(kwargs["depth"], kwargs["hidden_size"])
     assert abs(n / 1e6 - PAPER_PARAMS_M[name]) / PAPER_PARAMS_M[name] < 0.03
     if name == "uvit-s":
         assert abs(n / 45e6 - 1) < 0.03  # the MS-COCO (77x768 CLIP context) U-ViT-S/2

@@ -25,8 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from cxrgen.autoencoder import IdentityCodec, LatentCodec
 from cxrgen.config import AutoencoderConfig, DenoiserConfig, SamplingConfig, TextEncoderConfig, load_config
-from cxrgen.denoisers import build_denoiser
-from cxrgen.denoisers.unet import UNetDenoiser
+from cxrgen.denoisers import UNetDenoiser, UViT, build_denoiser, denoiser_preset
 from cxrgen.pipeline import CXRPipeline
 from cxrgen.text import TEXT_ENCODER_CONFIG_NAME, build_text_encoder, load_text_encoder
 
@@ -35,8 +34,8 @@ LEGACY_FILES = {"model_index.json", "sampling.yaml", "autoencoder", "denoiser", 
 
 def load_legacy(old: Path) -> tuple[CXRPipeline, bool, bool]:
     """The pipeline of a legacy folder, whether its text encoder was by reference, whether its denoiser was fp16."""
-    den_cfg = load_config(DenoiserConfig, old / "denoiser" / "denoiser_config.yaml")
-    if den_cfg.name.startswith("uvit"):
+    den_cfg = load_config(DenoiserConfig, old / "denoiser" / "denoiser_config.yaml")  # flat fields: read as kwargs
+    if denoiser_preset(den_cfg.name).cls is UViT:
         denoiser = build_denoiser(den_cfg)
         state = load_file(str(old / "denoiser" / "model.safetensors"))
         denoiser.load_state_dict(state)

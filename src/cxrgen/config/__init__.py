@@ -4,7 +4,7 @@ Every number a stage depends on (pixel range, token limit, latent scale, ...) is
 a literal in the code that uses it. One module per area; everything is importable from here.
 """
 
-from cxrgen.config.base import apply_overrides, from_dict, load_config, save_config, to_dict
+from cxrgen.config.base import FrozenDict, apply_overrides, from_dict, load_config, save_config, to_dict
 from cxrgen.config.data import DataConfig, ImageConfig, PromptConfig, SplitConfig
 from cxrgen.config.evaluation import UNCERTAIN_POLICIES, EvalConfig, EvaluatorConfig, EvaluatorTrainConfig
 from cxrgen.config.models import (
@@ -36,6 +36,7 @@ __all__ = [
     "EvalConfig",
     "EvaluatorConfig",
     "EvaluatorTrainConfig",
+    "FrozenDict",
     "ImageConfig",
     "ModelConfig",
     "PhantomConfig",

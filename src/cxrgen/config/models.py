@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from cxrgen.config.base import FrozenDict
 from cxrgen.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers' names for the target
 AUTOENCODER_KINDS = ("kl", "identity")  # AutoencoderKL latents, or pixels (cxrgen.autoencoder.IdentityCodec)
 
 
+#: Flat denoiser fields of the earlier config layout -> the constructor keyword argument each became.
+LEGACY_DENOISER_FIELDS = {
+    "hidden_size": "hidden_size", "depth": "depth", "num_heads": "num_heads", "patch_size": "patch_size",
+    "mlp_ratio": "mlp_ratio", "qkv_bias": "qkv_bias", "time_embed": "time_embed_type",
+    "project_context": "project_context", "final_conv": "final_conv", "pos_embed": "pos_embed_type",
+    "block_out_channels": "block_out_channels", "layers_per_block": "layers_per_block",
+    "attention_head_dim": "attention_head_dim", "norm_num_groups": "norm_num_groups",
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class DenoiserConfig:
-    """A denoiser: a registry name (cxrgen.denoisers.DENOISERS) plus fields overriding its preset.
+    """A denoiser: a registry name (cxrgen.denoisers.DENOISERS), the fields every denoiser shares, and
+    ``kwargs`` overriding the preset's constructor keyword arguments (checked against the class there).
 
-    Architecture fields left at None take the preset's value (``resolve_config``); the model itself
-    is built from and saved with its constructor's keyword arguments (its diffusers config.json).
+    The model itself is saved with its constructor's keyword arguments (its diffusers config.json).
     """
 
     name: str = "uvit-tiny"  # registry key, e.g. uvit-s, uvit-m, sd15-unet, unet-tiny
@@ -25,24 +41,13 @@ class DenoiserConfig:
     context_dim: int = 768  # text token width D_text
     context_len: int = 77  # most text tokens (U-ViT position embeddings)
     pretrained: str | None = None  # start from: U-Net: SD weights (hub id / dir, subfolder "unet"); U-ViT: saved folder or CXRPipeline folder
-    # U-ViT (None = preset value)
-    hidden_size: int | None = None  # token width D
-    depth: int | None = None  # transformer blocks in all, odd: depth//2 in + 1 mid + depth//2 out
-    num_heads: int | None = None
-    patch_size: int | None = None
-    mlp_ratio: float | None = None
-    qkv_bias: bool | None = None
-    time_embed: str | None = None  # identity (sinusoid is the token, as U-ViT) | mlp
-    project_context: bool | None = None  # linear D_text -> D on text tokens
-    final_conv: bool | None = None  # 3x3 conv after unpatchify
-    pos_embed: str = "learned"  # U-ViT patch positions: learned (reference) | sincos (fixed 2-D sine-cosine, DiT/MAE)
-    # U-Net (None = preset value)
-    block_out_channels: tuple[int, ...] | None = None
-    layers_per_block: int | None = None
-    attention_head_dim: int | None = None  # diffusers' name; for SD 1.x it is the head count
-    norm_num_groups: int | None = None
+    # constructor keyword arguments over the preset's, e.g. U-ViT {hidden_size: 256, patch_size: 4,
+    # pos_embed_type: sincos}, U-Net {block_out_channels: [32, 64, 128]}
+    kwargs: Mapping[str, Any] = field(default_factory=FrozenDict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.kwargs, FrozenDict):  # e.g. DenoiserConfig(kwargs={...}) from Python
+            object.__setattr__(self, "kwargs", FrozenDict(self.kwargs))
         if self.prediction_type not in PREDICTION_TYPES:
             raise ConfigError(
                 f"denoiser.prediction_type={self.prediction_type!r}: use one of {list(PREDICTION_TYPES)}"
@@ -50,6 +55,22 @@ class DenoiserConfig:
         for key in ("in_channels", "sample_size", "context_dim", "context_len"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"denoiser.{key}={getattr(self, key)}: give a positive number")
+
+    @staticmethod
+    def upgrade_dict(data: dict[str, Any], where: str = "") -> dict[str, Any]:
+        """Read an earlier flat section (``hidden_size: 256`` beside ``name``) as ``kwargs`` (None: the preset's)."""
+        legacy = [k for k in data if k in LEGACY_DENOISER_FIELDS]
+        if not legacy:
+            return data
+        data, kwargs = dict(data), dict(data.get("kwargs") or {})
+        for key in legacy:
+            value = data.pop(key)
+            if value is not None and not (key == "pos_embed" and value == "learned"):  # learned: the default
+                kwargs.setdefault(LEGACY_DENOISER_FIELDS[key], value)
+        data["kwargs"] = kwargs
+        log.info("%s: read the earlier flat fields %s as %skwargs=%s; write them under kwargs to silence this",
+                 where.rstrip(".") or "denoiser", legacy, where, kwargs)
+        return data
 
 
 @dataclass(frozen=True)

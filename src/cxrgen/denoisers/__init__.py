@@ -5,9 +5,16 @@ z_t (B, C, h, w) latents, t (B,) int or float timesteps, context (B, L, D_text) 
 """
 
 from cxrgen.denoisers.base import DenoiserSpec
-from cxrgen.denoisers.registry import DENOISERS, build_denoiser, load_denoiser, resolve_config, uvit_kwargs
+from cxrgen.denoisers.registry import (
+    DENOISERS,
+    DenoiserPreset,
+    build_denoiser,
+    denoiser_kwargs,
+    denoiser_preset,
+    load_denoiser,
+)
 from cxrgen.denoisers.unet import UNetDenoiser
 from cxrgen.denoisers.uvit import UViT
 
-__all__ = ["DENOISERS", "DenoiserSpec", "UNetDenoiser", "UViT", "build_denoiser", "load_denoiser", "resolve_config",
-           "uvit_kwargs"]
+__all__ = ["DENOISERS", "DenoiserPreset", "DenoiserSpec", "UNetDenoiser", "UViT", "build_denoiser", "denoiser_kwargs",
+           "denoiser_preset", "load_denoiser"]

@@ -7,13 +7,13 @@ the deepest, and in the middle block; the text mask becomes diffusers' ``encoder
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel
 
-from cxrgen.config import DenoiserConfig
 from cxrgen.denoisers.base import DenoiserSpec, check_inputs, prepare_timesteps
 from cxrgen.errors import ConfigError
 from cxrgen.hub import load_pretrained
@@ -23,46 +23,39 @@ logger = logging.getLogger(__name__)
 PRETRAINED_SUBFOLDER = "unet"  # where a Stable Diffusion repo or folder keeps its U-Net
 
 
-def validate_unet_config(cfg: DenoiserConfig) -> None:
-    """Raise ConfigError for a U-Net config that could not run (checked at construction)."""
-    needed = ("block_out_channels", "layers_per_block", "attention_head_dim", "norm_num_groups")
-    missing = [k for k in needed if getattr(cfg, k) is None]
-    if missing:
-        raise ConfigError(f"U-Net config lacks {missing}: build it with cxrgen.denoisers.build_denoiser")
-    channels = cfg.block_out_channels
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so a config read from JSON compares equal to the one asked for."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def sd_block_layout(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with SD 1.x block types for its ``block_out_channels`` levels where none are given:
+    cross-attention in every level but the deepest (and in the middle block)."""
+    levels = len(kwargs.get("block_out_channels") or ())
+    layout = {"down_block_types": ("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+              "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1)}
+    return {**layout, **kwargs}
+
+
+def validate_unet_kwargs(kwargs: Mapping[str, Any]) -> None:
+    """Raise ConfigError for U-Net constructor arguments that could not run (checked at construction)."""
+    channels = tuple(kwargs["block_out_channels"])
     if len(channels) < 2:
-        raise ConfigError(f"denoiser.block_out_channels={channels}: give at least two levels")
+        raise ConfigError(f"denoiser.kwargs.block_out_channels={list(channels)}: give at least two levels")
     factor = 2 ** (len(channels) - 1)
-    if cfg.sample_size % factor:
+    if kwargs["sample_size"] % factor:
         raise ConfigError(
-            f"denoiser.sample_size={cfg.sample_size} is not divisible by {factor}, the U-Net's "
+            f"denoiser.sample_size={kwargs['sample_size']} is not divisible by {factor}, the U-Net's "
             f"downsampling over {len(channels)} levels: use a multiple of {factor} or fewer levels"
         )
+    groups, heads = kwargs["norm_num_groups"], kwargs["attention_head_dim"]
     for c in channels:
-        if c % cfg.norm_num_groups:
-            raise ConfigError(f"denoiser.norm_num_groups={cfg.norm_num_groups} does not divide channels {c}")
-        if c % cfg.attention_head_dim:
+        if c % groups:
+            raise ConfigError(f"denoiser.kwargs.norm_num_groups={groups} does not divide channels {c}")
+        if isinstance(heads, int) and c % heads:
             raise ConfigError(
-                f"denoiser.attention_head_dim={cfg.attention_head_dim} (SD 1.x: head count) "
-                f"does not divide channels {c}"
+                f"denoiser.kwargs.attention_head_dim={heads} (SD 1.x: head count) does not divide channels {c}"
             )
-
-
-def unet_kwargs(cfg: DenoiserConfig) -> dict[str, Any]:
-    """``UNet2DConditionModel`` arguments for a resolved config (SD 1.x block layout)."""
-    levels = len(cfg.block_out_channels)
-    return dict(
-        sample_size=cfg.sample_size,
-        in_channels=cfg.in_channels,
-        out_channels=cfg.in_channels,
-        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
-        block_out_channels=tuple(cfg.block_out_channels),
-        layers_per_block=cfg.layers_per_block,
-        attention_head_dim=cfg.attention_head_dim,
-        norm_num_groups=cfg.norm_num_groups,
-        cross_attention_dim=cfg.context_dim,
-    )
 
 
 def load_pretrained_unet(id_or_path: str) -> UNetDenoiser:
@@ -90,21 +83,24 @@ class UNetDenoiser(UNet2DConditionModel):
     prediction_type: str | None = None  # set from the training config; saved in the scheduler's config
 
     @classmethod
-    def from_denoiser_config(cls, cfg: DenoiserConfig) -> UNetDenoiser:
-        """Random init, or the weights named by ``cfg.pretrained`` (hub id or local path)."""
-        if cfg.pretrained is None:
-            validate_unet_config(cfg)
-            model = cls(**unet_kwargs(cfg))
+    def build(cls, kwargs: Mapping[str, Any], prediction_type: str, pretrained: str | None = None,
+              asked: Mapping[str, Any] | None = None) -> UNetDenoiser:
+        """Random init from constructor ``kwargs``, or the weights named by ``pretrained`` (hub id or local
+        path); then the loaded config must match the latent channels, text width and ``asked`` overrides."""
+        if pretrained is None:
+            validate_unet_kwargs(kwargs)
+            model = cls(**kwargs)
         else:
-            logger.info("loading U-Net weights from %s", cfg.pretrained)
-            model = load_pretrained_unet(cfg.pretrained)
-            ucfg = model.config
-            if ucfg.in_channels != cfg.in_channels or ucfg.cross_attention_dim != cfg.context_dim:
+            logger.info("loading U-Net weights from %s", pretrained)
+            model = load_pretrained_unet(pretrained)
+            keys = ("in_channels", "cross_attention_dim", *(asked or {}))
+            differ = {k: (model.config.get(k), kwargs[k]) for k in keys if _plain(model.config.get(k)) != _plain(kwargs[k])}
+            if differ:
                 raise ConfigError(
-                    f"loaded U-Net has in_channels={ucfg.in_channels}, cross_attention_dim="
-                    f"{ucfg.cross_attention_dim}; set denoiser.in_channels and denoiser.context_dim to match"
+                    f"denoiser.pretrained={pretrained!r} has another architecture (loaded, asked): {differ}; set "
+                    "denoiser.in_channels, denoiser.context_dim (cross_attention_dim) and denoiser.kwargs to match"
                 )
-        model.prediction_type = cfg.prediction_type
+        model.prediction_type = prediction_type
         return model
 
     @property

@@ -128,25 +128,25 @@ def validate_uvit_config(cfg: Any) -> None:
     if cfg.prediction_type not in PREDICTION_TYPES:
         raise ConfigError(f"denoiser.prediction_type={cfg.prediction_type!r}: use one of {list(PREDICTION_TYPES)}")
     if cfg.depth < 1 or cfg.depth % 2 == 0:
-        raise ConfigError(f"denoiser.depth={cfg.depth}: give an odd block count (in + mid + out), e.g. 13")
+        raise ConfigError(f"denoiser.kwargs.depth={cfg.depth}: give an odd block count (in + mid + out), e.g. 13")
     if cfg.hidden_size % cfg.num_heads:
         raise ConfigError(
-            f"denoiser.num_heads={cfg.num_heads} does not divide hidden_size={cfg.hidden_size}"
+            f"denoiser.kwargs.num_heads={cfg.num_heads} does not divide hidden_size={cfg.hidden_size}"
         )
     if cfg.patch_size < 1 or cfg.sample_size % cfg.patch_size:
         raise ConfigError(
-            f"denoiser.patch_size={cfg.patch_size} does not divide the latent size {cfg.sample_size}"
+            f"denoiser.kwargs.patch_size={cfg.patch_size} does not divide the latent size {cfg.sample_size}"
         )
     if cfg.time_embed_type not in TIME_EMBEDS:
-        raise ConfigError(f"denoiser.time_embed={cfg.time_embed_type!r}: use one of {list(TIME_EMBEDS)}")
+        raise ConfigError(f"denoiser.kwargs.time_embed_type={cfg.time_embed_type!r}: use one of {list(TIME_EMBEDS)}")
     if cfg.pos_embed_type not in POS_EMBEDS:
-        raise ConfigError(f"denoiser.pos_embed={cfg.pos_embed_type!r}: use one of {list(POS_EMBEDS)}")
+        raise ConfigError(f"denoiser.kwargs.pos_embed_type={cfg.pos_embed_type!r}: use one of {list(POS_EMBEDS)}")
     if cfg.pos_embed_type == "sincos" and cfg.hidden_size % 4:
-        raise ConfigError(f"denoiser.pos_embed=sincos needs hidden_size divisible by 4, got {cfg.hidden_size}")
+        raise ConfigError(f"denoiser.kwargs.pos_embed_type=sincos needs hidden_size divisible by 4, got {cfg.hidden_size}")
     if not cfg.project_context and cfg.context_dim != cfg.hidden_size:
         raise ConfigError(
             f"denoiser.context_dim={cfg.context_dim} != hidden_size={cfg.hidden_size} with "
-            "project_context=false: set project_context=true or make the widths equal"
+            "kwargs.project_context=false: set it true or make the widths equal"
         )
 
 
@@ -303,6 +303,6 @@ class UViT(ModelMixin, ConfigMixin):
         differ = {k: (saved.config.get(k), v) for k, v in ours.items() if saved.config.get(k) != v}
         if differ:
             raise ConfigError(f"denoiser.pretrained={str(source)!r} has another architecture (saved, asked): "
-                              f"{differ}; set these denoiser fields to the saved values")
+                              f"{differ}; set these in denoiser.kwargs (or the shared denoiser fields) to the saved values")
         self.load_state_dict(saved.state_dict())
         logger.info("U-ViT starts from the weights in %s", directory)

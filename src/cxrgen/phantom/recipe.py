@@ -162,9 +162,9 @@ def phantom_train_config(recipe: PhantomRecipe, out_dir: str | Path, tokenizer_d
             "autoencoder": {"kind": "identity"},
             "denoiser": {"name": recipe.denoiser, "in_channels": 1, "sample_size": recipe.image_size,
                          "context_dim": context_dim or recipe.text_width, "context_len": TextEncoderConfig(**text).context_length,
-                         "hidden_size": recipe.hidden_size, "depth": recipe.depth, "patch_size": recipe.patch_size,
-                         "pos_embed": recipe.pos_embed, "prediction_type": recipe.prediction_type,
-                         "pretrained": recipe.pretrained},
+                         "prediction_type": recipe.prediction_type, "pretrained": recipe.pretrained,
+                         "kwargs": {"hidden_size": recipe.hidden_size, "depth": recipe.depth,
+                                    "patch_size": recipe.patch_size, "pos_embed_type": recipe.pos_embed}},
         },
         "schedule": {"beta_schedule": "squaredcos_cap_v2"},  # cosine (Nichol & Dhariwal 2021): suits small images
         "image": {"size": recipe.image_size},
