@@ -230,6 +230,8 @@ def test_fingerprint_detects_changes(world, parts, built: Path, tmp_path: Path) 
     assert cache_mismatches(cfg, built, codec, other_text)[0].startswith("text_encoder")
     trainable = apply_overrides(cfg, ["model.text_encoder.trainable=true"])
     assert cache_matches(trainable, built, codec)  # latents still serve; the embeddings go unused
+    wider = apply_overrides(cfg, ["model.denoiser.kwargs.hidden_size=64"])  # the denoiser reads the cache,
+    assert cache_matches(wider, built, codec, text)  # it does not make it: another one trains on the same latents
     with pytest.raises(StaleCacheError, match="cxrgen cache"):
         check_cache(apply_overrides(cfg, ["image.size=64"]), built, codec, text)
 

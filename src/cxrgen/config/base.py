@@ -189,7 +189,7 @@ def _no_field(node: Any, tp: Any, path: list[str], part: str) -> str:
     if dataclasses.is_dataclass(tp):
         hint += [f"free-form keys go under a mapping field: {'.'.join([*path, f.name, part])}=..."
                  for f in dataclasses.fields(tp) if _is_mapping(_field_type(tp, f.name))]
-    return " ".join([f"no field {where!r}; valid here: {valid}", *hint])
+    return "; ".join([f"no field {where!r}; valid here: {valid}", *hint])
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:

@@ -94,7 +94,8 @@ class UNetDenoiser(UNet2DConditionModel):
             logger.info("loading U-Net weights from %s", pretrained)
             model = load_pretrained_unet(pretrained)
             keys = ("in_channels", "cross_attention_dim", *(asked or {}))
-            differ = {k: (model.config.get(k), kwargs[k]) for k in keys if _plain(model.config.get(k)) != _plain(kwargs[k])}
+            differ = {k: (model.config.get(k), kwargs[k]) for k in keys
+                      if _plain(model.config.get(k)) != _plain(kwargs[k])}
             if differ:
                 raise ConfigError(
                     f"denoiser.pretrained={pretrained!r} has another architecture (loaded, asked): {differ}; set "

@@ -142,7 +142,9 @@ def validate_uvit_config(cfg: Any) -> None:
     if cfg.pos_embed_type not in POS_EMBEDS:
         raise ConfigError(f"denoiser.kwargs.pos_embed_type={cfg.pos_embed_type!r}: use one of {list(POS_EMBEDS)}")
     if cfg.pos_embed_type == "sincos" and cfg.hidden_size % 4:
-        raise ConfigError(f"denoiser.kwargs.pos_embed_type=sincos needs hidden_size divisible by 4, got {cfg.hidden_size}")
+        raise ConfigError(
+            f"denoiser.kwargs.pos_embed_type=sincos needs hidden_size divisible by 4, got {cfg.hidden_size}"
+        )
     if not cfg.project_context and cfg.context_dim != cfg.hidden_size:
         raise ConfigError(
             f"denoiser.context_dim={cfg.context_dim} != hidden_size={cfg.hidden_size} with "
@@ -303,6 +305,6 @@ class UViT(ModelMixin, ConfigMixin):
         differ = {k: (saved.config.get(k), v) for k, v in ours.items() if saved.config.get(k) != v}
         if differ:
             raise ConfigError(f"denoiser.pretrained={str(source)!r} has another architecture (saved, asked): "
-                              f"{differ}; set these in denoiser.kwargs (or the shared denoiser fields) to the saved values")
+                              f"{differ}; set these in denoiser.kwargs (or the shared fields) to the saved values")
         self.load_state_dict(saved.state_dict())
         logger.info("U-ViT starts from the weights in %s", directory)
