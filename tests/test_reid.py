@@ -42,12 +42,14 @@ def test_save_load_gives_the_same_embeddings(tmp_path: Path) -> None:
 def test_pk_batches_hold_same_patient_pairs_and_single_negatives() -> None:
     identity = np.array([0, 0, 0, 1, 1, 2, 3, 4, 4])  # patients 2 and 3 have one image
     batches = pk_batches(identity, patients=2, per_patient=2, rng=np.random.default_rng(0))
-    multi = [b for b in batches]
-    seen = {int(identity[i]) for b in multi for i in b}
+    seen = {int(identity[i]) for b in batches for i in b}
     assert {0, 1, 4} <= seen and len(batches) == 2
     for batch in batches:
         ids = identity[batch]
         assert any((ids == p).sum() == 2 for p in (0, 1, 4))  # a same-patient pair in every batch
+    strata = np.array(["a", "a", "a", "b", "b", "b", "a", "b", "b"])  # patients 0, 3 in a; 1, 2, 4 in b
+    for batch in pk_batches(identity, 2, 2, np.random.default_rng(0), strata):
+        assert len(set(strata[batch])) == 1  # hard negatives: one finding per batch
     with pytest.raises(DataError, match="two images"):
         pk_batches(np.arange(4), 2, 2, np.random.default_rng(0))
 

@@ -41,11 +41,12 @@ AUGMENT = EvaluatorTrainConfig()  # the evaluator's augmentation ranges (rotatio
 
 @dataclass
 class ReidRows:
-    """Images (N, 1, S, S) in [-1, 1], an identity per row (N,) and each row's source collection."""
+    """Images (N, 1, S, S) in [-1, 1], an identity per row (N,), each row's source and source + finding."""
 
     images: torch.Tensor
     identity: np.ndarray
     sources: list[str]
+    strata: np.ndarray
 
     def __len__(self) -> int:
         return len(self.identity)
@@ -82,25 +83,33 @@ def load_rows(rows: pd.DataFrame, size: int, progress: bool, what: str) -> ReidR
     image_cfg = ImageConfig(size=size)
     images = [load_image(p, image_cfg) for p in tqdm(rows["image_path"], desc=f"loading {what}", disable=not progress)]
     stacked = torch.stack(images) if images else torch.zeros(0, 1, size, size)  # (N, 1, S, S)
-    return ReidRows(stacked, rows["identity"].to_numpy(), rows["source"].astype(str).tolist())
+    finding = rows["finding"].astype(str) if "finding" in rows.columns else pd.Series("", rows.index)
+    strata = (rows["source"].astype(str) + "/" + finding.fillna("")).to_numpy()
+    return ReidRows(stacked, rows["identity"].to_numpy(), rows["source"].astype(str).tolist(), strata)
 
 
-def pk_batches(identity: np.ndarray, patients: int, per_patient: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """One epoch of row-index batches: P multi-image patients x K images, plus P single-image patients."""
+def pk_batches(identity: np.ndarray, patients: int, per_patient: int, rng: np.random.Generator,
+               strata: np.ndarray | None = None) -> list[np.ndarray]:
+    """One epoch of row-index batches: P multi-image patients x K images, plus P single-image patients.
+
+    With ``strata`` (a label per row, e.g. source + finding), every batch is drawn within one stratum,
+    so its negatives share the finding and only identity tells the pairs apart (hard negatives).
+    """
+    strata = np.zeros(len(identity), dtype=np.int64) if strata is None else pd.factorize(strata)[0]
     groups = pd.Series(np.arange(len(identity))).groupby(identity).apply(list)
-    multi = [np.asarray(g) for g in groups if len(g) >= 2]
-    single = np.asarray([g[0] for g in groups if len(g) == 1], dtype=np.int64)
-    if not multi:
+    if not any(len(g) >= 2 for g in groups):
         raise DataError("no patient has two images in the training rows: re-identification needs repeat images")
-    order = rng.permutation(len(multi))
-    singles = rng.permutation(single) if len(single) else single
     batches = []
-    for b, start in enumerate(range(0, len(order), patients)):
-        chosen = [rng.choice(multi[i], size=min(per_patient, len(multi[i])), replace=False)
-                  for i in order[start : start + patients]]
-        extra = singles[b * patients : (b + 1) * patients] if len(singles) else single
-        batches.append(np.concatenate([*chosen, extra]))
-    return batches
+    for stratum in np.unique(strata):
+        members = [np.asarray(g) for g in groups if strata[g[0]] == stratum]
+        multi = [g for g in members if len(g) >= 2]
+        singles = rng.permutation([g[0] for g in members if len(g) == 1]).astype(np.int64)
+        order = rng.permutation(len(multi))
+        for b, start in enumerate(range(0, len(order), patients)):
+            chosen = [rng.choice(multi[i], size=min(per_patient, len(multi[i])), replace=False)
+                      for i in order[start : start + patients]]
+            batches.append(np.concatenate([*chosen, singles[b * patients : (b + 1) * patients]]))
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def pair_loss(model: ReidNet, emb: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
@@ -110,7 +119,7 @@ def pair_loss(model: ReidNet, emb: torch.Tensor, identity: torch.Tensor) -> torc
     off = ~torch.eye(len(identity), dtype=torch.bool, device=emb.device)
     per_pair = F.binary_cross_entropy_with_logits(logits, same, reduction="none")
     pos, neg = (same.bool() & off), (~same.bool() & off)
-    return 0.5 * (per_pair[pos].mean() + per_pair[neg].mean())
+    return torch.stack([per_pair[m].mean() for m in (pos, neg) if m.any()]).mean()  # a small stratum may lack one
 
 
 def train_epoch(model: ReidNet, data: ReidRows, cfg: ReidTrainConfig, opt: torch.optim.Optimizer,
@@ -118,8 +127,9 @@ def train_epoch(model: ReidNet, data: ReidRows, cfg: ReidTrainConfig, opt: torch
     """One epoch of P x K batches; returns the mean loss."""
     model.train()
     losses = []
-    for batch in tqdm(pk_batches(data.identity, cfg.patients_per_batch, cfg.images_per_patient, rng), desc=desc,
-                      disable=not cfg.progress):
+    batches = pk_batches(data.identity, cfg.patients_per_batch, cfg.images_per_patient, rng,
+                         data.strata if cfg.hard_negatives else None)
+    for batch in tqdm(batches, desc=desc, disable=not cfg.progress):
         images = data.images[torch.from_numpy(batch)]
         if cfg.augment:
             images = augment(images, AUGMENT, ImageConfig(size=cfg.image_size), generator)
