@@ -102,6 +102,7 @@ def test_training_records_heldout_auroc_and_learns(covid_reid: dict) -> None:
     metrics = covid_reid["metrics"]
     assert metrics["train_patients"] == 12 and metrics["heldout_patients"] == 4
     held = metrics["heldout"]["reid"]
+    assert metrics["heldout"]["same_finding"]["positive_pairs"] == 4
     assert held["positive_pairs"] == 4 and 0.0 <= held["auroc"] <= 1.0
     losses = [h["loss"] for h in metrics["history"]]
     assert min(losses[-3:]) < losses[0]  # the pair loss goes down

@@ -151,11 +151,15 @@ def embed_all(model: ReidNet, images: torch.Tensor, batch_size: int) -> torch.Te
     return torch.cat([model.embed(images[i : i + batch_size]).cpu() for i in range(0, len(images), batch_size)])
 
 
-def pair_auroc(emb: torch.Tensor, identity: np.ndarray, max_negatives: int, rng: np.random.Generator) -> dict:
-    """AUROC of cosine similarity, same-patient vs different-patient pairs (all positives, sampled negatives)."""
+def pair_auroc(emb: torch.Tensor, identity: np.ndarray, max_negatives: int, rng: np.random.Generator,
+               strata: np.ndarray | None = None) -> dict:
+    """AUROC of cosine similarity, same-patient vs different-patient pairs (all positives, sampled negatives).
+
+    With ``strata``, only different-patient pairs of the same stratum (e.g. the same finding) are negatives.
+    """
     i, j = np.triu_indices(len(identity), k=1)
     same = identity[i] == identity[j]
-    neg = np.flatnonzero(~same)
+    neg = np.flatnonzero(~same if strata is None else ~same & (strata[i] == strata[j]))
     if len(neg) > max_negatives:
         neg = np.sort(rng.choice(neg, size=max_negatives, replace=False))
     keep = np.concatenate([np.flatnonzero(same), neg])
@@ -169,10 +173,11 @@ def pair_auroc(emb: torch.Tensor, identity: np.ndarray, max_negatives: int, rng:
 
 
 def heldout_scores(model: ReidNet, data: ReidRows, cfg: ReidTrainConfig) -> dict:
-    """Pair AUROC on held-out patients: overall, per source, and of raw pixels (cosine) as a floor."""
+    """Pair AUROC on held-out patients: overall, negatives of the same finding only, per source, raw pixels."""
     rng = np.random.default_rng(cfg.seed)
     emb = embed_all(model, data.images, cfg.eval_batch_size)
-    out = {"reid": pair_auroc(emb, data.identity, cfg.max_test_pairs, rng), "by_source": {}}
+    out = {"reid": pair_auroc(emb, data.identity, cfg.max_test_pairs, rng), "by_source": {},
+           "same_finding": pair_auroc(emb, data.identity, cfg.max_test_pairs, rng, data.strata)}
     pixels = F.normalize(data.images.flatten(1) - data.images.flatten(1).mean(dim=1, keepdim=True), dim=1)
     out["pixels"] = pair_auroc(pixels, data.identity, cfg.max_test_pairs, np.random.default_rng(cfg.seed))
     src = np.asarray(data.sources)
