@@ -174,7 +174,7 @@ class ReidTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     augment: bool = True  # the evaluator's small affine + intensity jitter (never a flip)
-    hard_negatives: bool = True  # each batch within one source + finding: negatives share the label
+    hard_negatives: bool = False  # each batch within one source + finding (measured worse: docs/privacy.md)
     max_train_images: int | None = None  # seeded random subset of the training rows; None: all
     max_test_pairs: int = 200_000  # different-patient pairs scored for the AUROC (seeded subset)
     eval_batch_size: int = 256
