@@ -71,6 +71,7 @@ def test_exact_copies_score_above_other_images() -> None:
     assert result["top"][0]["generated"] in (0, 1) and result["top"][0]["train"] == result["top"][0]["generated"]
     copy_score = torch.sigmoid(model.logits_from_cosine(torch.tensor(1.0))).item()  # cosine 1: the same image
     assert result["max"] == pytest.approx(copy_score, abs=1e-5) and result["max"] >= result["heldout"]["max"]
+    assert result["copy_score"] == pytest.approx(copy_score)
     assert result["n_generated"] == 6 and result["n_train"] == 6 and result["heldout"]["n"] == 4
 
 

@@ -339,7 +339,7 @@ def _cmd_train_evaluator(args: argparse.Namespace) -> int:
 # --- train-reid -------------------------------------------------------------------------------
 def _add_train_reid(sub: argparse._SubParsersAction) -> None:
     p = _config_command(sub, "train-reid", "train the patient re-identification network (privacy metric)",
-                        "YAML ReidTrainConfig (e.g. src/cxrgen/configs/reid-small.yaml)", "epochs=30")
+                        "YAML ReidTrainConfig (e.g. src/cxrgen/configs/reid-small.yaml)", "epochs=15")
     p.set_defaults(func=_cmd_train_reid)
 
 

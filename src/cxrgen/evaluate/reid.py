@@ -117,20 +117,21 @@ def reid_scores(model: ReidNet, gen_emb: torch.Tensor, train_emb: torch.Tensor, 
 
     Real held-out images are other patients than the training ones (patient-level split), so their
     highest score is what "a different patient" looks like; its ``quantile`` is the threshold above
-    which a generated image is more alike to a training patient than real other patients are.
+    which a generated image is more alike to a training patient than real other patients are. The
+    probabilities themselves are those of one balanced pair: the highest of thousands sits near the
+    ceiling sigmoid(exp(s) + b) for any image, so read them against the held-out level, not against 0.5.
     """
     idx, cos = nearest_neighbours(gen_emb, train_emb, metric="cosine")
     prob = torch.sigmoid(model.logits_from_cosine(torch.from_numpy(cos).to(model.device))).cpu().numpy()
-    out = {"mean": float(prob.mean()), "max": float(prob.max()), "same_patient_rate": float((prob > 0.5).mean()),
-           "n_generated": int(len(prob)), "n_train": int(train_emb.shape[0]), "threshold": None,
+    ceiling = torch.sigmoid(model.logits_from_cosine(torch.tensor(1.0, device=model.device))).item()
+    out = {"mean": float(prob.mean()), "max": float(prob.max()), "copy_score": ceiling, "n_generated": int(len(prob)), "n_train": int(train_emb.shape[0]), "threshold": None,
            "above_threshold": None, "quantile": quantile, "heldout": None}
     if heldout_emb is not None and len(heldout_emb):
         _, cos_h = nearest_neighbours(heldout_emb, train_emb, metric="cosine")
         prob_h = torch.sigmoid(model.logits_from_cosine(torch.from_numpy(cos_h).to(model.device))).cpu().numpy()
         threshold = float(np.quantile(prob_h, quantile))
         out.update(threshold=threshold, above_threshold=float((prob > threshold).mean()),
-                   heldout={"mean": float(prob_h.mean()), "max": float(prob_h.max()),
-                            "same_patient_rate": float((prob_h > 0.5).mean()), "n": int(len(prob_h))})
+                   heldout={"mean": float(prob_h.mean()), "max": float(prob_h.max()), "n": int(len(prob_h))})
     order = np.argsort(-prob, kind="stable")
     out["top"] = [{"generated": int(g), "train": int(idx[g]), "score": float(prob[g])} for g in order[:8]]
     return out
