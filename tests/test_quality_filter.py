@@ -101,11 +101,12 @@ def test_rejected_images_are_redrawn_deterministically(pipe: CXRPipeline, tmp_pa
     assert Image.open(alone[0]).tobytes() == Image.open(single[0]).tobytes()
 
 
-def test_all_rejected_keeps_the_last_tries_and_resumes(pipe: CXRPipeline, tmp_path: Path) -> None:
+def test_all_rejected_keeps_the_least_contradicting_draw_and_resumes(pipe: CXRPipeline, tmp_path: Path) -> None:
     out = _run(pipe, tmp_path, sample_filter=RejectFirstDraws(100), max_tries=3)
     assert out.filter_summary["acceptance_rate"] == 0.0 and out.filter_summary["not_accepted"] == 4
     assert all(Image.open(p).text["filter_tries"] == "3" for p in out)
     assert all(Image.open(p).text["filter_accepted"] == "false" for p in out)
+    assert Image.open(out[0]).text["seed"] == str(SEED)  # equal scores: the first draw is kept
     calls = RejectFirstDraws(0)
     resumed = _run(pipe, tmp_path, sample_filter=calls, max_tries=3)  # every file is there: nothing drawn
     assert calls.calls == 0 and resumed.filter_summary == out.filter_summary

@@ -318,7 +318,7 @@ def _filter_summary(paths: list[Path], fmt: str, out_dir: Path, rank: int, world
     name = FILTER_SUMMARY_NAME if world == 1 else f"filter_summary_{rank}.json"
     (out_dir / name).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     log.info("quality filter: %d of %d draws accepted (acceptance rate %s); %d image(s) kept without passing",
-                accepted, draws, f"{summary['acceptance_rate']:.3f}" if draws else "n/a", len(metas) - accepted)
+             accepted, draws, f"{summary['acceptance_rate']:.3f}" if draws else "n/a", len(metas) - accepted)
     return summary
 
 

@@ -156,7 +156,8 @@ def _reid_lines(reid: dict) -> list[str]:
     held = reid.get("heldout") or {}
     return lines + [
         (f"Highest P(same patient) of each generated image against the {reid['n_train']} training images: mean "
-         f"{_fmt(reid['mean'], 3)}, max {_fmt(reid['max'], 3)}; real held-out images (other patients) against the "
+         f"{_fmt(reid['mean'], 3)}, max {_fmt(reid['max'], 3)} (an exact copy: {_fmt(reid['copy_score'], 3)}); "
+         f"real held-out images (other patients) against the "
          f"same training images: mean {_fmt(held.get('mean'), 3)}, max {_fmt(held.get('max'), 3)}. Generated images "
          f"above the held-out {reid['quantile']} quantile ({_fmt(reid['threshold'], 3)}): "
          f"{_fmt(reid['above_threshold'], 3)}. Model `{reid['model']}` (held-out pair AUROC "
