@@ -28,6 +28,7 @@ from cxrgen.errors import MissingColumnsError
 from cxrgen.evaluate.compute_cost import denoiser_cost
 from cxrgen.evaluate.evaluator import CXREvaluator
 from cxrgen.evaluate.extractors import CXREvaluatorExtractor
+from cxrgen.evaluate.reid import ReidNet
 from cxrgen.evaluate.report import REPORT_NAME
 from cxrgen.evaluate.run import RESULT_KEYS, read_prompt_table, run_evaluation
 from cxrgen.evaluate.suite import ImageSets, score
@@ -71,6 +72,7 @@ def setup(tmp_path_factory) -> dict:
     evaluator = CXREvaluator(EvaluatorConfig(arch="densenet-tiny", class_names=CLASSES, image=ImageConfig(size=SIZE)))
     evaluator_dir = evaluator.save_pretrained(root / "evaluator")
     model_dir = tiny_pipeline(root).save_pretrained(root / "model")
+    ReidNet(image_size=SIZE, width=4, embed_dim=8).save_pretrained(root / "reid")  # random: the block's plumbing
     return {"root": root, "manifest": manifest, "prompts": prompts, "evaluator": evaluator_dir, "model": model_dir,
             "real_paths": [root / r["image_path"] for r in rows]}
 
@@ -94,7 +96,7 @@ def cli_args(setup: dict, out: Path) -> list[str]:
     return ["evaluate", "--model", str(setup["model"]), "--prompts", str(setup["prompts"]), "--real",
             str(setup["manifest"]), "--out", str(out), "--json", str(out / "result.json"), "--evaluator",
             str(setup["evaluator"]), "--n-per-prompt", str(K), "--seed", "1", "--no-progress",
-            "--train-manifest", str(setup["manifest"])]
+            "--train-manifest", str(setup["manifest"]), "--reid-model", str(setup["root"] / "reid")]
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +117,9 @@ def test_json_has_the_keys_and_types(first_run: dict) -> None:
     assert result["compute"]["gflops_per_image"] > 0 and result["compute"]["images_per_s"] > 0
     assert result["n_generated"] == len(PROMPTS) * K and result["n_real"] == N_TRAIN + N_TEST
     assert result["settings"]["label_source"] == "columns"
+    reid = result["reid"]
+    assert reid["n_generated"] == len(PROMPTS) * K and reid["n_train"] == N_TRAIN and reid["heldout"]["n"] == N_TEST
+    assert 0.0 <= reid["mean"] <= reid["max"] <= 1.0 and reid["model"] == str(first_run["out"].parent / "reid")
     assert len(sorted((first_run["out"] / "generated").glob("*.png"))) == len(PROMPTS) * K
 
 
@@ -123,7 +128,7 @@ def test_report_grids_and_plots_exist(first_run: dict) -> None:
     report = (out / REPORT_NAME).read_text()
     for name in ("samples.png", "memorization_pairs.png", "diversity_by_length.png", "auroc_per_class.png"):
         assert (out / name).is_file() and name in report
-    assert "AUROC real" in report and PROMPTS[1] in report
+    assert "AUROC real" in report and PROMPTS[1] in report and "## Privacy (re-identification)" in report
 
 
 def test_second_run_reuses_the_images(setup: dict, first_run: dict, monkeypatch) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from cxrgen.cli import main
 from cxrgen.data.manifest import read_manifest
+from cxrgen.evaluate.reid import DEFAULT_REID
 from cxrgen.evaluate.run import DEFAULT_EVALUATOR, RESULT_KEYS
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
@@ -51,6 +52,9 @@ def test_cli_evaluate_with_the_shipped_evaluator(trained: dict) -> None:
     assert 0.0 <= result["auroc_real"]["per_class"]["No Finding"] <= 1.0
     assert result["auroc_real"]["n_images"] == N_PROMPTS
     assert 0.0 <= result["memorization"]["copy_rate"] <= 1.0 and result["memorization"]["n_train"] > 0
+    reid = result["reid"]  # the shipped re-identification network against the model's own training images
+    assert reid["model"] == str(DEFAULT_REID) and reid["n_train"] == result["memorization"]["n_train"]
+    assert 0.0 <= reid["mean"] <= reid["max"] <= reid["copy_score"] + 1e-6 and reid["heldout"]["n"] > 0
     assert result["compute"]["gflops_per_image"] > 0 and result["compute"]["images_per_s"] > 0
     report = (out / "report.md").read_text()
     assert "## Alignment" in report and (out / "samples.png").is_file() and (out / "auroc_per_class.png").is_file()

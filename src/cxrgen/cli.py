@@ -254,17 +254,35 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="images of one prompt sampled together (default 4)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--filter", action="store_true", help="quality filter: draw again (new seed) images whose "
+                   "cxrgen-evaluator labels contradict the prompt (docs/quality_filter.md)")
+    p.add_argument("--filter-threshold", type=float, default=0.5, help="stated present: reject when the "
+                   "evaluator's probability < T; negated: when > 1 - T (default 0.5)")
+    p.add_argument("--filter-max-tries", type=int, default=4, help="draws per image at most (default 4)")
+    p.add_argument("--filter-evaluator", help="cxrgen-evaluator folder for the filter (default: the shipped one)")
     p.set_defaults(func=_cmd_generate)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from cxrgen.generate import run_generate
 
-    paths = run_generate(args.prompts, args.out, model=args.model, prompts_file=args.prompts_file, n=args.n,
-                         steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
-                         negative_prompt=args.negative_prompt, fmt="dicom" if args.dicom else "png",
-                         batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
+    kwargs = dict(model=args.model, prompts_file=args.prompts_file, n=args.n, steps=args.steps,
+                  guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
+                  negative_prompt=args.negative_prompt, fmt="dicom" if args.dicom else "png",
+                  batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
+    if args.filter:
+        from cxrgen.evaluate.quality_filter import run_generate_filtered
+
+        paths = run_generate_filtered(args.prompts, args.out, evaluator=args.filter_evaluator,
+                                      threshold=args.filter_threshold, max_tries=args.filter_max_tries, **kwargs)
+    else:
+        paths = run_generate(args.prompts, args.out, **kwargs)
     print(f"{len(paths)} image(s) in {Path(args.out).resolve()}")
+    if paths.filter_summary is not None:
+        s = paths.filter_summary
+        rate = "n/a" if s["acceptance_rate"] is None else f"{s['acceptance_rate']:.3f}"
+        print(f"quality filter: acceptance rate {rate} ({s['accepted']} accepted of {s['draws']} draws; "
+              f"{s['not_accepted']} image(s) kept without passing, marked filter_accepted=false)")
     return 0
 
 
@@ -318,6 +336,21 @@ def _cmd_train_evaluator(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train-reid -------------------------------------------------------------------------------
+def _add_train_reid(sub: argparse._SubParsersAction) -> None:
+    p = _config_command(sub, "train-reid", "train the patient re-identification network (privacy metric)",
+                        "YAML ReidTrainConfig (e.g. src/cxrgen/configs/reid-small.yaml)", "epochs=15")
+    p.set_defaults(func=_cmd_train_reid)
+
+
+def _cmd_train_reid(args: argparse.Namespace) -> int:
+    from cxrgen.evaluate.train_reid import run_train_reid
+
+    metrics = run_train_reid(args.config, args.overrides, args.out)
+    print(json.dumps(metrics.get("heldout"), indent=2, default=str))
+    return 0
+
+
 # --- evaluate ---------------------------------------------------------------------------------
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="generate K images per prompt, then FID/KID, MS-SSIM, AUROC, memorization")
@@ -333,6 +366,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evaluator", help="cxrgen-evaluator folder (default: the shipped one)")
     p.add_argument("--train-manifest", help="the model's training manifest, for memorization (default: the one "
                    "named by the model's train_config.yaml; evaluation stops when neither is there)")
+    p.add_argument("--reid-model", help="re-identification network folder from `cxrgen train-reid` (privacy; "
+                   "default: the shipped one)")
     p.add_argument("--n-per-prompt", type=int, default=4, help="images per prompt (RoentGen: 4)")
     _add_sampling_args(p, seed_help="seed of the first image; image g gets seed + g")
     p.add_argument("--batch-size", type=int, default=4, help="images sampled together (throughput is at this size)")
@@ -349,7 +384,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = EvalConfig(model=args.model, prompts=args.prompts, real_manifest=args.real, out_dir=args.out,
                      json_path=args.json_out, extractors=tuple(args.extractors or ("cxrgen-evaluator",)),
                      extractor_weights=tuple(args.extractor_weights), evaluator=args.evaluator,
-                     train_manifest=args.train_manifest, n_per_prompt=args.n_per_prompt, steps=args.steps,
+                     train_manifest=args.train_manifest, reid_model=args.reid_model, n_per_prompt=args.n_per_prompt, steps=args.steps,
                      sampler=args.sampler, guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size,
                      max_real=args.max_real, device=args.device, progress=not args.no_progress)
     result = run_evaluation(cfg)
@@ -411,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_phantom(sub)
     _add_twin(sub)
     _add_train_evaluator(sub)
+    _add_train_reid(sub)
     _add_cache(sub)
     _add_train(sub)
     _add_generate(sub)

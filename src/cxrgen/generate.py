@@ -11,12 +11,14 @@ as a single process and writes the same bytes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 import pydicom
 import torch
@@ -37,9 +39,26 @@ DEFAULT_BATCH_SIZE = 4
 #: Output format -> file suffix.
 FORMATS = {"png": ".png", "dicom": ".dcm"}
 PROMPT_COLUMN = "prompt"
-#: Metadata that must agree for an existing file to count as done when resuming.
-RESUME_KEYS = ("prompt", "seed", "sampler", "steps", "guidance_scale", "negative_prompt", "model")
-__all__ = ["DEFAULT_MODEL", "generate_images", "resolve_model", "run_generate"]
+#: Metadata that must agree for an existing file to count as done when resuming ("filter": "" when unfiltered).
+RESUME_KEYS = ("prompt", "seed", "sampler", "steps", "guidance_scale", "negative_prompt", "model", "filter")
+SLOT_SEED_KEY = "filter_slot_seed"  # a filtered file's seed + g (its "seed" is that of the accepted draw)
+FILTER_SUMMARY_NAME = "filter_summary.json"
+__all__ = ["DEFAULT_MODEL", "GeneratedFiles", "SampleFilter", "generate_images", "resolve_model", "run_generate"]
+
+
+class SampleFilter(Protocol):
+    """Accepts or rejects sampled images of a prompt (evaluate.quality_filter.PromptConsistencyFilter is one)."""
+
+    name: str  # recorded in each file's metadata (and compared when resuming)
+
+    def judge(self, prompt: str, images: torch.Tensor) -> torch.Tensor:
+        """Contradiction score (B,) of images (B, 1, H, W) for ``prompt``: accepted when <= 0, lower is better."""
+
+
+class GeneratedFiles(list):
+    """The files of a run (a list of paths) with ``filter_summary``: the quality filter's counts, or None."""
+
+    filter_summary: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -102,11 +121,18 @@ def plan_batches(n_prompts: int, n_per_prompt: int, batch_size: int) -> list[Bat
             for p in range(n_prompts) for start in range(0, n_per_prompt, batch_size)]
 
 
-def image_metadata(prompt: str, seed: int, settings: SamplingConfig, model_name: str) -> dict[str, str]:
+def image_metadata(prompt: str, seed: int, settings: SamplingConfig, model_name: str,
+                   filter_name: str = "") -> dict[str, str]:
     """What is recorded in each file: prompt, seed, sampler, steps, guidance_scale, model, synthetic: true."""
-    return {"prompt": prompt, "seed": str(seed), "sampler": settings.sampler, "steps": str(settings.steps),
+    meta = {"prompt": prompt, "seed": str(seed), "sampler": settings.sampler, "steps": str(settings.steps),
             "guidance_scale": str(settings.guidance_scale), "negative_prompt": settings.negative_prompt or "",
             "model": model_name, "synthetic": "true", "software": f"cxrgen {cxrgen.__version__}"}
+    return {**meta, "filter": filter_name, SLOT_SEED_KEY: str(seed)} if filter_name else meta
+
+
+def retry_seed(seed: int, attempt: int) -> int:
+    """Seed of draw ``attempt`` of an image whose own seed is ``seed``: itself first, then derived (SeedSequence)."""
+    return seed if attempt == 0 else int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
 
 
 def _read_metadata(path: Path, fmt: str) -> dict[str, Any]:
@@ -132,7 +158,9 @@ def _readable(path: Path, fmt: str) -> bool:
 def _check_existing(path: Path, fmt: str, expected: dict[str, str]) -> None:
     """An existing output must record the same settings, else resuming would mix two runs."""
     found = _read_metadata(path, fmt)
-    differ = [k for k in RESUME_KEYS if str(found.get(k, "")) != expected[k]]
+    if SLOT_SEED_KEY in found:  # a filtered draw: compare the image's slot, not the seed of its accepted draw
+        found = {**found, "seed": found[SLOT_SEED_KEY]}
+    differ = [k for k in RESUME_KEYS if str(found.get(k, "")) != expected.get(k, "")]
     if differ:
         raise ConfigError(f"{path} exists but was made with other {differ} "
                           f"({ {k: found.get(k) for k in differ} }): use a new --out directory or delete it")
@@ -181,16 +209,19 @@ def generate_images(
     process_index: int | None = None,
     num_processes: int | None = None,
     progress: bool = True,
-) -> list[Path]:
+    sample_filter: SampleFilter | None = None,
+    max_tries: int = 4,
+) -> GeneratedFiles:
     """Sample ``n_per_prompt`` images per prompt into ``out_dir``; returns this process's files.
 
     Unset ``n_per_prompt``/``sampling``/``seed`` come from ``pipe.sampling``; files that exist (with the
     same recorded settings) are skipped; ``process_index``/``num_processes`` default to accelerate's.
+    With ``sample_filter``, a rejected image is drawn again from ``retry_seed`` up to ``max_tries`` draws.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"format {fmt!r}: use one of {list(FORMATS)}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size}: give a positive number")
+    if batch_size < 1 or max_tries < 1:
+        raise ConfigError(f"batch_size={batch_size}, max_tries={max_tries}: give positive numbers")
     settings = sampling or pipe.sampling
     n_per_prompt = settings.num_images_per_prompt if n_per_prompt is None else n_per_prompt
     seed = settings.seed if seed is None else seed
@@ -206,7 +237,8 @@ def generate_images(
     for batch in mine:
         batch_paths = [out_dir / output_name(batch.prompt_index, k, fmt) for k in batch.ks]
         metas = [image_metadata(prompts[batch.prompt_index], seed + batch.prompt_index * n_per_prompt + k,
-                                settings, model_name) for k in batch.ks]  # seed + global image index
+                                settings, model_name, sample_filter.name if sample_filter else "")
+                 for k in batch.ks]  # seed + global image index
         for path, meta in zip(batch_paths, metas, strict=True):
             if path.exists() and not _readable(path, fmt):
                 log.warning("%s is empty or truncated (cut short outside cxrgen?): sampling it again", path)
@@ -222,9 +254,16 @@ def generate_images(
 
     with tqdm(total=n_todo, desc="generating", unit="img", disable=not progress) as bar:
         for batch, batch_paths, metas in todo:
-            _sample_batch(pipe, prompts[batch.prompt_index], settings, batch_paths, metas, fmt)
+            if sample_filter is None:
+                _sample_batch(pipe, prompts[batch.prompt_index], settings, batch_paths, metas, fmt)
+            else:
+                _sample_filtered(pipe, prompts[batch.prompt_index], settings, batch_paths, metas, fmt,
+                                 sample_filter, max_tries)
             bar.update(len(batch.ks))
-    return paths
+    files = GeneratedFiles(paths)
+    if sample_filter is not None:
+        files.filter_summary = _filter_summary(paths, fmt, out_dir, rank, world)
+    return files
 
 
 def _sample_batch(pipe: CXRPipeline, prompt: str, settings: SamplingConfig, paths: list[Path],
@@ -236,6 +275,51 @@ def _sample_batch(pipe: CXRPipeline, prompt: str, settings: SamplingConfig, path
     for image, path, meta in zip(out.images, paths, metas, strict=True):
         if not path.exists():  # a batch cut short by a kill is re-sampled whole: same bytes
             _write(image, path, fmt, pipe, meta)
+
+
+def _sample_filtered(pipe: CXRPipeline, prompt: str, settings: SamplingConfig, paths: list[Path],
+                     metas: list[dict[str, str]], fmt: str, sample_filter: SampleFilter, max_tries: int) -> None:
+    """Sample, judge, and draw the rejected images again (retry_seed) until accepted or ``max_tries`` draws.
+
+    An image no draw passes keeps its least contradicting draw, marked ``filter_accepted: false``.
+    """
+    best: list[tuple[float, torch.Tensor, int] | None] = [None] * len(paths)
+    tries = [0] * len(paths)
+    pending = [i for i, p in enumerate(paths) if not p.exists()]
+    for attempt in range(max_tries):
+        if not pending:
+            break
+        seeds = [retry_seed(int(metas[i]["seed"]), attempt) for i in pending]
+        out = pipe.sample([prompt], dataclasses.replace(settings, num_images_per_prompt=len(pending)),
+                          [torch.Generator().manual_seed(s) for s in seeds], progress=False)
+        scores = sample_filter.judge(prompt, out.images).tolist()  # (B,): accepted when <= 0
+        for i, image, score, used in zip(pending, out.images, scores, seeds, strict=True):
+            tries[i] += 1
+            if best[i] is None or score < best[i][0]:
+                best[i] = (score, image, used)
+        pending = [i for i in pending if best[i][0] > 0]
+    for i, path in enumerate(paths):
+        if best[i] is None or path.exists():
+            continue
+        score, image, used = best[i]
+        meta = {**metas[i], "seed": str(used), "filter_tries": str(tries[i]),
+                "filter_accepted": "true" if score <= 0 else "false", "filter_score": f"{score:.4f}"}
+        _write(image, path, fmt, pipe, meta)
+
+
+def _filter_summary(paths: list[Path], fmt: str, out_dir: Path, rank: int, world: int) -> dict:
+    """Acceptance counts read back from the files' metadata (so a resumed run counts every image), logged + saved."""
+    metas = [_read_metadata(p, fmt) for p in paths if p.exists()]
+    draws = sum(int(m.get("filter_tries", 0)) for m in metas)
+    accepted = sum(m.get("filter_accepted") == "true" for m in metas)
+    summary = {"filter": metas[0].get("filter", "") if metas else "", "images": len(metas), "draws": draws,
+               "accepted": accepted, "not_accepted": len(metas) - accepted,
+               "acceptance_rate": accepted / draws if draws else None}
+    name = FILTER_SUMMARY_NAME if world == 1 else f"filter_summary_{rank}.json"
+    (out_dir / name).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    log.info("quality filter: %d of %d draws accepted (acceptance rate %s); %d image(s) kept without passing",
+             accepted, draws, f"{summary['acceptance_rate']:.3f}" if draws else "n/a", len(metas) - accepted)
+    return summary
 
 
 def run_generate(
@@ -253,7 +337,9 @@ def run_generate(
     batch_size: int | None = None,
     device: str = "auto",
     progress: bool = True,
-) -> list[Path]:
+    sample_filter: SampleFilter | None = None,
+    max_tries: int = 4,
+) -> GeneratedFiles:
     """``cxrgen generate``: load the model, apply the given settings over its defaults, write the files."""
     if bool(prompts) == (prompts_file is not None):
         raise ConfigError("give report text(s) or --prompts FILE.csv (not both)")
@@ -265,4 +351,5 @@ def run_generate(
     pipe = load_pipeline(model, device, steps=steps, guidance_scale=guidance_scale, sampler=sampler,
                          negative_prompt=negative_prompt)
     return generate_images(pipe, prompts, out, n_per_prompt=n, seed=seed, fmt=fmt, model_name=model_label(model),
-                           batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=progress)
+                           batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=progress,
+                           sample_filter=sample_filter, max_tries=max_tries)

@@ -106,6 +106,7 @@ class EvalConfig:
     extractor_weights: tuple[str, ...] = ()  # NAME=WEIGHTS for extractors other than cxrgen-evaluator
     evaluator: str | None = None  # cxrgen-evaluator folder; None: the one shipped in cxrgen/models/evaluator
     train_manifest: str | None = None  # the model's training rows (memorization); None: its train_config.yaml
+    reid_model: str | None = None  # re-identification network (`cxrgen train-reid`); None: the shipped one
     image_root: str | None = None  # relative image paths join this; None: the table's own folder
     n_per_prompt: int = 4  # images per prompt (RoentGen's MS-SSIM protocol)
     steps: int | None = None  # None: the model's sampling settings (model_index.json)
@@ -146,3 +147,49 @@ class EvalConfig:
         for item in self.extractor_weights:
             if "=" not in item:
                 raise ConfigError(f"extractor weights {item!r}: write them as NAME=WEIGHTS")
+
+
+@dataclass(frozen=True)
+class ReidTrainConfig:
+    """One ``cxrgen train-reid`` run: a Siamese re-identification network trained on same-patient pairs.
+
+    Identities are patients (rows sharing a patient_id or an identical image file); the network is
+    trained on the ``train_split`` patients and its pair AUROC reported on the ``heldout_splits`` ones.
+    """
+
+    manifests: tuple[str, ...] = ()  # manifests from `cxrgen prepare` (image_path, patient_id, split)
+    image_root: str | None = None  # relative image paths join this; None: the manifest's folder
+    out_dir: str = "runs/reid"
+    train_split: str = "train"
+    heldout_splits: tuple[str, ...] = ("validate", "test")  # held-out patients: pair AUROC in metrics.json
+    exclude_views: tuple[str, ...] = ("LATERAL",)  # generated images are frontal: lateral rows are left out
+    # network (saved in its config.json)
+    image_size: int = 64
+    width: int = 16  # channels of the first conv stage (doubled at each of 4 stride-2 stages)
+    embed_dim: int = 64
+    # training: each batch holds ``patients_per_batch`` patients with ``images_per_patient`` images each
+    epochs: int = 20
+    patients_per_batch: int = 32
+    images_per_patient: int = 2
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    augment: bool = True  # the evaluator's small affine + intensity jitter (never a flip)
+    hard_negatives: bool = False  # each batch within one source + finding (measured worse: docs/privacy.md)
+    max_train_images: int | None = None  # seeded random subset of the training rows; None: all
+    max_test_pairs: int = 200_000  # different-patient pairs scored for the AUROC (seeded subset)
+    eval_batch_size: int = 256
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16 or self.image_size % 16:
+            raise ConfigError(f"image_size={self.image_size}: give a multiple of 16 (4 stride-2 stages), e.g. 64")
+        if min(self.width, self.embed_dim, self.epochs, self.patients_per_batch, self.eval_batch_size) < 1:
+            raise ConfigError("width, embed_dim, epochs, patients_per_batch and eval_batch_size must be >= 1")
+        if self.images_per_patient < 2:
+            raise ConfigError(f"images_per_patient={self.images_per_patient}: give at least 2 (a same-patient pair)")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ConfigError(f"lr={self.lr}, weight_decay={self.weight_decay}: need lr > 0, weight_decay >= 0")
+        if self.max_train_images is not None and self.max_train_images < 2:
+            raise ConfigError(f"max_train_images={self.max_train_images}: give at least 2 or null")

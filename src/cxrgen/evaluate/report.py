@@ -149,6 +149,21 @@ def _memorization_lines(mem: dict) -> list[str]:
     return lines
 
 
+def _reid_lines(reid: dict) -> list[str]:
+    lines = ["", "## Privacy (re-identification)", ""]
+    if reid.get("mean") is None:
+        return lines + [f"not measured: {reid.get('note', '')}"]
+    held = reid.get("heldout") or {}
+    return lines + [
+        (f"Highest P(same patient) of each generated image against the {reid['n_train']} training images: mean "
+         f"{_fmt(reid['mean'], 3)}, max {_fmt(reid['max'], 3)} (an exact copy: {_fmt(reid['copy_score'], 3)}); "
+         f"real held-out images (other patients) against the "
+         f"same training images: mean {_fmt(held.get('mean'), 3)}, max {_fmt(held.get('max'), 3)}. Generated images "
+         f"above the held-out {reid['quantile']} quantile ({_fmt(reid['threshold'], 3)}): "
+         f"{_fmt(reid['above_threshold'], 3)}. Model `{reid['model']}` (held-out pair AUROC "
+         f"{_fmt(reid.get('model_heldout_auroc'), 3)}).")]
+
+
 def _c2st_lines(c2st: dict, size: int, out_dir: Path) -> list[str]:
     if c2st.get("cnn") is None:
         return [f"C2ST not measured: {c2st.get('note', '')}"]
@@ -211,6 +226,8 @@ def write_report(result: dict, table: PromptTable, sets: ImageSets, out_dir: str
              f"evaluator: cxrgen-evaluator `{settings.get('evaluator', '')}`", ""]
     lines += _samples(table, sets, result["image_size"], cfg, out_dir) + [""] + _tables(result)
     lines += _memorization_lines(result["memorization"])
+    if "reid" in result:
+        lines += _reid_lines(result["reid"])
     if "c2st" in result:
         lines += _realism_lines(result, out_dir)
     lines += _compute_lines(result["compute"])

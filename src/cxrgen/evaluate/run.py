@@ -53,7 +53,7 @@ METRICS_NAME = "metrics.json"
 IMAGE_PATH_COLUMN = "image_path"
 #: Top-level keys every metrics JSON has (issue 6); more may follow.
 RESULT_KEYS = ("fid", "kid", "ms_ssim", "auroc", "auroc_real", "memorization", "compute", "n_generated", "n_real",
-               "c2st", "swd", "prdc", "fid_per_finding")
+               "c2st", "swd", "prdc", "fid_per_finding", "reid")
 
 
 # --------------------------------------------------------------------------------------------

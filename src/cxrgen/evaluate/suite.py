@@ -39,6 +39,7 @@ from cxrgen.evaluate.memorization import (
     top_pairs,
 )
 from cxrgen.evaluate.realism import realism_metrics, subset
+from cxrgen.evaluate.reid import DEFAULT_REID, ReidExtractor, heldout_auroc, load_reid, reid_scores
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +245,28 @@ def score(cfg: EvalConfig, table: PromptTable, sets: ImageSets, evaluator: CXREv
                           if isinstance(e, CXREvaluatorExtractor) and e.evaluator is evaluator), None)
     result["memorization"] = _memorization(cfg, mem_extractor or CXREvaluatorExtractor(evaluator), feats, gen, flat,
                                            sets, out_dir)
+    result["reid"] = _reid(cfg, feats, gen, flat, sets)
     result.update(_realism(cfg, gen, flat, sets, table, extractors, feats))
     return result
+
+
+def _reid(cfg: EvalConfig, feats: FeatureCache, gen: torch.Tensor, gen_paths: list[Path], sets: ImageSets) -> dict:
+    """Privacy: each generated image's highest re-identification score against the model's training images."""
+    folder = Path(cfg.reid_model) if cfg.reid_model else DEFAULT_REID
+    if not sets.train or not (folder / "config.json").is_file():
+        note = ("no training images (give --train-manifest)" if not sets.train else
+                f"no re-identification model at {folder}: train one with `cxrgen train-reid` and give --reid-model")
+        log.warning("re-identification is not measured: %s", note)
+        return {"mean": None, "max": None, "n_generated": len(gen_paths), "n_train": len(sets.train),
+                "model": str(folder), "note": note}
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device.replace("auto", "cpu")
+    extractor = ReidExtractor(load_reid(folder, device))
+    heldout = feats.of_paths(extractor, "heldout", sets.heldout) if sets.heldout else None
+    result = reid_scores(extractor.model, feats.of_images(extractor, "generated", gen),
+                         feats.of_paths(extractor, "train", sets.train), heldout, cfg.copy_quantile)
+    for item in result["top"]:
+        item["generated"], item["train"] = str(gen_paths[item["generated"]]), str(sets.train[item["train"]])
+    return {**result, "model": str(folder), "model_heldout_auroc": heldout_auroc(folder)}
 
 
 def _realism(cfg: EvalConfig, gen: torch.Tensor, flat: list[Path], sets: ImageSets, table: PromptTable,
