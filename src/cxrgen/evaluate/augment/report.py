@@ -68,7 +68,7 @@ def write_plot(result: dict, path: str | Path) -> Path | None:
     left.set_title(f"{result['task']}: mean of {len(result['seeds'])} seeds, bootstrap CI", fontsize=9)
     right.set_xticks(range(len(classes)), classes, fontsize=8)
     right.set_title("per class", fontsize=9)
-    right.legend(fontsize=7, loc="lower right")
+    right.legend(fontsize=7, loc="lower center")
     for ax in (left, right):
         ax.axhline(0.5, color="grey", lw=0.5, ls="--")
         ax.grid(axis="y", alpha=0.3)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrgen.config.augment import PRETRAIN, REAL, AugmentStudyConfig
+from cxrgen.config.augment import COMBINED, PRETRAIN, REAL, SYNTHETIC, AugmentStudyConfig
 from cxrgen.evaluate.augment.data import PATH, Task, check_generator_unseen, draw_rows, read_task
 from cxrgen.evaluate.augment.report import PLOT_NAME, markdown_table, write_plot
 from cxrgen.evaluate.augment.stats import summarise
@@ -54,7 +54,7 @@ def sizes(cfg: AugmentStudyConfig, n_classes: int) -> dict:
     """Training images per arm (real, synthetic) and the matched n, m that give them."""
     per = n_classes if cfg.multiclass else 1
     n, m = cfg.n_real * per, cfg.synthetic_size * per
-    arms = {"real": (n, 0), "synthetic": (0, m), "real+synthetic": (n, m), PRETRAIN: (n, m)}
+    arms = {REAL: (n, 0), SYNTHETIC: (0, m), COMBINED: (n, m), PRETRAIN: (n, m)}
     return {"n_real": cfg.n_real, "n_synthetic": cfg.synthetic_size, "per": "class" if cfg.multiclass else "all",
             "arms": {a: {"real": arms[a][0], "synthetic": arms[a][1]} for a in cfg.arms}}
 
