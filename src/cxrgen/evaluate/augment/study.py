@@ -89,8 +89,8 @@ def run_seeds(task: Task, syn_paths: list[str], syn_targets: np.ndarray, cfg: Au
     return {arm: np.stack(p) for arm, p in probs.items()}
 
 
-
 def _images(cache: dict[int, torch.Tensor], index, targets: np.ndarray, size: int) -> Images:
+    """The cached images of rows ``index`` (1, S, S each) with their targets, as one training set."""
     index = [int(i) for i in index]
     images = torch.stack([cache[i] for i in index]) if index else torch.zeros(0, 1, size, size)
     return Images(images, torch.from_numpy(targets[index].astype(np.float32)).reshape(len(index), targets.shape[1]))
