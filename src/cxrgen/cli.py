@@ -446,6 +446,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 _RESUME_HINTS = {
     "generate": "finished images are kept: the same command skips them and makes the rest",
     "evaluate": "generated images are kept: the same command reuses them",
+    "augment-study": "generated images are kept in --cache: the same command reuses them",
     "train": "continue from the last checkpoint with --resume latest",
     "cache": "run the same command again",
 }
