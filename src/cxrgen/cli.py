@@ -393,6 +393,59 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- augment-study ----------------------------------------------------------------------------
+def _csv_list(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _add_augment_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("augment-study", help="classifier AUROC on real test images when trained on real, "
+                       "synthetic, real + synthetic, synthetic-then-real images (matched sizes, seeds, bootstrap CIs)")
+    p.add_argument("manifest", help="real manifest from `cxrgen prepare` (image_path, split, patient_id, labels)")
+    p.add_argument("--out", required=True, help="output folder: augment_study.json, .md and .png")
+    p.add_argument("--label-column", default=None, help="multi-class label column (default: finding)")
+    p.add_argument("--label-columns", type=_csv_list, help="multi-label: comma-separated CheXpert columns (1/0)")
+    p.add_argument("--classes", type=_csv_list, default=(), help="multi-class values to keep (default: all)")
+    p.add_argument("--view", help="keep only rows of this view (e.g. PA)")
+    p.add_argument("--model", help="generative model folder or hub id (default: the packaged model)")
+    p.add_argument("--synthetic-csv", help="instead of a model: CSV of synthetic images (image_path + labels)")
+    p.add_argument("--cache", default="runs/augment-study/synthetic", help="generated images (reused on rerun)")
+    p.add_argument("--model-train-manifest", action="append", default=[], metavar="MANIFEST",
+                   help="the generative model's training manifest(s) (default: its train_config.yaml)")
+    p.add_argument("--n-real", type=int, default=150, help="real training images per class (multi-label: in all)")
+    p.add_argument("--n-synthetic", type=int, help="synthetic training images per class (default: --n-real)")
+    p.add_argument("--seeds", type=lambda t: tuple(int(x) for x in _csv_list(t)), default=(0, 1, 2),
+                   help="comma-separated classifier seeds (default 0,1,2)")
+    p.add_argument("--arms", type=_csv_list, help="comma-separated subset of real,synthetic,real+synthetic,"
+                   "synthetic-then-real (default: all)")
+    p.add_argument("--epochs", type=int, default=20, help="classifier epochs (and fine-tuning epochs)")
+    p.add_argument("--image-size", type=int, default=64, help="classifier input side in pixels")
+    _add_sampling_args(p, seed_help="generation seed (image k of a prompt gets a fixed seed from it)")
+    p.add_argument("--device", default="cpu", help="generation device: cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_augment_study)
+
+
+def _cmd_augment_study(args: argparse.Namespace) -> int:
+    from cxrgen.config.augment import ARMS, AugmentStudyConfig
+    from cxrgen.evaluate.augment.study import JSON_NAME, run_augment_study
+
+    label_column = None if args.label_columns else (args.label_column or "finding")
+    cfg = AugmentStudyConfig(
+        manifest=args.manifest, out_dir=args.out, label_column=label_column, label_columns=args.label_columns or (),
+        classes=args.classes, view=args.view, model=args.model, synthetic_csv=args.synthetic_csv,
+        cache_dir=args.cache, model_train_manifests=tuple(args.model_train_manifest), n_real=args.n_real,
+        n_synthetic=args.n_synthetic, seeds=args.seeds, arms=args.arms or ARMS, epochs=args.epochs,
+        image_size=args.image_size, steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance_scale,
+        generation_seed=args.seed or 0, device=args.device, progress=not args.no_progress)
+    result = run_augment_study(cfg)
+    for arm, entry in result["auroc"]["arms"].items():
+        low, high = entry["macro"]["ci"]
+        print(f"{arm:>20}: macro AUROC {entry['macro']['auroc']:.3f} [{low:.3f}, {high:.3f}]")
+    print(f"wrote {Path(args.out) / JSON_NAME} (+ .md, .png)")
+    return 0
+
+
 # --- serve ------------------------------------------------------------------------------------
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="web demo (Gradio): report text in, synthetic chest X-rays out")
@@ -428,6 +481,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 _RESUME_HINTS = {
     "generate": "finished images are kept: the same command skips them and makes the rest",
     "evaluate": "generated images are kept: the same command reuses them",
+    "augment-study": "generated images are kept in --cache: the same command reuses them",
     "train": "continue from the last checkpoint with --resume latest",
     "cache": "run the same command again",
 }
@@ -452,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_control(sub)
     _add_evaluate(sub)
+    _add_augment_study(sub)
     _add_serve(sub)
     return parser
 
