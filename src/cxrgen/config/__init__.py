@@ -6,7 +6,13 @@ a literal in the code that uses it. One module per area; everything is importabl
 
 from cxrgen.config.base import apply_overrides, from_dict, load_config, save_config, to_dict
 from cxrgen.config.data import DataConfig, ImageConfig, PromptConfig, SplitConfig
-from cxrgen.config.evaluation import UNCERTAIN_POLICIES, EvalConfig, EvaluatorConfig, EvaluatorTrainConfig
+from cxrgen.config.evaluation import (
+    UNCERTAIN_POLICIES,
+    EvalConfig,
+    EvaluatorConfig,
+    EvaluatorTrainConfig,
+    SSLEvaluatorTrainConfig,
+)
 from cxrgen.config.models import (
     PREDICTION_TYPES,
     AutoencoderConfig,
@@ -38,6 +44,7 @@ __all__ = [
     "EvaluatorTrainConfig",
     "ImageConfig",
     "ModelConfig",
+    "SSLEvaluatorTrainConfig",
     "PhantomConfig",
     "PromptConfig",
     "SamplingConfig",
