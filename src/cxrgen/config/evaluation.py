@@ -113,7 +113,10 @@ class SSLEvaluatorTrainConfig:
     warmup_steps: int = 50
     bn_recalibration_images: int = 1024  # BN statistics re-estimated on full-size images after training
     image_cache: str | None = None  # uint8 tensor file of the decoded training images (written when absent)
-    max_seconds: float | None = None  # stop after this wall time (the epoch in progress is cut short)
+    # time budgets of the training loop: the cosine schedule ends and training stops when the first of
+    # epochs, CPU time (process, all threads) and wall time runs out
+    max_cpu_seconds: float | None = None
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.view_size < 32 or not 0.0 < self.min_crop_area <= 1.0 or self.max_aspect < 1.0:

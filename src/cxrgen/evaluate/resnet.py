@@ -31,7 +31,7 @@ class ResNetSize:
 #: Size registry. ``resnet-narrow``: 1.18 M parameters, 256-d features, ~24 training images/s at 224 px on one CPU core.
 RESNET_SIZES: dict[str, ResNetSize] = {
     "resnet-narrow": ResNetSize(stem_width=16, widths=(32, 64, 128, 256)),
-    "resnet-tiny": ResNetSize(stem_width=4, widths=(8, 16)),
+    "resnet-tiny": ResNetSize(stem_width=8, widths=(16, 32)),
 }
 
 

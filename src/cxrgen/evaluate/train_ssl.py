@@ -46,6 +46,7 @@ from cxrgen.evaluate.train_evaluator import (
 
 log = logging.getLogger(__name__)
 
+HELDOUT_NAME = "heldout_images.json"  # file names of the validate / test images per source (never trained on)
 AUX_TARGETS = ("adult", "viral")  # training-only targets: source is adult (covid), pediatric pneumonia is viral
 ADULT_SOURCES = ("covid", "mimic")
 PIXEL_MAX = 255
@@ -153,17 +154,25 @@ def joint_loss(model: CXREvaluator, heads: SSLHeads, views: torch.Tensor, labels
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
-def lr_at(step: int, total: int, cfg: SSLEvaluatorTrainConfig) -> float:
-    """Linear warm-up, then cosine decay to zero (Loshchilov & Hutter 2017)."""
+def lr_at(step: int, total: int, cfg: SSLEvaluatorTrainConfig, budget_used: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to zero (Loshchilov & Hutter 2017) over the steps or the CPU
+    budget, whichever runs out first (``budget_used`` in [0, 1])."""
     if step < cfg.warmup_steps:
         return cfg.base.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    progress = max((step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps), budget_used)
     return cfg.base.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _budget_used(start_cpu: float, start: float, cfg: SSLEvaluatorTrainConfig) -> float:
+    """The larger share spent of ``max_cpu_seconds`` (process CPU time, all threads) and ``max_seconds`` (wall)."""
+    cpu = 0.0 if cfg.max_cpu_seconds is None else (time.process_time() - start_cpu) / cfg.max_cpu_seconds
+    wall = 0.0 if cfg.max_seconds is None else (time.perf_counter() - start) / cfg.max_seconds
+    return max(cpu, wall)
 
 
 def fit_ssl(model: CXREvaluator, heads: SSLHeads, images: torch.Tensor, labels: torch.Tensor,
             cfg: SSLEvaluatorTrainConfig) -> list[dict]:
-    """AdamW over the epochs (or until ``max_seconds``); one log entry per epoch with the mean losses."""
+    """AdamW over the epochs (or until ``max_cpu_seconds``); one log entry per epoch with the mean losses."""
     params = [*model.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.base.lr, weight_decay=cfg.base.weight_decay)
     gen = torch.Generator().manual_seed(cfg.base.seed)
@@ -172,6 +181,7 @@ def fit_ssl(model: CXREvaluator, heads: SSLHeads, images: torch.Tensor, labels: 
     if per_epoch == 0:
         raise DataError(f"{len(images)} training images are fewer than batch_size={batch}: lower batch_size")
     total, step, start, history = per_epoch * cfg.base.epochs, 0, time.perf_counter(), []
+    start_cpu = time.process_time()
     model.train()
     heads.train()
     for epoch in range(1, cfg.base.epochs + 1):
@@ -183,7 +193,7 @@ def fit_ssl(model: CXREvaluator, heads: SSLHeads, images: torch.Tensor, labels: 
             x = to_pixels(images[idx], cfg)  # (B, 1, S, S)
             views = torch.cat([make_view(x, cfg, gen), make_view(x, cfg, gen)]).to(model.device)  # (2B, 1, V, V)
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, cfg)
+                group["lr"] = lr_at(step, total, cfg, _budget_used(start_cpu, start, cfg))
             loss, contrastive, supervised = joint_loss(model, heads, views, labels[idx].to(model.device), cfg)
             if not torch.isfinite(loss):
                 raise DataError(f"training loss is {loss.item()}: check the images and labels, or lower lr")
@@ -193,14 +203,16 @@ def fit_ssl(model: CXREvaluator, heads: SSLHeads, images: torch.Tensor, labels: 
             step += 1
             sums += (loss.item(), contrastive, supervised)
             bar.set_postfix(ntxent=f"{contrastive:.3f}", bce=f"{supervised:.3f}")
-            if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
+            if _budget_used(start_cpu, start, cfg) >= 1.0:
                 break
         n = i + 1
         history.append({"epoch": epoch, "steps": n, "loss": sums[0] / n, "nt_xent": sums[1] / n,
-                        "bce": sums[2] / n, "seconds": time.perf_counter() - start})
+                        "bce": sums[2] / n, "seconds": time.perf_counter() - start,
+                        "cpu_seconds": time.process_time() - start_cpu})
         log.info("epoch %d: %s", epoch, history[-1])
-        if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
-            log.warning("stopped after %.0f s (max_seconds) in epoch %d", time.perf_counter() - start, epoch)
+        if _budget_used(start_cpu, start, cfg) >= 1.0:
+            log.warning("stopped at the time budget (max_cpu_seconds=%s, max_seconds=%s) in epoch %d",
+                        cfg.max_cpu_seconds, cfg.max_seconds, epoch)
             break
     return history
 
@@ -251,15 +263,19 @@ def train_ssl_evaluator(cfg: SSLEvaluatorTrainConfig, out_dir: str | Path | None
                "image_size": base.model.image.size, "classes": list(base.model.class_names),
                "aux_targets": list(AUX_TARGETS), "parameters": count_parameters(model),
                "feature_dim": model.feature_dim, "train_images": len(train), "history": history}
+    heldout: dict[str, dict[str, list[str]]] = {}
     for name in (base.validate_split, base.test_split):
         split = read_split(base.manifests, name, base.model.class_names, base.image_root)
         if len(split):
             metrics[name], metrics[f"{name}_by_source"] = score_images(model, split, cfg)
             metrics[f"{name}_images"] = len(split)
+        for path, source in zip(split.paths, split.sources, strict=True):
+            heldout.setdefault(source, {}).setdefault(name, []).append(Path(path).name)
     metrics["seconds"] = time.perf_counter() - start
     model.save_pretrained(out_dir)
     save_config(cfg, out_dir / TRAIN_CONFIG_NAME)
     (out_dir / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    (out_dir / HELDOUT_NAME).write_text(json.dumps(heldout) + "\n", encoding="utf-8")
     log.info("test AUROC %s; saved to %s", metrics.get(base.test_split, {}).get("per_class"), out_dir)
     return metrics
 
