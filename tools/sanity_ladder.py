@@ -1,46 +1,55 @@
-"""Run the sanity ladder (cxrgen.evaluate.ladder) on shared real images with every metric; print a table.
+"""Run the sanity ladders on shared real images with every metric; print a table per ladder.
 
-    PYTHONPATH=src .venv/bin/python tools/sanity_ladder.py --data ../shared/data/pediatric-pneumonia-224 \
-        --n 128 --size 128 [--evaluator src/cxrgen/models/evaluator] [--json out/ladder.json]
+    PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python tools/sanity_ladder.py \
+        --data ../shared/data/pediatric-pneumonia-224 --n 128 --size 224 [--model-rungs] [--json out/ladder.json]
 
-Reference and held-out images are disjoint random patients of one collection (its metadata.csv);
-the rungs are made from the held-out images. A metric passes when it ranks the five rungs in order.
+Reference and held-out images are disjoint patients: with an evaluator folder holding
+``heldout_images.json`` (``cxrgen train-evaluator-ssl`` writes it), its validate images are the
+reference and its test images the held-out set (images the evaluator never trained on); otherwise
+random halves of the collection's patients. The degraded-real rungs (cxrgen.evaluate.ladder) are made
+from the held-out images; ``--model-rungs`` adds the model ladder (cxrgen.evaluate.model_ladder:
+autoencoder reconstructions, the default model's and an untrained denoiser's samples for the held-out
+images' prompts; about a second per sample on a CPU). A metric passes when it ranks the rungs in order.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from cxrgen.data.readers.pediatric import pediatric_prompt
 from cxrgen.evaluate.c2st import C2STSettings, c2st
 from cxrgen.evaluate.evaluator import CXREvaluator
 from cxrgen.evaluate.fid import fid_from_features
-from cxrgen.evaluate.ladder import RUNGS, is_ordered, run_ladder
+from cxrgen.evaluate.ladder import RUNGS, degrade, is_ordered, score_rungs
 from cxrgen.evaluate.prdc import prdc
 from cxrgen.evaluate.run import DEFAULT_EVALUATOR
 from cxrgen.evaluate.suite import load_images
 from cxrgen.evaluate.swd import swd
+from cxrgen.evaluate.train_ssl import HELDOUT_NAME
 
 PATIENT_COLUMNS = ("patient_key", "patient_id")
 
 
-def two_disjoint_sets(folder: Path, n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n reference and n held-out images (N, 1, size, size) of disjoint patients, at random."""
+def two_disjoint_sets(folder: Path, n: int, seed: int, evaluator: Path, source: str) -> tuple[pd.DataFrame, ...]:
+    """n reference and n held-out metadata rows of disjoint patients (the evaluator's validate / test when known)."""
     meta = pd.read_csv(folder / "metadata.csv")
     patient = next(c for c in PATIENT_COLUMNS if c in meta.columns)
-    rng = np.random.default_rng(seed)
-    patients = rng.permutation(meta[patient].astype(str).unique())
-    half = set(patients[: len(patients) // 2])
-    in_ref = meta[patient].astype(str).isin(half)
-    ref = meta[in_ref].sample(n, random_state=seed)
-    held = meta[~in_ref].sample(n, random_state=seed + 1)
-    return (load_images([folder / p for p in ref["image"]], size, desc="reference"),
-            load_images([folder / p for p in held["image"]], size, desc="held-out"))
+    listing = evaluator / HELDOUT_NAME
+    if listing.is_file() and source in (held := json.loads(listing.read_text())):
+        name = meta["image"].map(os.path.basename)
+        ref_rows, held_rows = meta[name.isin(set(held[source]["validate"]))], meta[name.isin(set(held[source]["test"]))]
+    else:
+        patients = np.random.default_rng(seed).permutation(meta[patient].astype(str).unique())
+        in_ref = meta[patient].astype(str).isin(set(patients[: len(patients) // 2]))
+        ref_rows, held_rows = meta[in_ref], meta[~in_ref]
+    return ref_rows.sample(n, random_state=seed), held_rows.sample(n, random_state=seed + 1)
 
 
 class Metrics:
@@ -48,15 +57,18 @@ class Metrics:
 
     def __init__(self, evaluator: CXREvaluator, settings: C2STSettings) -> None:
         self.evaluator, self.settings = evaluator.eval(), settings
-        self._c2st: dict[int, tuple[torch.Tensor, dict]] = {}  # the tensor is kept so that its id is not reused
+        self._cache: dict[tuple[str, int], tuple[torch.Tensor, object]] = {}  # the tensor keeps its id unique
 
-    def _c2st_of(self, ref: torch.Tensor, x: torch.Tensor) -> dict:
-        if id(x) not in self._c2st:
-            self._c2st[id(x)] = (x, c2st(ref, x, self.settings, torch.Generator().manual_seed(0)))
-        return self._c2st[id(x)][1]
+    def _once(self, kind: str, x: torch.Tensor, make) -> object:
+        if (kind, id(x)) not in self._cache:
+            self._cache[(kind, id(x))] = (x, make())
+        return self._cache[(kind, id(x))][1]
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.evaluator.features(b) for b in x.split(64)])
+        return self._once("features", x, lambda: torch.cat([self.evaluator.features(b) for b in x.split(64)]))
+
+    def _c2st_of(self, ref: torch.Tensor, x: torch.Tensor) -> dict:
+        return self._once("c2st", x, lambda: c2st(ref, x, self.settings, torch.Generator().manual_seed(0)))
 
     def table(self) -> dict:
         """name -> metric(reference, images) -> float; lower is better for each."""
@@ -70,25 +82,43 @@ class Metrics:
         }
 
 
+def print_table(values: dict[str, dict[str, float]], rungs: tuple[str, ...]) -> None:
+    """One markdown row per metric, its value on every rung and whether they are in order."""
+    print("| metric | " + " | ".join(rungs) + " | ordered |")
+    print("| --- |" + " --- |" * (len(rungs) + 1))
+    for name, row in values.items():
+        print(f"| {name} | " + " | ".join(f"{row[r]:.4g}" for r in rungs) + f" | {is_ordered(row, rungs=rungs)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/pediatric-pneumonia-224")
+    parser.add_argument("--source", default="pediatric", help="the collection's source name in heldout_images.json")
     parser.add_argument("--n", type=int, default=128)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--evaluator", default=str(DEFAULT_EVALUATOR))
+    parser.add_argument("--model-rungs", action="store_true", help="add the model ladder (samples: slow)")
+    parser.add_argument("--model", help="model for the model ladder (default: the packaged one)")
     parser.add_argument("--json", help="write the values here")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    ref, held = two_disjoint_sets(Path(args.data), args.n, args.size, args.seed)
-    metrics = Metrics(CXREvaluator.from_pretrained(args.evaluator), C2STSettings())
-    values = run_ladder(ref, held, metrics.table(), torch.Generator().manual_seed(args.seed))
-    print("| metric | " + " | ".join(RUNGS) + " | ordered |")
-    print("| --- |" + " --- |" * (len(RUNGS) + 1))
-    for name, row in values.items():
-        print(f"| {name} | " + " | ".join(f"{row[r]:.4g}" for r in RUNGS) + f" | {is_ordered(row)} |")
+    folder = Path(args.data)
+    ref_rows, held_rows = two_disjoint_sets(folder, args.n, args.seed, Path(args.evaluator), args.source)
+    ref = load_images([folder / p for p in ref_rows["image"]], args.size, desc="reference")
+    held = load_images([folder / p for p in held_rows["image"]], args.size, desc="held-out")
+    metrics = Metrics(CXREvaluator.from_pretrained(args.evaluator), C2STSettings()).table()
+    gen = torch.Generator().manual_seed(args.seed)
+    out = {"degraded": score_rungs(ref, {r: degrade(held, r, gen) for r in RUNGS}, metrics)}
+    print_table(out["degraded"], RUNGS)
+    if args.model_rungs:
+        from cxrgen.evaluate.model_ladder import MODEL_RUNGS, model_rungs
+
+        prompts = [pediatric_prompt(v, str(lab).strip().lower()) for v, lab in zip(held_rows["view"], held_rows["label"],
+                                                                                  strict=True)]
+        out["model"] = score_rungs(ref, model_rungs(args.model, held, prompts, gen, args.seed), metrics)
+        print_table(out["model"], MODEL_RUNGS)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "values": values}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"args": vars(args), "values": out}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

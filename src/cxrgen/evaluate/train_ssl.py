@@ -46,6 +46,7 @@ from cxrgen.evaluate.train_evaluator import (
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_FOLDER = "last-epoch"  # inside the output folder: the model after the latest finished epoch
 HELDOUT_NAME = "heldout_images.json"  # file names of the validate / test images per source (never trained on)
 AUX_TARGETS = ("adult", "viral")  # training-only targets: source is adult (covid), pediatric pneumonia is viral
 ADULT_SOURCES = ("covid", "mimic")
@@ -171,8 +172,11 @@ def _budget_used(start_cpu: float, start: float, cfg: SSLEvaluatorTrainConfig) -
 
 
 def fit_ssl(model: CXREvaluator, heads: SSLHeads, images: torch.Tensor, labels: torch.Tensor,
-            cfg: SSLEvaluatorTrainConfig) -> list[dict]:
-    """AdamW over the epochs (or until ``max_cpu_seconds``); one log entry per epoch with the mean losses."""
+            cfg: SSLEvaluatorTrainConfig, checkpoint: Path | None = None) -> list[dict]:
+    """AdamW over the epochs (or until a time budget); one log entry per epoch with the mean losses.
+
+    ``checkpoint``: a folder the evaluator is saved to after every epoch (BN statistics still those of the crops).
+    """
     params = [*model.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.base.lr, weight_decay=cfg.base.weight_decay)
     gen = torch.Generator().manual_seed(cfg.base.seed)
@@ -210,6 +214,8 @@ def fit_ssl(model: CXREvaluator, heads: SSLHeads, images: torch.Tensor, labels: 
                         "bce": sums[2] / n, "seconds": time.perf_counter() - start,
                         "cpu_seconds": time.process_time() - start_cpu})
         log.info("epoch %d: %s", epoch, history[-1])
+        if checkpoint is not None:
+            model.save_pretrained(checkpoint)
         if _budget_used(start_cpu, start, cfg) >= 1.0:
             log.warning("stopped at the time budget (max_cpu_seconds=%s, max_seconds=%s) in epoch %d",
                         cfg.max_cpu_seconds, cfg.max_seconds, epoch)
@@ -257,7 +263,7 @@ def train_ssl_evaluator(cfg: SSLEvaluatorTrainConfig, out_dir: str | Path | None
     heads = SSLHeads(model.feature_dim, cfg.projection_dim).to(device)
     log.info("cxrgen-evaluator %s (SimCLR + labels): %d parameters, %d training images", model.cfg.arch,
              count_parameters(model), len(train))
-    history = fit_ssl(model, heads, images, labels, cfg)
+    history = fit_ssl(model, heads, images, labels, cfg, out_dir / CHECKPOINT_FOLDER)
     recalibrate_batchnorm(model, images, cfg)
     metrics = {"name": model.name, "arch": model.cfg.arch, "objective": "simclr+labels",
                "image_size": base.model.image.size, "classes": list(base.model.class_names),
