@@ -85,8 +85,9 @@ def test_c2st_passes_the_ladder(sets) -> None:
 
 
 @pytest.fixture(scope="module")
-def evaluator_sets(shared_data) -> tuple[CXREvaluator, torch.Tensor, torch.Tensor]:
-    """The shipped evaluator; N_FID images of its validate and of its test split (disjoint patients) at its size."""
+def evaluator_fid(shared_data) -> dict[str, float]:
+    """FID_cxr of every rung in the shipped evaluator's space: N_FID images of its validate split (reference)
+    and of its test split (held-out; disjoint patients, never trained on), at its input size."""
     evaluator = CXREvaluator.from_pretrained(DEFAULT_EVALUATOR).eval()
     heldout = json.loads((DEFAULT_EVALUATOR / HELDOUT_NAME).read_text())["pediatric"]
     meta = pd.read_csv(shared_data / PEDIATRIC / "metadata.csv")
@@ -95,17 +96,26 @@ def evaluator_sets(shared_data) -> tuple[CXREvaluator, torch.Tensor, torch.Tenso
     held = meta[name.isin(set(heldout["test"]))].sample(N_FID, random_state=1)
     assert not set(ref["patient_key"]) & set(held["patient_key"])
     size = evaluator.cfg.image.size
-    return (evaluator, load_images([shared_data / PEDIATRIC / p for p in ref["image"]], size, progress=False),
-            load_images([shared_data / PEDIATRIC / p for p in held["image"]], size, progress=False))
-
-
-def test_shipped_evaluator_fid_passes_the_ladder(evaluator_sets) -> None:
-    evaluator, ref, held = evaluator_sets
+    ref_x = load_images([shared_data / PEDIATRIC / p for p in ref["image"]], size, progress=False)
+    held_x = load_images([shared_data / PEDIATRIC / p for p in held["image"]], size, progress=False)
     with torch.no_grad():
-        ref_features = torch.cat([evaluator.features(b) for b in ref.split(64)])
+        def features(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([evaluator.features(b) for b in x.split(64)])
 
-        def fid(_: torch.Tensor, x: torch.Tensor) -> float:
-            return fid_from_features(ref_features, torch.cat([evaluator.features(b) for b in x.split(64)]))
+        ref_features = features(ref_x)
+        return run_ladder(ref_x, held_x, {"fid": lambda _, x: fid_from_features(ref_features, features(x))},
+                          torch.Generator().manual_seed(0))["fid"]
 
-        values = run_ladder(ref, held, {"fid": fid}, torch.Generator().manual_seed(0))["fid"]
-    assert is_ordered(values), values
+
+def test_shipped_evaluator_fid_sees_blur_noise_and_each_proxy(evaluator_fid) -> None:
+    """What the 64 px evaluator failed (blurred + noised real scored better than real) and each proxy alone."""
+    for proxy in ("well_trained_proxy", "barely_trained_proxy"):
+        assert is_ordered(evaluator_fid, rungs=("heldout", "blur_noise", proxy, "noise")), evaluator_fid
+
+
+@pytest.mark.xfail(strict=True, reason="the 224 px SimCLR evaluator ranks the two proxies the wrong way round "
+                   "(measured FID well_trained_proxy 17.0 > barely_trained_proxy 16.6; held-out 0.63, blur_noise 2.9, "
+                   "noise 2491): both carry the same noise (std 0.1), which dominates its features; "
+                   "see docs/evaluator.md")
+def test_shipped_evaluator_fid_passes_the_ladder(evaluator_fid) -> None:
+    assert is_ordered(evaluator_fid), evaluator_fid
