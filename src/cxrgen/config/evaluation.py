@@ -107,6 +107,7 @@ class SSLEvaluatorTrainConfig:
     min_crop_area: float = 0.35  # a crop covers [min_crop_area, 1] of the image area
     max_aspect: float = 4 / 3  # crop aspect ratio drawn log-uniformly in [1 / a, a]
     crop_rotation_deg: float = 10.0
+    view_noise_std: float = 0.0  # per view, Gaussian pixel noise of std drawn in [0, this]; 0: none
     temperature: float = 0.2  # NT-Xent temperature tau
     projection_dim: int = 128  # SimCLR projection head output (the loss sees it; FID uses the pooled features)
     supervised_weight: float = 0.5  # loss = NT-Xent + w * masked BCE (labels, adult vs pediatric, viral vs bacterial)

@@ -117,8 +117,13 @@ def random_resized_crop(images: torch.Tensor, cfg: SSLEvaluatorTrainConfig, gene
 
 
 def make_view(images: torch.Tensor, cfg: SSLEvaluatorTrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """One SimCLR view (B, 1, view_size, view_size): crop + rotation, then gamma / gain / offset."""
-    return jitter_intensity(random_resized_crop(images, cfg, generator), cfg.base, cfg.base.model.image, generator)
+    """One SimCLR view (B, 1, view_size, view_size): crop + rotation, gamma / gain / offset, optional mild noise."""
+    view = jitter_intensity(random_resized_crop(images, cfg, generator), cfg.base, cfg.base.model.image, generator)
+    if cfg.view_noise_std <= 0:
+        return view
+    std = cfg.view_noise_std * torch.rand(view.shape[0], 1, 1, 1, generator=generator)
+    image_cfg = cfg.base.model.image
+    return (view + std * torch.randn(view.shape, generator=generator)).clamp(image_cfg.low, image_cfg.high)
 
 
 def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
