@@ -37,6 +37,7 @@ from cxrgen.evaluate.networks import count_parameters
 from cxrgen.evaluate.train_evaluator import (
     METRICS_NAME,
     LabelledSplit,
+    _device,
     jitter_intensity,
     label_targets,
     masked_bce,
@@ -262,10 +263,8 @@ def train_ssl_evaluator(cfg: SSLEvaluatorTrainConfig, out_dir: str | Path | None
         raise DataError(f"no {base.train_split!r} rows with an image in {list(base.manifests)}")
     labels = torch.from_numpy(np.concatenate([train.labels, aux_labels(base.manifests, base.train_split)], 1)).float()
     images = decode_uint8(train, cfg)
-    device = torch.device("cuda" if base.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if base.device == "auto" else base.device)
-    model = CXREvaluator(base.model, generator=torch.Generator().manual_seed(base.seed)).to(device)
-    heads = SSLHeads(model.feature_dim, cfg.projection_dim).to(device)
+    model = CXREvaluator(base.model, generator=torch.Generator().manual_seed(base.seed)).to(_device(base.device))
+    heads = SSLHeads(model.feature_dim, cfg.projection_dim).to(model.device)
     log.info("cxrgen-evaluator %s (SimCLR + labels): %d parameters, %d training images", model.cfg.arch,
              count_parameters(model), len(train))
     history = fit_ssl(model, heads, images, labels, cfg, out_dir / CHECKPOINT_FOLDER)
