@@ -138,3 +138,12 @@ def test_narrow_resnet_is_seeded_and_halves_five_times():
     assert maps.shape == (1, 256, 7, 7)
     with pytest.raises(ConfigError, match="resnet-narrow"):
         build_resnet("resnet-huge")
+
+
+def test_view_noise_is_off_by_default_and_bounded_when_on():
+    x = torch.zeros(8, 1, 32, 32)
+    cfg = tiny_cfg(Path("unused"), min_crop_area=1.0, max_aspect=1.0, crop_rotation_deg=0.0)
+    cfg = dataclasses.replace(cfg, base=dataclasses.replace(cfg.base, intensity_jitter=0.0, gamma_jitter=0.0))
+    assert torch.allclose(make_view(x, cfg, torch.Generator().manual_seed(0)), x, atol=1e-5)
+    noisy = make_view(x, dataclasses.replace(cfg, view_noise_std=0.03), torch.Generator().manual_seed(0))
+    assert 0 < float(noisy.std()) < 0.03
