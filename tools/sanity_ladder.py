@@ -1,94 +1,148 @@
-"""Run the sanity ladder (cxrgen.evaluate.ladder) on shared real images with every metric; print a table.
+"""Run the sanity ladders on shared real images with every metric; print a table per ladder.
 
-    PYTHONPATH=src .venv/bin/python tools/sanity_ladder.py --data ../shared/data/pediatric-pneumonia-224 \
-        --n 128 --size 128 [--evaluator src/cxrgen/models/evaluator] [--json out/ladder.json]
+    PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python tools/sanity_ladder.py \
+        --data ../shared/data/pediatric-pneumonia-224 --n 128 --size 224 [--model-rungs --model-n 64] \
+        [--evaluator DIR ...] [--json out/ladder.json]
 
-Reference and held-out images are disjoint random patients of one collection (its metadata.csv);
-the rungs are made from the held-out images. A metric passes when it ranks the five rungs in order.
+Reference and held-out images are disjoint patients: with an evaluator folder holding
+``heldout_images.json`` (``cxrgen train-evaluator-ssl`` writes it), its validate images are the
+reference and its test images the held-out set (images the evaluator never trained on); otherwise
+random halves of the collection's patients. The degraded-real rungs (cxrgen.evaluate.ladder) are made
+from the held-out images; ``--model-rungs`` adds the model ladder (cxrgen.evaluate.model_ladder:
+autoencoder reconstructions, the default model's and an untrained denoiser's samples for the held-out
+images' prompts; about a second per sample on a CPU; the first ``--model-n`` held-out images, against all
+``--n`` reference images for the evaluator rows and the first ``--model-n`` for SWD and C2ST). Every
+``--evaluator`` gives its own FID / precision / density rows. A metric passes when it ranks the rungs in order.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from cxrgen.data.readers.pediatric import pediatric_prompt
 from cxrgen.evaluate.c2st import C2STSettings, c2st
 from cxrgen.evaluate.evaluator import CXREvaluator
 from cxrgen.evaluate.fid import fid_from_features
-from cxrgen.evaluate.ladder import RUNGS, is_ordered, run_ladder
+from cxrgen.evaluate.ladder import RUNGS, degrade, is_ordered, score_rungs
 from cxrgen.evaluate.prdc import prdc
 from cxrgen.evaluate.run import DEFAULT_EVALUATOR
 from cxrgen.evaluate.suite import load_images
 from cxrgen.evaluate.swd import swd
+from cxrgen.evaluate.train_ssl import HELDOUT_NAME
 
 PATIENT_COLUMNS = ("patient_key", "patient_id")
 
 
-def two_disjoint_sets(folder: Path, n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n reference and n held-out images (N, 1, size, size) of disjoint patients, at random."""
+def two_disjoint_sets(folder: Path, n: int, seed: int, evaluator: Path | None, source: str) -> tuple[pd.DataFrame, ...]:
+    """n reference and n held-out metadata rows of disjoint patients (the evaluator's validate / test when given)."""
     meta = pd.read_csv(folder / "metadata.csv")
     patient = next(c for c in PATIENT_COLUMNS if c in meta.columns)
-    rng = np.random.default_rng(seed)
-    patients = rng.permutation(meta[patient].astype(str).unique())
-    half = set(patients[: len(patients) // 2])
-    in_ref = meta[patient].astype(str).isin(half)
-    ref = meta[in_ref].sample(n, random_state=seed)
-    held = meta[~in_ref].sample(n, random_state=seed + 1)
-    return (load_images([folder / p for p in ref["image"]], size, desc="reference"),
-            load_images([folder / p for p in held["image"]], size, desc="held-out"))
+    listing = evaluator / HELDOUT_NAME if evaluator is not None else None
+    if listing is not None and listing.is_file() and source in (held := json.loads(listing.read_text())):
+        name = meta["image"].map(os.path.basename)
+        ref_rows, held_rows = meta[name.isin(set(held[source]["validate"]))], meta[name.isin(set(held[source]["test"]))]
+    else:
+        patients = np.random.default_rng(seed).permutation(meta[patient].astype(str).unique())
+        in_ref = meta[patient].astype(str).isin(set(patients[: len(patients) // 2]))
+        ref_rows, held_rows = meta[in_ref], meta[~in_ref]
+    return ref_rows.sample(n, random_state=seed), held_rows.sample(n, random_state=seed + 1)
 
 
 class Metrics:
-    """The ladder's metrics; C2ST and evaluator features computed once per image set."""
+    """The ladder's metrics; C2ST and each evaluator's features computed once per image set."""
 
-    def __init__(self, evaluator: CXREvaluator, settings: C2STSettings) -> None:
-        self.evaluator, self.settings = evaluator.eval(), settings
-        self._c2st: dict[int, tuple[torch.Tensor, dict]] = {}  # the tensor is kept so that its id is not reused
+    def __init__(self, evaluators: dict[str, CXREvaluator], settings: C2STSettings) -> None:
+        self.evaluators, self.settings = {k: e.eval() for k, e in evaluators.items()}, settings
+        self._cache: dict[tuple[str, int], tuple[torch.Tensor, object]] = {}  # the tensor keeps its id unique
+
+    def _once(self, kind: str, x: torch.Tensor, make) -> object:
+        if (kind, id(x)) not in self._cache:
+            self._cache[(kind, id(x))] = (x, make())
+        return self._cache[(kind, id(x))][1]
+
+    def _features(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        ev = self.evaluators[name]
+        return self._once(f"features {name}", x, lambda: torch.cat([ev.features(b) for b in x.split(64)]))
 
     def _c2st_of(self, ref: torch.Tensor, x: torch.Tensor) -> dict:
-        if id(x) not in self._c2st:
-            self._c2st[id(x)] = (x, c2st(ref, x, self.settings, torch.Generator().manual_seed(0)))
-        return self._c2st[id(x)][1]
+        return self._once("c2st", x, lambda: c2st(ref, x, self.settings, torch.Generator().manual_seed(0)))
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.evaluator.features(b) for b in x.split(64)])
-
-    def table(self) -> dict:
-        """name -> metric(reference, images) -> float; lower is better for each."""
+    def free(self) -> dict:
+        """The evaluator-free metrics: name -> metric(reference, images) -> float; lower is better."""
         return {
             "swd": lambda r, x: swd(r, x, generator=torch.Generator().manual_seed(0))["mean"],
             "c2st_cnn": lambda r, x: self._c2st_of(r, x)["cnn"],
             "c2st_linear": lambda r, x: self._c2st_of(r, x)["linear"],
-            "fid_cxr": lambda r, x: fid_from_features(self._features(r), self._features(x)),
-            "neg_density_cxr": lambda r, x: -prdc(self._features(r), self._features(x))["density"],
-            "neg_precision_cxr": lambda r, x: -prdc(self._features(r), self._features(x))["precision"],
         }
+
+    def in_feature_spaces(self) -> dict:
+        """FID, -precision and -density in every evaluator's space; lower is better."""
+        out = {}
+        for name in self.evaluators:
+            def feats(r, x, name=name):
+                return self._features(name, r), self._features(name, x)
+            out[f"fid {name}"] = lambda r, x, feats=feats: fid_from_features(*feats(r, x))
+            out[f"neg_precision {name}"] = lambda r, x, feats=feats: -prdc(*feats(r, x))["precision"]
+            out[f"neg_density {name}"] = lambda r, x, feats=feats: -prdc(*feats(r, x))["density"]
+        return out
+
+
+def print_table(values: dict[str, dict[str, float]], rungs: tuple[str, ...]) -> None:
+    """One markdown row per metric, its value on every rung and whether they are in order."""
+    print("| metric | " + " | ".join(rungs) + " | ordered |")
+    print("| --- |" + " --- |" * (len(rungs) + 1))
+    for name, row in values.items():
+        print(f"| {name} | " + " | ".join(f"{row[r]:.4g}" for r in rungs) + f" | {is_ordered(row, rungs=rungs)} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/pediatric-pneumonia-224")
+    parser.add_argument("--source", default="pediatric", help="the collection's source name in heldout_images.json")
     parser.add_argument("--n", type=int, default=128)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--evaluator", default=str(DEFAULT_EVALUATOR))
+    parser.add_argument("--evaluator", nargs="+", default=[str(DEFAULT_EVALUATOR)],
+                        help="evaluator folders; the first one's heldout_images.json picks the images")
+    parser.add_argument("--random-patients", action="store_true", help="random patient halves, not the evaluator's")
+    parser.add_argument("--no-free", action="store_true", help="skip SWD and C2ST (evaluator rows only)")
+    parser.add_argument("--c2st-folds", type=int, default=5)
+    parser.add_argument("--c2st-epochs", type=int, default=20)
+    parser.add_argument("--model-rungs", action="store_true", help="add the model ladder (samples: slow)")
+    parser.add_argument("--model-n", type=int, default=64, help="held-out images (prompts) of the model ladder")
+    parser.add_argument("--model", help="model for the model ladder (default: the packaged one)")
     parser.add_argument("--json", help="write the values here")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    ref, held = two_disjoint_sets(Path(args.data), args.n, args.size, args.seed)
-    metrics = Metrics(CXREvaluator.from_pretrained(args.evaluator), C2STSettings())
-    values = run_ladder(ref, held, metrics.table(), torch.Generator().manual_seed(args.seed))
-    print("| metric | " + " | ".join(RUNGS) + " | ordered |")
-    print("| --- |" + " --- |" * (len(RUNGS) + 1))
-    for name, row in values.items():
-        print(f"| {name} | " + " | ".join(f"{row[r]:.4g}" for r in RUNGS) + f" | {is_ordered(row)} |")
+    folder = Path(args.data)
+    listing = None if args.random_patients else Path(args.evaluator[0])
+    ref_rows, held_rows = two_disjoint_sets(folder, args.n, args.seed, listing, args.source)
+    ref = load_images([folder / p for p in ref_rows["image"]], args.size, desc="reference")
+    held = load_images([folder / p for p in held_rows["image"]], args.size, desc="held-out")
+    evaluators = {Path(e).name: CXREvaluator.from_pretrained(e) for e in args.evaluator}
+    metrics = Metrics(evaluators, C2STSettings(folds=args.c2st_folds, epochs=args.c2st_epochs))
+    free = {} if args.no_free else metrics.free()
+    gen = torch.Generator().manual_seed(args.seed)
+    rungs = {r: degrade(held, r, gen) for r in RUNGS}
+    out = {"degraded": score_rungs(ref, rungs, free) | score_rungs(ref, rungs, metrics.in_feature_spaces())}
+    print_table(out["degraded"], RUNGS)
+    if args.model_rungs:
+        from cxrgen.evaluate.model_ladder import MODEL_RUNGS, model_rungs
+
+        k = args.model_n
+        prompts = [pediatric_prompt(v, str(lab).strip().lower())
+                   for v, lab in zip(held_rows["view"][:k], held_rows["label"][:k], strict=True)]
+        sets = model_rungs(args.model, held[:k], prompts, torch.Generator().manual_seed(args.seed), args.seed)
+        out["model"] = score_rungs(ref[:k], sets, free) | score_rungs(ref, sets, metrics.in_feature_spaces())
+        print_table(out["model"], MODEL_RUNGS)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "values": values}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"args": vars(args), "values": out}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

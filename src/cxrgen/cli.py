@@ -351,6 +351,21 @@ def _cmd_train_reid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_evaluator_ssl(sub: argparse._SubParsersAction) -> None:
+    p = _config_command(sub, "train-evaluator-ssl", "train the 224 px cxrgen-evaluator with SimCLR + labels",
+                        "YAML SSLEvaluatorTrainConfig (e.g. src/cxrgen/configs/evaluator-ssl224.yaml)",
+                        "base.epochs=8")
+    p.set_defaults(func=_cmd_train_evaluator_ssl)
+
+
+def _cmd_train_evaluator_ssl(args: argparse.Namespace) -> int:
+    from cxrgen.evaluate.train_ssl import run_train_ssl_evaluator
+
+    metrics = run_train_ssl_evaluator(args.config, args.overrides, args.out)
+    print(json.dumps(metrics.get("test", metrics), indent=2, default=str))
+    return 0
+
+
 # --- evaluate ---------------------------------------------------------------------------------
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="generate K images per prompt, then FID/KID, MS-SSIM, AUROC, memorization")
@@ -501,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_twin(sub)
     _add_train_evaluator(sub)
     _add_train_reid(sub)
+    _add_train_evaluator_ssl(sub)
     _add_cache(sub)
     _add_train(sub)
     _add_generate(sub)

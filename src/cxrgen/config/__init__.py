@@ -12,6 +12,7 @@ from cxrgen.config.evaluation import (
     EvaluatorConfig,
     EvaluatorTrainConfig,
     ReidTrainConfig,
+    SSLEvaluatorTrainConfig,
 )
 from cxrgen.config.models import (
     PREDICTION_TYPES,
@@ -45,6 +46,7 @@ __all__ = [
     "FrozenDict",
     "ImageConfig",
     "ModelConfig",
+    "SSLEvaluatorTrainConfig",
     "PhantomConfig",
     "PromptConfig",
     "ReidTrainConfig",

@@ -94,6 +94,39 @@ class EvaluatorTrainConfig:
 
 
 @dataclass(frozen=True)
+class SSLEvaluatorTrainConfig:
+    """The cxrgen-evaluator trained with SimCLR (Chen et al. 2020) plus its supervised labels, jointly.
+
+    ``base`` holds the network, data, intensity jitter and optimizer; the fields here the
+    self-supervised part. Views are random resized crops with a small rotation and intensity
+    jitter: never a flip, and no blur or noise (the features must stay sensitive to both).
+    """
+
+    base: EvaluatorTrainConfig = field(default_factory=EvaluatorTrainConfig)
+    view_size: int = 160  # side of each SimCLR view (crops keep roughly native pixel scale)
+    min_crop_area: float = 0.35  # a crop covers [min_crop_area, 1] of the image area
+    max_aspect: float = 4 / 3  # crop aspect ratio drawn log-uniformly in [1 / a, a]
+    crop_rotation_deg: float = 10.0
+    view_noise_std: float = 0.0  # per view, Gaussian pixel noise of std drawn in [0, this]; 0: none
+    temperature: float = 0.2  # NT-Xent temperature tau
+    projection_dim: int = 128  # SimCLR projection head output (the loss sees it; FID uses the pooled features)
+    supervised_weight: float = 0.5  # loss = NT-Xent + w * masked BCE (labels, adult vs pediatric, viral vs bacterial)
+    warmup_steps: int = 50
+    bn_recalibration_images: int = 1024  # BN statistics re-estimated on full-size images after training
+    image_cache: str | None = None  # uint8 tensor file of the decoded training images (written when absent)
+    # time budgets of the training loop: the cosine schedule ends and training stops when the first of
+    # epochs, CPU time (process, all threads) and wall time runs out
+    max_cpu_seconds: float | None = None
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.view_size < 32 or not 0.0 < self.min_crop_area <= 1.0 or self.max_aspect < 1.0:
+            raise ConfigError("view_size >= 32, min_crop_area in (0, 1] and max_aspect >= 1 are required")
+        if self.temperature <= 0 or self.supervised_weight < 0 or self.projection_dim <= 0:
+            raise ConfigError("temperature and projection_dim must be positive, supervised_weight >= 0")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """One ``cxrgen evaluate`` run: model, prompts, real reference set, metric settings, outputs."""
 

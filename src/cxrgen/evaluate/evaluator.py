@@ -23,6 +23,7 @@ from cxrgen.config import EvaluatorConfig, load_config, save_config
 from cxrgen.data.manifest import CHEXPERT_LABELS
 from cxrgen.errors import ConfigError, DataError
 from cxrgen.evaluate.networks import DenseNet, build_densenet, densenet_size
+from cxrgen.evaluate.resnet import RESNET_SIZES, NarrowResNet, build_resnet
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ IN_CHANNELS = 1
 
 def resolve_evaluator_config(cfg: EvaluatorConfig) -> EvaluatorConfig:
     """``cfg`` with every architecture field filled from its ``arch`` preset (what is saved)."""
+    if cfg.arch in RESNET_SIZES:  # a fixed preset: the DenseNet fields do not apply
+        return cfg
     size = densenet_size(cfg.arch, growth_rate=cfg.growth_rate, block_config=cfg.block_config,
                          num_init_features=cfg.num_init_features, bn_size=cfg.bn_size)
     unknown = [c for c in cfg.class_names if c not in CHEXPERT_LABELS]
@@ -70,14 +73,18 @@ def as_evaluator_input(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class CXREvaluator(nn.Module):
-    """cxrgen-evaluator: DenseNet-BC on (B, 1, H, W) CXRs; features (B, F), probabilities (B, C)."""
+    """cxrgen-evaluator: DenseNet-BC or narrow ResNet on (B, 1, H, W) CXRs; features (B, F), probabilities (B, C)."""
 
     name = EVALUATOR_NAME
 
     def __init__(self, cfg: EvaluatorConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.cfg = resolve_evaluator_config(cfg)
-        self.net: DenseNet = build_densenet(
+        if self.cfg.arch in RESNET_SIZES:
+            self.net: DenseNet | NarrowResNet = build_resnet(self.cfg.arch, IN_CHANNELS, len(self.cfg.class_names),
+                                                             generator)
+            return
+        self.net = build_densenet(
             self.cfg.arch, in_channels=IN_CHANNELS, num_classes=len(self.cfg.class_names),
             drop_rate=self.cfg.drop_rate, generator=generator, growth_rate=self.cfg.growth_rate,
             block_config=self.cfg.block_config, num_init_features=self.cfg.num_init_features,

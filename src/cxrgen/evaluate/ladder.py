@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import torch
@@ -72,20 +72,25 @@ def degrade(images: torch.Tensor, rung: str, generator: torch.Generator) -> torc
     return out.clamp(-1, 1)
 
 
-def run_ladder(reference: torch.Tensor, heldout: torch.Tensor,
-               metrics: dict[str, Callable[[torch.Tensor, torch.Tensor], float]],
-               generator: torch.Generator) -> dict[str, dict[str, float]]:
-    """``metrics[name](reference, rung_images)`` for every rung; {metric: {rung: value}}."""
+def score_rungs(reference: torch.Tensor, rungs: dict[str, torch.Tensor],
+                metrics: dict[str, Callable[[torch.Tensor, torch.Tensor], float]]) -> dict[str, dict[str, float]]:
+    """``metrics[name](reference, images)`` for every named image set, in order; {metric: {rung: value}}."""
     out: dict[str, dict[str, float]] = {name: {} for name in metrics}
-    for rung in RUNGS:
-        images = degrade(heldout, rung, generator)
+    for rung, images in rungs.items():
         for name, metric in metrics.items():
             out[name][rung] = float(metric(reference, images))
             log.info("ladder %s %s: %.4f", name, rung, out[name][rung])
     return out
 
 
-def is_ordered(values: dict[str, float], tolerance: float = 0.0) -> bool:
+def run_ladder(reference: torch.Tensor, heldout: torch.Tensor,
+               metrics: dict[str, Callable[[torch.Tensor, torch.Tensor], float]],
+               generator: torch.Generator) -> dict[str, dict[str, float]]:
+    """``metrics[name](reference, rung_images)`` for every degraded-real rung; {metric: {rung: value}}."""
+    return score_rungs(reference, {rung: degrade(heldout, rung, generator) for rung in RUNGS}, metrics)
+
+
+def is_ordered(values: dict[str, float], tolerance: float = 0.0, rungs: Sequence[str] = RUNGS) -> bool:
     """True when the rungs rank strictly worse (higher) in ladder order, each step by more than ``tolerance``."""
-    seq = [values[r] for r in RUNGS]
+    seq = [values[r] for r in rungs]
     return all(b - a > tolerance for a, b in pairwise(seq))
