@@ -216,3 +216,16 @@ def test_train_multiview_refuses_unknown_stage_and_keys(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"stage": "bogus"}))
     assert main(["train-multiview", str(path)]) != 0
     assert "stage" in capsys.readouterr().err
+
+
+def test_shipped_multiview_configs_load_and_name_their_stage():
+    from importlib.resources import files
+
+    from cxrgen.config import load_config
+    from cxrgen.config.multiview import MultiviewTrainConfig
+
+    for name, stage in (("multiview-report-ae.yaml", "report_ae"), ("multiview-aligned.yaml", "aligned")):
+        cfg = load_config(MultiviewTrainConfig, str(files("cxrgen") / "configs" / name))
+        assert cfg.stage == stage and cfg.threads == 1
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_config(MultiviewTrainConfig, None, ["aligned.batch_size=1"])
