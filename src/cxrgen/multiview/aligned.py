@@ -22,11 +22,11 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from cxrgen.config import TextEncoderConfig
 from cxrgen.errors import ConfigError, DataError
-from cxrgen.text.report_ae import tokenize_reports
+from cxrgen.text.report_ae import load_with_tokenizer, save_with_tokenizer, tokenize_reports
 from cxrgen.text.scratch import ScratchTransformer
 
 log = logging.getLogger(__name__)
@@ -152,16 +152,9 @@ class AlignedModel:
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Encoders (config.json + safetensors) and tokenizer files into one folder."""
-        directory = Path(directory)
-        self.encoders.save_pretrained(str(directory))
-        self.tokenizer.save_pretrained(str(directory))
-        return directory
+        return save_with_tokenizer(self.encoders, self.tokenizer, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> AlignedModel:
         """Load a folder written by ``save_pretrained`` (eval mode)."""
-        directory = Path(directory)
-        if not (directory / "config.json").is_file():
-            raise ConfigError(f"{directory} holds no aligned encoders (config.json); train them with "
-                              "`cxrgen train-multiview CONFIG` (stage: aligned)")
-        return cls(AlignedEncoders.from_pretrained(str(directory)).eval(), AutoTokenizer.from_pretrained(str(directory)))
+        return cls(*load_with_tokenizer(AlignedEncoders, directory, "aligned encoders", "aligned"))

@@ -49,6 +49,24 @@ def seeded_init_(module: nn.Module, generator: torch.Generator, std: float | Non
             param.fill_(0.0 if name.endswith("bias") else 1.0)
 
 
+def save_with_tokenizer(model: ModelMixin, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> Path:
+    """A network (config.json + safetensors, diffusers format) and its tokenizer's files in one folder."""
+    directory = Path(directory)
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def load_with_tokenizer(model_cls: type[ModelMixin], directory: str | Path, what: str, stage: str
+                        ) -> tuple[ModelMixin, PreTrainedTokenizerBase]:
+    """The network (eval mode) and tokenizer of a folder written by ``save_with_tokenizer``."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise ConfigError(f"{directory} holds no {what} (config.json); train one with "
+                          f"`cxrgen train-multiview CONFIG` (stage: {stage})")
+    return model_cls.from_pretrained(str(directory)).eval(), AutoTokenizer.from_pretrained(str(directory))
+
+
 def tokenize_reports(tokenizer: PreTrainedTokenizerBase, reports: list[str], max_length: int,
                      device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (B, L) = [CLS] text [SEP] padded to the longest (at most ``max_length``) and mask (B, L)."""
@@ -229,20 +247,12 @@ class ReportCodec:
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Network (config.json + safetensors) and tokenizer files into one folder."""
-        directory = Path(directory)
-        self.model.save_pretrained(str(directory))
-        self.tokenizer.save_pretrained(str(directory))
-        return directory
+        return save_with_tokenizer(self.model, self.tokenizer, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> ReportCodec:
         """Load a folder written by ``save_pretrained`` (eval mode)."""
-        directory = Path(directory)
-        if not (directory / "config.json").is_file():
-            raise ConfigError(f"{directory} holds no report autoencoder (config.json); train one with "
-                              "`cxrgen train-multiview CONFIG` (stage: report_ae)")
-        model = ReportAutoencoder.from_pretrained(str(directory)).eval()
-        return cls(model, AutoTokenizer.from_pretrained(str(directory)))
+        return cls(*load_with_tokenizer(ReportAutoencoder, directory, "report autoencoder", "report_ae"))
 
     @classmethod
     def build(cls, tokenizer: PreTrainedTokenizerBase, generator: torch.Generator | None = None,

@@ -10,20 +10,18 @@ alignment score of true against shuffled pairs, and the view check's accuracy.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from cxrgen.config.multiview import MultiviewTrainConfig
 from cxrgen.data.multiview import MultiviewDataset
 from cxrgen.multiview.aligned import AlignedEncoders, AlignedModel
 from cxrgen.multiview.contrastive import alignment_score, info_nce, retrieval_recall
 from cxrgen.text.report_ae import seeded_init_
-from cxrgen.train.report_ae import lr_at, report_tokenizer
+from cxrgen.train.report_ae import budgeted_steps, lr_at, optimizer_step, report_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +59,10 @@ def fit_aligned(model: AlignedModel, data: MultiviewDataset, cfg: MultiviewTrain
     model.encoders.train()
     batch = min(stage.batch_size, len(data))
     losses: list[float] = []
-    deadline = time.perf_counter() + 60.0 * cfg.max_minutes if cfg.max_minutes > 0 else math.inf
-    for step in tqdm(range(stage.steps), desc="aligned encoders", disable=not cfg.progress):
-        if time.perf_counter() > deadline:
-            log.warning("max_minutes=%s reached after %d of %d steps", cfg.max_minutes, step, stage.steps)
-            break
+    for step in budgeted_steps(stage.steps, cfg.max_minutes, "aligned encoders", cfg.progress):
         pick = torch.randperm(len(data), generator=generator)[:batch].tolist()
         loss, parts = batch_loss(model, data, pick, stage.view_weight)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, stage.steps, stage.lr)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.encoders.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, lr_at(step, stage.steps, stage.lr))
         losses.append(float(loss))
         if step % 200 == 0:
             log.info("step %d: %s", step, {k: round(v, 3) for k, v in parts.items()})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,27 @@ def lr_at(step: int, steps: int, lr: float, warmup: int = 100) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def budgeted_steps(steps: int, max_minutes: float, desc: str, progress: bool) -> Iterator[int]:
+    """Step indices 0..steps-1 with a progress bar, stopping early (with a warning) after ``max_minutes`` > 0."""
+    deadline = time.perf_counter() + 60.0 * max_minutes if max_minutes > 0 else math.inf
+    for step in tqdm(range(steps), desc=desc, disable=not progress):
+        if time.perf_counter() > deadline:
+            log.warning("%s: max_minutes=%s reached after %d of %d steps", desc, max_minutes, step, steps)
+            return
+        yield step
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, max_norm: float = 1.0) -> None:
+    """Set the learning rate, back-propagate ``loss``, clip the gradient norm, step."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+
+
 def fit_report_ae(codec: ReportCodec, texts: list[str], cfg: MultiviewTrainConfig) -> list[float]:
     """Train ``codec`` on ``texts`` for ``cfg.report_ae.steps`` steps; the per-step losses."""
     stage = cfg.report_ae
@@ -55,23 +77,14 @@ def fit_report_ae(codec: ReportCodec, texts: list[str], cfg: MultiviewTrainConfi
     optimizer = torch.optim.AdamW(codec.model.parameters(), lr=stage.lr, weight_decay=0.01)
     codec.model.train()
     losses: list[float] = []
-    deadline = time.perf_counter() + 60.0 * cfg.max_minutes if cfg.max_minutes > 0 else math.inf
-    for step in tqdm(range(stage.steps), desc="report autoencoder", disable=not cfg.progress):
-        if time.perf_counter() > deadline:
-            log.warning("max_minutes=%s reached after %d of %d steps", cfg.max_minutes, step, stage.steps)
-            break
+    for step in budgeted_steps(stage.steps, cfg.max_minutes, "report autoencoder", cfg.progress):
         pick = torch.randint(0, len(texts), (stage.batch_size,), generator=generator)
         length = int(mask[pick].sum(1).max())
         batch_ids, batch_mask = ids[pick, :length], mask[pick, :length]  # (B, l) each
         out = codec.model(batch_ids, batch_mask, generator=generator, word_dropout=stage.word_dropout)
         beta = stage.kl_weight * min(1.0, step / max(1, stage.steps // 3))  # KL annealing
         loss = out["ce"] + beta * out["kl"]
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, stage.steps, stage.lr)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(codec.model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, lr_at(step, stage.steps, stage.lr))
         losses.append(float(out["ce"].detach()))
         if step % 200 == 0:
             log.info("step %d: ce %.3f kl %.4f", step, float(out["ce"].detach()), float(out["kl"].detach()))
