@@ -15,7 +15,7 @@ from cxrgen.cli import main
 from cxrgen.data.multiview import MultiviewDataset, read_adult_pairs, read_triplets, report_corpus, split_table
 from cxrgen.errors import ConfigError, DataError
 from cxrgen.multiview.aligned import AlignedModel
-from cxrgen.multiview.contrastive import alignment_score, info_nce, retrieval_recall
+from cxrgen.multiview.contrastive import alignment_score, info_nce, nearest, retrieval_recall
 from cxrgen.text.report_ae import ReportCodec
 from cxrgen.text.report_metrics import finding_agreement, report_scores
 from cxrgen.text.scratch import train_tokenizer
@@ -121,6 +121,7 @@ def test_info_nce_is_symmetric_transposed_and_rank_sensitive():
 def test_retrieval_recall_and_alignment_rank_true_pairs_above_shuffled():
     a, b = _pairs()
     assert retrieval_recall(a, b, ks=(1, 5)) == {"recall@1": 1.0, "recall@5": 1.0}
+    assert torch.equal(nearest(a, b, k=2)[:, 0], torch.arange(16))
     shuffled = b[torch.roll(torch.arange(16), 3)]
     assert retrieval_recall(a, shuffled)["recall@1"] < 0.2
     assert alignment_score(a, b) > alignment_score(a, shuffled) + 0.5
@@ -205,6 +206,9 @@ def test_aligned_stage_aligns_views_and_a_shuffled_report_scores_lower(trained, 
     held_out = metrics["eval"]["twin/validate"]
     assert held_out["view_check_accuracy"] >= 0.9
     assert held_out["alignment"]["frontal-report"]["true"] > held_out["alignment"]["frontal-report"]["shuffled"]
+    retrieved = model.retrieve_reports(data.frontal, "frontal", data.reports)
+    same_side = [r.split(".")[0] == t.split(".")[0] for r, t in zip(retrieved, data.reports, strict=True)]
+    assert sum(same_side) / len(same_side) > 0.8  # the retrieval baseline states the right effusion side
     assert model.warn_if_wrong_view(data.lateral[:4], "frontal") == [0, 1, 2, 3]
     assert model.warn_if_wrong_view(data.frontal[:4], "frontal") == []
     with pytest.raises(DataError, match=r"\(B, 1, 32, 32\)"):

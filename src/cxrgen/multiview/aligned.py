@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from cxrgen.config import TextEncoderConfig
 from cxrgen.errors import ConfigError, DataError
+from cxrgen.multiview.contrastive import nearest
 from cxrgen.text.report_ae import load_with_tokenizer, save_with_tokenizer, tokenize_reports
 from cxrgen.text.scratch import ScratchTransformer
 
@@ -131,6 +132,14 @@ class AlignedModel:
             raise ConfigError(f"view={view!r}: use one of {list(VIEWS)}")
         embed = self.encoders.embed_frontal if view == "frontal" else self.encoders.embed_lateral
         return embed(images.to(self.encoders.device))
+
+    @torch.no_grad()
+    def retrieve_reports(self, images: torch.Tensor, view: str, reports: list[str], batch_size: int = 256
+                         ) -> list[str]:
+        """For each image (B, 1, S, S) the most similar of ``reports`` (the retrieval baseline of image -> report)."""
+        gallery = torch.cat([self.embed_reports(reports[s:s + batch_size]) for s in range(0, len(reports), batch_size)])
+        best = nearest(self.embed_images(images, view), gallery, k=1)[:, 0]  # (B,)
+        return [reports[int(i)] for i in best]
 
     @torch.no_grad()
     def lateral_probability(self, images: torch.Tensor) -> torch.Tensor:

@@ -48,3 +48,12 @@ def pair_scores(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity (N,) of each pair: a per-sample image-report alignment score."""
     _check_pairs(z_a, z_b)
     return F.cosine_similarity(z_a, z_b, dim=-1)
+
+
+def nearest(z_query: torch.Tensor, z_gallery: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Indices (N, k) of the k gallery rows (M, E) most similar to each query row (N, E), best first."""
+    if z_query.dim() != 2 or z_gallery.dim() != 2 or z_query.shape[1] != z_gallery.shape[1]:
+        raise DataError(f"embeddings must be (N, E) and (M, E); got {tuple(z_query.shape)}, {tuple(z_gallery.shape)}")
+    if not 1 <= k <= z_gallery.shape[0]:
+        raise DataError(f"k={k}: give 1..{z_gallery.shape[0]} (the gallery's size)")
+    return (z_query @ z_gallery.T).topk(k, dim=1).indices

@@ -48,7 +48,7 @@ def batch_loss(model: AlignedModel, data: MultiviewDataset, pick: list[int], vie
     is_lateral = torch.cat([torch.zeros(len(pick)), torch.ones(len(pick))])  # (2B,)
     view = F.binary_cross_entropy_with_logits(model.encoders.view_logits(images), is_lateral)
     loss = sum(parts.values()) / len(parts) + view_weight * view
-    return loss, {**{k: float(v) for k, v in parts.items()}, "view": float(view), "tau": float(tau)}
+    return loss, {**{k: float(v.detach()) for k, v in parts.items()}, "view": float(view.detach()), "tau": float(tau.detach())}
 
 
 def fit_aligned(model: AlignedModel, data: MultiviewDataset, cfg: MultiviewTrainConfig) -> list[float]:
