@@ -233,3 +233,18 @@ def test_shipped_multiview_configs_load_and_name_their_stage():
         assert cfg.stage == stage and cfg.threads == 1
     with pytest.raises(ConfigError, match="batch_size"):
         load_config(MultiviewTrainConfig, None, ["aligned.batch_size=1"])
+
+
+def test_report_ae_training_continues_from_a_saved_codec(tiny_codec, tmp_path):
+    from cxrgen.config.multiview import MultiviewTrainConfig, ReportAEStageConfig
+    from cxrgen.train.report_ae import run_report_ae
+
+    tiny_codec.save_pretrained(tmp_path / "start")
+    stage = ReportAEStageConfig(init_from=str(tmp_path / "start"), steps=3, batch_size=2, eval_reports=2)
+    corpora = {"toy": {"train": REPORTS, "validate": [], "test": REPORTS[:2]}}
+    metrics = run_report_ae(MultiviewTrainConfig(report_ae=stage, progress=False), corpora, tmp_path / "out")
+    loaded = ReportCodec.from_pretrained(metrics["model"])
+    assert loaded.latent_shape == (3, 4)  # the saved model's sizes, not the config's defaults (8, 16)
+    before = dict(tiny_codec.model.named_parameters())["lm_head.weight"]
+    assert not torch.equal(dict(loaded.model.named_parameters())["lm_head.weight"], before)
+    assert set(metrics["eval"]["toy"]) >= {"finding_f1", "bleu4", "rougeL", "shuffled_floor"}

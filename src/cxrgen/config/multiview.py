@@ -37,6 +37,7 @@ class ReportAEStageConfig:
     """The report autoencoder: its size (saved in the model's config.json) and its training."""
 
     tokenizer: str | None = None  # a `cxrgen tokenizer` folder; None: learn one on the training reports
+    init_from: str | None = None  # a saved report autoencoder to continue training (its sizes and tokenizer win)
     vocab_size: int = 1024  # when a tokenizer is learned
     max_length: int = 80  # tokens per report, [CLS] and [SEP] included; longer reports are cut
     width: int = 96

@@ -121,6 +121,19 @@ def score_reconstruction(codec: ReportCodec, texts: list[str], beams: int, gener
             "examples": [{"original": t, "decoded": r} for t, r in zip(texts[:3], recon[:3], strict=True)]}
 
 
+def _codec(cfg: MultiviewTrainConfig, texts: list[str], out: Path, generator: torch.Generator) -> ReportCodec:
+    """The codec to train: ``report_ae.init_from`` loaded, or a fresh one over the (learned) tokenizer."""
+    stage = cfg.report_ae
+    if stage.init_from:
+        log.info("continuing the report autoencoder of %s (its sizes and tokenizer)", stage.init_from)
+        return ReportCodec.from_pretrained(stage.init_from)
+    tokenizer = report_tokenizer(stage.tokenizer, texts, stage.vocab_size, out / "tokenizer")
+    return ReportCodec.build(tokenizer, generator, max_length=stage.max_length, width=stage.width,
+                             encoder_depth=stage.encoder_depth, decoder_depth=stage.decoder_depth, heads=stage.heads,
+                             mlp_ratio=stage.mlp_ratio, latent_tokens=stage.latent_tokens, latent_dim=stage.latent_dim,
+                             dropout=stage.dropout)
+
+
 def run_report_ae(cfg: MultiviewTrainConfig, corpora: dict[str, dict[str, list[str]]], out: Path) -> dict:
     """Train on every corpus's train split; save to ``out/report_ae``; score each corpus's test split."""
     stage = cfg.report_ae
@@ -128,11 +141,9 @@ def run_report_ae(cfg: MultiviewTrainConfig, corpora: dict[str, dict[str, list[s
     if not train_texts:
         raise ConfigError("no training reports: give data.twin_dirs and/or data.report_manifests")
     started = time.perf_counter()
-    tokenizer = report_tokenizer(stage.tokenizer, train_texts, stage.vocab_size, out / "tokenizer")
     generator = torch.Generator().manual_seed(cfg.seed)
-    codec = ReportCodec.build(tokenizer, generator, max_length=stage.max_length, width=stage.width,
-                              encoder_depth=stage.encoder_depth, decoder_depth=stage.decoder_depth, heads=stage.heads, mlp_ratio=stage.mlp_ratio,
-                              latent_tokens=stage.latent_tokens, latent_dim=stage.latent_dim, dropout=stage.dropout)
+    codec = _codec(cfg, train_texts, out, generator)
+    tokenizer = codec.tokenizer
     losses = fit_report_ae(codec, train_texts, cfg)
     scale = measure_latent_scale(codec, train_texts, generator)
     codec.save_pretrained(out / "report_ae")
