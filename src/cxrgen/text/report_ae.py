@@ -158,7 +158,9 @@ class ReportAutoencoder(ModelMixin, ConfigMixin):
 
         Greedy for ``beams == 1``; otherwise beam search with length-normalised log-probabilities.
         """
-        max_length = max_length or self.config.max_length
+        if beams < 1:
+            raise ConfigError(f"beams={beams}: give 1 (greedy) or more")
+        max_length = min(max_length or self.config.max_length, self.config.max_length)  # learned positions end there
         if beams == 1:
             return self._greedy(latent, max_length)
         return self._beam(latent, beams, max_length)
