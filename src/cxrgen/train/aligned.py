@@ -63,7 +63,7 @@ def fit_aligned(model: AlignedModel, data: MultiviewDataset, cfg: MultiviewTrain
         pick = torch.randperm(len(data), generator=generator)[:batch].tolist()
         loss, parts = batch_loss(model, data, pick, stage.view_weight)
         optimizer_step(optimizer, loss, lr_at(step, stage.steps, stage.lr))
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 200 == 0:
             log.info("step %d: %s", step, {k: round(v, 3) for k, v in parts.items()})
     model.encoders.eval()
