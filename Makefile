@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED ?= ../shared/data
 OUT ?= out
-EXTRAS ?= test,minilm,demo,twin
+EXTRAS ?= test,minilm,demo,twin,reports
 
 PROMPT ?= PA chest radiograph. Large right pleural effusion.
 

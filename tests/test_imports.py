@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cxrgen"
 LAYERS = {
     "errors": 0, "config": 0, "hub": 0, "integrity": 0,
     "data": 1, "dicom": 1, "compute": 1, "outputs": 1,
-    "text": 2, "denoisers": 2, "autoencoder": 2, "guidance": 2, "samplers": 2, "losses": 2, "objective": 2,
+    "text": 2, "denoisers": 2, "autoencoder": 2, "guidance": 2, "samplers": 2, "losses": 2, "objective": 2, "multiview": 2,
     "parts": 3,
     "cache": 4,
     "pipeline": 5, "pipelines": 5,

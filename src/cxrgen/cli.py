@@ -172,6 +172,21 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train-multiview (CoDi XR stages) ---------------------------------------------------------
+def _add_train_multiview(sub: argparse._SubParsersAction) -> None:
+    p = _config_command(sub, "train-multiview", "train one CoDi XR stage (report_ae | aligned | joint)",
+                        "YAML MultiviewTrainConfig (stage: report_ae | aligned | joint)", "report_ae.steps=500")
+    p.set_defaults(func=_cmd_train_multiview)
+
+
+def _cmd_train_multiview(args: argparse.Namespace) -> int:
+    from cxrgen.train.multiview import run_train_multiview
+
+    metrics = run_train_multiview(args.config, args.overrides, args.out)
+    print(json.dumps(metrics.get("eval", {}), indent=2))
+    return 0
+
+
 # --- twin (CT-based frontal + lateral twin) ----------------------------------------------------
 def _add_twin(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("twin", help="write CT-twin cases: PA + lateral DRRs of one chest CT with findings, reports")
@@ -514,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_autoencoder(sub)
     _add_phantom(sub)
     _add_twin(sub)
+    _add_train_multiview(sub)
     _add_train_evaluator(sub)
     _add_train_reid(sub)
     _add_train_evaluator_ssl(sub)

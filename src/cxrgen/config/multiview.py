@@ -1,0 +1,118 @@
+"""Configs of CoDi XR's multi-view training (``cxrgen train-multiview CONFIG``), one stage per run.
+
+``stage`` picks what is trained: ``report_ae`` (the Optimus-style report autoencoder) or ``aligned``
+(frontal, lateral and report encoders in one contrastive space). Further stages (the joint
+denoiser) add their own dataclass beside these and a field on ``MultiviewTrainConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cxrgen.errors import ConfigError
+
+#: Stages this module knows how to configure; ``cxrgen.train.multiview.STAGES`` runs them.
+MULTIVIEW_STAGES: tuple[str, ...] = ("report_ae", "aligned", "joint")
+
+
+@dataclass(frozen=True)
+class MultiviewDataConfig:
+    """Where the (frontal, lateral, report, truth) triplets and the report corpora come from."""
+
+    twin_dirs: tuple[str, ...] = ()  # folders written by `cxrgen twin` (twin.csv + images/)
+    adult_root: str | None = None  # the adult set (covid-cxr-256): its same-day frontal + lateral pairs
+    report_manifests: tuple[str, ...] = ()  # prepared manifests (IU, adult notes): extra report text
+    image_size: int = 64  # side of the square images given to the encoders (resized + center-cropped)
+    max_report_chars: int = 400  # longer reports (the adult notes) are cut at a sentence end before this
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.image_size <= 1024:
+            raise ConfigError(f"data.image_size={self.image_size}: give a side between 16 and 1024 pixels")
+        if self.max_report_chars < 20:
+            raise ConfigError(f"data.max_report_chars={self.max_report_chars}: give at least 20")
+
+
+@dataclass(frozen=True)
+class ReportAEStageConfig:
+    """The report autoencoder: its size (saved in the model's config.json) and its training."""
+
+    tokenizer: str | None = None  # a `cxrgen tokenizer` folder; None: learn one on the training reports
+    init_from: str | None = None  # a saved report autoencoder to continue training (its sizes and tokenizer win)
+    vocab_size: int = 1024  # when a tokenizer is learned
+    max_length: int = 80  # tokens per report, [CLS] and [SEP] included; longer reports are cut
+    width: int = 96
+    encoder_depth: int = 2
+    decoder_depth: int = 2
+    heads: int = 4
+    latent_tokens: int = 8  # L_r: the latent is (B, L_r, D_r)
+    latent_dim: int = 16  # D_r
+    mlp_ratio: float = 2.0
+    dropout: float = 0.0
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-3
+    kl_weight: float = 1e-3  # beta of the KL term (per latent element, against N(0, 1))
+    word_dropout: float = 0.25  # share of decoder input tokens replaced by [MASK]: makes the decoder read the latent
+    eval_reports: int = 200  # held-out reports decoded for the reconstruction metrics (per corpus)
+    beams: int = 1  # 1: greedy decoding in the evaluation
+
+    def __post_init__(self) -> None:
+        if min(self.width, self.encoder_depth, self.decoder_depth, self.heads, self.latent_tokens,
+               self.latent_dim, self.steps, self.batch_size, self.beams) <= 0:
+            raise ConfigError("report_ae sizes, steps, batch_size and beams must be positive")
+        if self.width % self.heads:
+            raise ConfigError(f"report_ae.width={self.width} must be divisible by report_ae.heads={self.heads}")
+        if not (0.0 <= self.word_dropout < 1.0 and 0.0 <= self.dropout < 1.0 and self.kl_weight >= 0.0):
+            raise ConfigError("report_ae.word_dropout and dropout must be in [0, 1), kl_weight >= 0")
+
+
+@dataclass(frozen=True)
+class AlignedStageConfig:
+    """The aligned encoders (CLIP-style symmetric InfoNCE) and the view check: sizes and training."""
+
+    tokenizer: str | None = None  # None: learn one on the training reports (or reuse report_ae's out dir)
+    vocab_size: int = 1024
+    max_length: int = 80
+    embed_dim: int = 128  # the shared space
+    image_width: int = 16  # channels of the first conv stage (doubled at each of the 4 stages)
+    text_width: int = 96
+    text_depth: int = 2
+    heads: int = 4
+    temperature: float = 0.07  # initial tau of logits = z_a @ z_b.T / tau (learned, as in CLIP)
+    view_weight: float = 0.5  # weight of the view-check loss (frontal vs lateral)
+    steps: int = 600
+    batch_size: int = 48
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if min(self.embed_dim, self.image_width, self.text_width, self.text_depth, self.heads,
+               self.steps, self.batch_size) <= 0:
+            raise ConfigError("aligned sizes, steps and batch_size must be positive")
+        if self.text_width % self.heads:
+            raise ConfigError(f"aligned.text_width={self.text_width} must be divisible by aligned.heads")
+        if self.batch_size < 2:
+            raise ConfigError("aligned.batch_size must be at least 2: InfoNCE needs negatives in the batch")
+        if not 0.0 < self.temperature < 1.0:
+            raise ConfigError(f"aligned.temperature={self.temperature}: give a value in (0, 1)")
+
+
+@dataclass(frozen=True)
+class MultiviewTrainConfig:
+    """One `cxrgen train-multiview` run: which stage, on which data, written where."""
+
+    stage: str = "report_ae"  # report_ae | aligned | joint
+    data: MultiviewDataConfig = field(default_factory=MultiviewDataConfig)
+    report_ae: ReportAEStageConfig = field(default_factory=ReportAEStageConfig)
+    aligned: AlignedStageConfig = field(default_factory=AlignedStageConfig)
+    out_dir: str = "out/multiview"
+    seed: int = 0
+    threads: int = 1  # torch CPU threads while training
+    max_minutes: float = 0.0  # > 0: stop the training loop after this wall-clock time (shared machines); 0: no limit
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stage not in MULTIVIEW_STAGES:
+            raise ConfigError(f"stage={self.stage!r}: use one of {list(MULTIVIEW_STAGES)}")
+        if self.threads < 1:
+            raise ConfigError(f"threads={self.threads}: give at least 1")

@@ -1,0 +1,270 @@
+"""The report autoencoder of CoDi XR (after Optimus, Li et al. 2020): report text <-> fixed-size latent.
+
+The interface the report diffusion models use (``ReportCodec``; shapes with the default sizes):
+
+* ``codec.encode(reports: list[str], sample=False, generator=None) -> Tensor (B, L_r, D_r)``:
+  the posterior mean (or a sample) times ``latent_scale``, so the training reports' latents have
+  unit standard deviation (measured after training, as Stable Diffusion's VAE scale factor).
+  L_r = ``latent_tokens`` (8), D_r = ``latent_dim`` (16).
+* ``codec.decode(latent: Tensor (B, L_r, D_r), beams=1) -> list[str]``: greedy (beams=1) or beam
+  search; lower-case text (the BPE tokenizer lower-cases).
+* ``codec.latent_shape -> (L_r, D_r)``; ``ReportCodec.from_pretrained(dir)`` / ``save_pretrained(dir)``:
+  the network (``config.json`` + safetensors, diffusers format) and the tokenizer files in one folder.
+
+Network: a pre-norm transformer encoder (``ScratchTransformer``) over the BPE tokens, L_r learned
+queries cross-attending to its token features, a linear map to the mean and log-variance of a
+diagonal Gaussian (KL-regularised towards N(0, I) with a small beta); a pre-norm causal transformer
+decoder that cross-attends to the latent (projected to its width) and predicts the next token.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from cxrgen.config import TextEncoderConfig
+from cxrgen.errors import ConfigError, DataError
+from cxrgen.text.scratch import ScratchTransformer
+
+log = logging.getLogger(__name__)
+
+INIT_LOGVAR = -6.0  # initial log-variance of the posterior (see ReportAutoencoder.reset_parameters)
+
+
+@torch.no_grad()
+def seeded_init_(module: nn.Module, generator: torch.Generator, std: float | None = None) -> None:
+    """Initialise in place from ``generator``: weights (dim >= 2) Normal(0, std), or Normal(0, 1/sqrt(fan_in))
+    when ``std`` is None; biases 0, norm gains 1; scalar parameters are left as they are."""
+    for name, param in module.named_parameters():
+        if param.dim() >= 2:
+            param.normal_(0.0, std if std is not None else param[0].numel() ** -0.5, generator=generator)
+        elif param.dim() == 1:
+            param.fill_(0.0 if name.endswith("bias") else 1.0)
+
+
+def save_with_tokenizer(model: ModelMixin, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> Path:
+    """A network (config.json + safetensors, diffusers format) and its tokenizer's files in one folder."""
+    directory = Path(directory)
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def load_with_tokenizer(model_cls: type[ModelMixin], directory: str | Path, what: str, stage: str
+                        ) -> tuple[ModelMixin, PreTrainedTokenizerBase]:
+    """The network (eval mode) and tokenizer of a folder written by ``save_with_tokenizer``."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise ConfigError(f"{directory} holds no {what} (config.json); train one with "
+                          f"`cxrgen train-multiview CONFIG` (stage: {stage})")
+    return model_cls.from_pretrained(str(directory)).eval(), AutoTokenizer.from_pretrained(str(directory))
+
+
+def tokenize_reports(tokenizer: PreTrainedTokenizerBase, reports: list[str], max_length: int,
+                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (B, L) = [CLS] text [SEP] padded to the longest (at most ``max_length``) and mask (B, L)."""
+    if isinstance(reports, str):
+        raise DataError("give a list of reports, not one string")
+    empty = [i for i, r in enumerate(reports) if not isinstance(r, str) or not r.strip()]
+    if empty:
+        raise DataError(f"reports {empty[:5]} are empty; give report text (findings and/or impression)")
+    batch = tokenizer(list(reports), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return batch["input_ids"].to(device), batch["attention_mask"].bool().to(device)
+
+
+class ReportAutoencoder(ModelMixin, ConfigMixin):
+    """Report tokens (B, L) <-> latent (B, L_r, D_r): transformer encoder, Gaussian latent, causal decoder."""
+
+    @register_to_config
+    def __init__(self, vocab_size: int, max_length: int = 96, width: int = 128, encoder_depth: int = 2,
+                 decoder_depth: int = 2, heads: int = 4, latent_tokens: int = 8, latent_dim: int = 16,
+                 mlp_ratio: float = 2.0, dropout: float = 0.0, pad_token_id: int = 0, bos_token_id: int = 2, eos_token_id: int = 3,
+                 mask_token_id: int = 4, latent_scale: float = 1.0) -> None:
+        super().__init__()
+        text_cfg = TextEncoderConfig(backend="scratch", max_length=max_length, width=width, depth=encoder_depth,
+                                     heads=heads, mlp_ratio=mlp_ratio, dropout=dropout)
+        self.encoder = ScratchTransformer(vocab_size, text_cfg)
+        self.queries = nn.Parameter(torch.randn(latent_tokens, width) * 0.02)
+        self.pool = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+        self.to_moments = nn.Linear(width, 2 * latent_dim)
+        self.from_latent = nn.Linear(latent_dim, width)
+        self.latent_position = nn.Parameter(torch.randn(latent_tokens, width) * 0.02)
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.position_embedding = nn.Parameter(torch.randn(max_length, width) * 0.02)
+        layer = nn.TransformerDecoderLayer(width, heads, int(mlp_ratio * width), dropout, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, decoder_depth)
+        self.final_norm = nn.LayerNorm(width)
+        self.lm_head = nn.Linear(width, vocab_size)
+
+    def reset_parameters(self, generator: torch.Generator, std: float = 0.02) -> None:
+        """Seeded init: Normal(0, std) weight matrices and embeddings, zero biases, unit norm gains.
+
+        The log-variance starts at INIT_LOGVAR: a near-deterministic posterior, so the decoder sees the
+        encoder's signal rather than N(0, 1) noise at first and learns to read the latent (against collapse).
+        """
+        seeded_init_(self, generator, std)
+        with torch.no_grad():
+            self.to_moments.bias[self.config.latent_dim:] = INIT_LOGVAR
+
+    def posterior(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance (B, L_r, D_r) each of the latent of tokens (B, L); ``mask`` True = token."""
+        tokens = self.encoder(input_ids, mask)  # (B, L, W)
+        queries = self.queries.unsqueeze(0).expand(input_ids.shape[0], -1, -1)  # (B, L_r, W)
+        pooled, _ = self.pool(queries, tokens, tokens, key_padding_mask=~mask, need_weights=False)  # (B, L_r, W)
+        mean, logvar = self.to_moments(pooled).chunk(2, dim=-1)  # (B, L_r, D_r) x 2
+        return mean, logvar.clamp(-12.0, 6.0)
+
+    def logits(self, latent: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, L, V) of decoder inputs (B, L) given a raw (unscaled) latent (B, L_r, D_r)."""
+        length = input_ids.shape[1]
+        memory = self.from_latent(latent) + self.latent_position  # (B, L_r, W)
+        x = self.token_embedding(input_ids) + self.position_embedding[:length]  # (B, L, W)
+        x = x + memory.mean(dim=1, keepdim=True)  # Optimus' "embedding" injection: the latent in every input
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), diagonal=1)
+        x = self.decoder(x, memory, tgt_mask=causal)  # (B, L, W)
+        return self.lm_head(self.final_norm(x))
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
+                word_dropout: float = 0.0) -> dict[str, torch.Tensor]:
+        """Training losses of token ids (B, L) = [CLS] report [SEP] [PAD]...: ``loss``, ``ce``, ``kl``.
+
+        ``ce``: mean next-token cross-entropy over real tokens; ``kl``: KL(q(z|x) || N(0, I)) per latent
+        element (Kingma & Welling 2014, appendix B); ``loss = ce + kl_weight * kl`` is formed by the caller.
+        """
+        mean, logvar = self.posterior(input_ids, mask)
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        latent = mean + torch.exp(0.5 * logvar) * eps  # reparameterisation
+        inputs, targets = input_ids[:, :-1], input_ids[:, 1:]  # (B, L-1) each
+        if word_dropout > 0.0:  # Bowman et al. 2016: hide some inputs so the decoder must read the latent
+            drop = torch.rand(inputs.shape, generator=generator, device=inputs.device) < word_dropout
+            drop[:, 0] = False  # keep [CLS]
+            inputs = inputs.masked_fill(drop & mask[:, :-1], self.config.mask_token_id)
+        logits = self.logits(latent, inputs)  # (B, L-1, V)
+        ce = F.cross_entropy(logits.transpose(1, 2), targets.masked_fill(~mask[:, 1:], -100), ignore_index=-100)
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+        return {"ce": ce, "kl": kl}
+
+    @torch.no_grad()
+    def generate(self, latent: torch.Tensor, beams: int = 1, max_length: int | None = None) -> torch.Tensor:
+        """Token ids (B, L) decoded from a raw latent (B, L_r, D_r), starting at [CLS], up to [SEP].
+
+        Greedy for ``beams == 1``; otherwise beam search with length-normalised log-probabilities.
+        """
+        if beams < 1:
+            raise ConfigError(f"beams={beams}: give 1 (greedy) or more")
+        max_length = min(max_length or self.config.max_length, self.config.max_length)  # learned positions end there
+        if beams == 1:
+            return self._greedy(latent, max_length)
+        return self._beam(latent, beams, max_length)
+
+    def _greedy(self, latent: torch.Tensor, max_length: int) -> torch.Tensor:
+        ids = torch.full((latent.shape[0], 1), self.config.bos_token_id, dtype=torch.long, device=latent.device)
+        done = torch.zeros(latent.shape[0], dtype=torch.bool, device=latent.device)
+        for _ in range(max_length - 1):
+            nxt = self.logits(latent, ids)[:, -1].argmax(-1)  # (B,)
+            nxt = nxt.masked_fill(done, self.config.pad_token_id)
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            done |= nxt == self.config.eos_token_id
+            if bool(done.all()):
+                break
+        return ids
+
+    def _beam(self, latent: torch.Tensor, beams: int, max_length: int) -> torch.Tensor:
+        batch = latent.shape[0]
+        memory = latent.repeat_interleave(beams, dim=0)  # (B*k, L_r, D_r)
+        ids = torch.full((batch * beams, 1), self.config.bos_token_id, dtype=torch.long, device=latent.device)
+        score = torch.full((batch, beams), -1e9, device=latent.device)
+        score[:, 0] = 0.0  # all beams start equal: keep one so the first step does not pick duplicates
+        length = torch.ones(batch * beams, device=latent.device)
+        done = torch.zeros(batch * beams, dtype=torch.bool, device=latent.device)
+        for _ in range(max_length - 1):
+            logp = self.logits(memory, ids)[:, -1].log_softmax(-1)  # (B*k, V)
+            vocab = logp.shape[-1]
+            logp[done] = -1e9
+            logp[done, self.config.pad_token_id] = 0.0  # a finished beam only extends with [PAD], at no cost
+            total = (score.view(-1, 1) + logp).view(batch, beams * vocab)
+            score, flat = total.topk(beams, dim=-1)  # (B, k)
+            origin = (flat // vocab + torch.arange(batch, device=latent.device)[:, None] * beams).view(-1)
+            token = (flat % vocab).view(-1)
+            ids = torch.cat([ids[origin], token[:, None]], dim=1)
+            done, length = done[origin], length[origin] + (~done[origin]).float()
+            done = done | (token == self.config.eos_token_id)
+            if bool(done.all()):
+                break
+        best = (score.view(-1) / length).view(batch, beams).argmax(-1)  # length-normalised
+        return ids.view(batch, beams, -1)[torch.arange(batch), best]
+
+
+class ReportCodec:
+    """A ``ReportAutoencoder`` with its tokenizer: ``encode(reports) -> (B, L_r, D_r)``, ``decode(latent) -> reports``."""
+
+    def __init__(self, model: ReportAutoencoder, tokenizer: PreTrainedTokenizerBase) -> None:
+        if tokenizer.pad_token_id != model.config.pad_token_id or tokenizer.cls_token_id != model.config.bos_token_id:
+            raise ConfigError("the tokenizer's [PAD]/[CLS] ids differ from the report autoencoder's; "
+                              "save and load them together with ReportCodec.save_pretrained / from_pretrained")
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """(L_r, D_r) of one report's latent."""
+        return self.model.config.latent_tokens, self.model.config.latent_dim
+
+    @property
+    def latent_scale(self) -> float:
+        """Factor from the posterior mean to the unit-variance latent that ``encode`` returns."""
+        return float(self.model.config.latent_scale)
+
+    def tokenize(self, reports: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, L) = [CLS] text [SEP] padded, and the mask (B, L), True = real token."""
+        return tokenize_reports(self.tokenizer, reports, self.model.config.max_length, self.model.device)
+
+    @torch.no_grad()
+    def encode(self, reports: list[str], sample: bool = False, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
+        """Unit-scale latents (B, L_r, D_r) of reports: the posterior mean (or a sample) x ``latent_scale``."""
+        ids, mask = self.tokenize(reports)
+        mean, logvar = self.model.posterior(ids, mask)
+        if sample:
+            eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+            mean = mean + torch.exp(0.5 * logvar) * eps
+        return mean * self.latent_scale
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor, beams: int = 1, max_length: int | None = None) -> list[str]:
+        """Report texts of unit-scale latents (B, L_r, D_r) (as ``encode`` returns them)."""
+        if latent.dim() != 3 or tuple(latent.shape[1:]) != self.latent_shape:
+            raise DataError(f"latent of shape {tuple(latent.shape)}: expected (B, {self.latent_shape[0]}, "
+                            f"{self.latent_shape[1]}), as ReportCodec.encode returns")
+        ids = self.model.generate(latent.to(self.model.device) / self.latent_scale, beams, max_length)
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Network (config.json + safetensors) and tokenizer files into one folder."""
+        return save_with_tokenizer(self.model, self.tokenizer, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> ReportCodec:
+        """Load a folder written by ``save_pretrained`` (eval mode)."""
+        return cls(*load_with_tokenizer(ReportAutoencoder, directory, "report autoencoder", "report_ae"))
+
+    @classmethod
+    def build(cls, tokenizer: PreTrainedTokenizerBase, generator: torch.Generator | None = None,
+              **sizes) -> ReportCodec:
+        """A fresh codec over ``tokenizer``, initialised from ``generator`` (default: seed 0).
+
+        ``sizes``: ReportAutoencoder keyword arguments (width, latent_tokens, ...).
+        """
+        model = ReportAutoencoder(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                  bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                                  mask_token_id=tokenizer.mask_token_id, **sizes)
+        model.reset_parameters(generator if generator is not None else torch.Generator().manual_seed(0))
+        return cls(model, tokenizer)

@@ -1,0 +1,61 @@
+"""A tiny synthetic twin folder (twin.csv + PNG pairs) whose images show what the reports say.
+
+Frontal: a heart blob (larger with cardiomegaly) and a bright base on the effusion's side (the
+patient's left on the image's right). Lateral: a bright vertical band (the spine, posterior) and a
+bright posterior base with an effusion. Fast to write (no CT), so the multi-view tests need no twin extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrgen.config import ImageConfig
+from cxrgen.data.images import save_png
+
+SIDES = ("none", "left", "right")
+FINDINGS = {"none": "No pleural effusion.", "left": "Left pleural effusion.", "right": "Right pleural effusion."}
+
+
+def _frontal(side: str, big_heart: bool, size: int, rng: np.random.Generator) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size] / size
+    img = 0.2 + 0.05 * rng.standard_normal((size, size))
+    radius = 0.22 if big_heart else 0.12
+    img += 0.5 * (((x - 0.55) ** 2 + (y - 0.6) ** 2) < radius**2)
+    if side != "none":  # patient's left = image right
+        img += 0.6 * ((y > 0.7) & ((x > 0.6) if side == "left" else (x < 0.4)))
+    return np.clip(img, 0, 1)
+
+
+def _lateral(side: str, big_heart: bool, size: int, rng: np.random.Generator) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size] / size
+    img = 0.3 + 0.05 * rng.standard_normal((size, size))
+    img += 0.4 * ((x > 0.75) & (x < 0.85))  # spine, posterior = image right
+    img += 0.4 * (((x - 0.35) ** 2 + (y - 0.6) ** 2) < (0.2 if big_heart else 0.1) ** 2)
+    if side != "none":
+        img += 0.5 * ((y > 0.75) & (x > 0.5))
+    return np.clip(img, 0, 1)
+
+
+def write_synthetic_twin(out: Path, n: int = 48, size: int = 32, seed: int = 0) -> Path:
+    """Write ``n`` synthetic studies (splits 2/3 train, 1/6 validate, 1/6 test) into ``out``; return it."""
+    rng = np.random.default_rng(seed)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    unit = ImageConfig(size=size, low=0.0, high=1.0)
+    rows = []
+    for i in range(n):
+        side, big = SIDES[i % 3], bool((i // 3) % 2)
+        stem = f"twin_{seed}_{i:06d}"
+        split = "train" if i < 2 * n // 3 else "validate" if i < 5 * n // 6 else "test"
+        heart = "The heart is enlarged." if big else "Heart size is normal."
+        for view, draw in (("pa", _frontal), ("lateral", _lateral)):
+            save_png(draw(side, big, size, rng), out / "images" / f"{stem}_{view}.png", unit, bits=8)
+        rows.append({"study_id": stem, "patient_id": stem, "split": split, "findings": f"{FINDINGS[side]} {heart}",
+                     "impression": FINDINGS[side], "pa_path": f"images/{stem}_pa.png",
+                     "lateral_path": f"images/{stem}_lateral.png", "effusion_side": side, "effusion_size": "small",
+                     "pneumothorax_side": "none", "consolidation_lobe": "none", "cardiomegaly": big,
+                     "nodule_lobe": "none", "wording": "heldout" if split == "test" else "train"})
+    pd.DataFrame(rows).to_csv(out / "twin.csv", index=False)
+    return out
