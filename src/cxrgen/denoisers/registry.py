@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cxrgen.config import DenoiserConfig
+from cxrgen.denoisers.joint_uvit import JointUViT
 from cxrgen.denoisers.unet import UNetDenoiser
 from cxrgen.denoisers.uvit import UViT
 from cxrgen.errors import ConfigError
@@ -42,6 +43,20 @@ DENOISERS: dict[str, dict[str, Any]] = {
     "unet-xs": dict(_UNET_SD, block_out_channels=(32, 64, 128)),
     "unet-tiny": dict(_UNET_SD, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8),
 }
+
+#: Joint U-ViTs (frontal + lateral + report tokens, UniDiffuser-style): JointUViT keyword presets.
+JOINT_DENOISERS: dict[str, dict[str, Any]] = {
+    "joint-uvit-tiny": dict(hidden_size=32, depth=3, num_heads=2, patch_size=2),  # tests
+    "joint-uvit-xs": dict(hidden_size=192, depth=7, num_heads=4, patch_size=4),  # the CPU twin model
+    "joint-uvit-s": dict(hidden_size=512, depth=13, num_heads=8, patch_size=2),  # U-ViT-S width and depth
+}
+
+
+def build_joint_denoiser(name: str, generator: torch.Generator | None = None, **overrides: Any) -> JointUViT:
+    """A JointUViT from preset ``name`` with ``overrides`` (latent sizes, modalities...) on top."""
+    if name not in JOINT_DENOISERS:
+        raise ConfigError(f"unknown joint denoiser {name!r}; valid names: {sorted(JOINT_DENOISERS)}")
+    return JointUViT(**{**JOINT_DENOISERS[name], **overrides}, generator=generator)
 
 
 def _preset(name: str) -> dict[str, Any]:
@@ -89,7 +104,7 @@ def build_denoiser(cfg: DenoiserConfig, generator: torch.Generator | None = None
 
 
 #: Saved class name -> class, for folders written by a denoiser's ``save_pretrained``.
-_CLASSES = {"UViT": UViT, "UNetDenoiser": UNetDenoiser}
+_CLASSES = {"UViT": UViT, "UNetDenoiser": UNetDenoiser, "JointUViT": JointUViT}
 
 
 def load_denoiser(directory: str | Path) -> nn.Module:
