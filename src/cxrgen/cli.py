@@ -172,6 +172,21 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train-multiview (CoDi XR stages) ---------------------------------------------------------
+def _add_train_multiview(sub: argparse._SubParsersAction) -> None:
+    p = _config_command(sub, "train-multiview", "train one CoDi XR stage (report_ae | aligned | joint)",
+                        "YAML MultiviewTrainConfig (stage: report_ae | aligned | joint)", "joint.steps=500")
+    p.set_defaults(func=_cmd_train_multiview)
+
+
+def _cmd_train_multiview(args: argparse.Namespace) -> int:
+    from cxrgen.train.multiview import run_train_multiview
+
+    metrics = run_train_multiview(args.config, args.overrides, args.out)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "loss_history"}, indent=2))
+    return 0
+
+
 # --- twin (CT-based frontal + lateral twin) ----------------------------------------------------
 def _add_twin(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("twin", help="write CT-twin cases: PA + lateral DRRs of one chest CT with findings, reports")
@@ -254,10 +269,24 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="images of one prompt sampled together (default 4)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--views", "--to", dest="to", help="any-to-any (MultiViewPipeline --model): what to generate, "
+                   "e.g. frontal,lateral or lateral,report")
+    p.add_argument("--frontal", help="any-to-any: a given frontal view image")
+    p.add_argument("--lateral", help="any-to-any: a given lateral view image")
     p.set_defaults(func=_cmd_generate)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    if args.to or args.frontal or args.lateral:
+        from cxrgen.generate_multiview import run_generate_multiview
+
+        paths = run_generate_multiview(args.prompts, args.out, args.model, to=args.to, frontal=args.frontal,
+                                       lateral=args.lateral, n=args.n or 1, steps=args.steps,
+                                       guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
+                                       device="cpu" if args.device == "auto" else args.device,
+                                       progress=not args.no_progress)
+        print(f"{len(paths)} file(s) in {Path(args.out).resolve()}")
+        return 0
     from cxrgen.generate import run_generate
 
     paths = run_generate(args.prompts, args.out, model=args.model, prompts_file=args.prompts_file, n=args.n,
@@ -410,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_autoencoder(sub)
     _add_phantom(sub)
     _add_twin(sub)
+    _add_train_multiview(sub)
     _add_train_evaluator(sub)
     _add_cache(sub)
     _add_train(sub)

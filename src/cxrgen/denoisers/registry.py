@@ -47,7 +47,7 @@ DENOISERS: dict[str, dict[str, Any]] = {
 #: Joint U-ViTs (frontal + lateral + report tokens, UniDiffuser-style): JointUViT keyword presets.
 JOINT_DENOISERS: dict[str, dict[str, Any]] = {
     "joint-uvit-tiny": dict(hidden_size=32, depth=3, num_heads=2, patch_size=2),  # tests
-    "joint-uvit-xs": dict(hidden_size=192, depth=7, num_heads=4, patch_size=4),  # the CPU twin model
+    "joint-uvit-xs": dict(hidden_size=128, depth=7, num_heads=4, patch_size=4),  # the CPU twin model
     "joint-uvit-s": dict(hidden_size=512, depth=13, num_heads=8, patch_size=2),  # U-ViT-S width and depth
 }
 
