@@ -149,3 +149,17 @@ def test_report_standin_keeps_sides_apart() -> None:
     assert z.shape == (2, 4, 64) and 0.5 < float(z.std()) < 2.0
     assert codec.decode(codec.encode(REPORTS)) == REPORTS
     assert torch.nn.functional.cosine_similarity(z[0].flatten(), z[1].flatten(), dim=0) < 0.95
+
+
+def test_the_shipped_joint_config_loads_and_bad_shares_are_refused() -> None:
+    from importlib.resources import files
+
+    from cxrgen.config import load_config
+    from cxrgen.config.multiview import MultiviewTrainConfig
+
+    cfg = load_config(MultiviewTrainConfig, str(files("cxrgen") / "configs" / "multiview-joint.yaml"))
+    assert cfg.stage == "joint" and cfg.joint.denoiser == "joint-uvit-xs"
+    with pytest.raises(ConfigError, match="summing below 1"):
+        load_config(MultiviewTrainConfig, None, ["joint.given_prob=0.6", "joint.absent_prob=0.5"])
+    with pytest.raises(ConfigError, match="unknown joint denoiser"):
+        build_joint_denoiser("joint-uvit-huge")

@@ -62,10 +62,10 @@ class MultiViewPipeline(DiffusionPipeline):
                 self.register_to_config(**{name: ("cxrgen", type(module).__name__)})
         if isinstance(sampling, dict):
             sampling = SamplingConfig(**sampling)
-        self.sampling = sampling or SamplingConfig(sampler="ddim", steps=25, guidance_scale=1.0)
-        self.modes = tuple(Mode.parse(m).name for m in (modes or all_modes(denoiser.modalities)))
-        self.register_to_config(image_size=int(image_size), modes=list(self.modes),
-                                sampling=dataclasses.asdict(self.sampling))
+        self._sampling = sampling or SamplingConfig(sampler="ddim", steps=25, guidance_scale=1.0)
+        self._modes = tuple(Mode.parse(m).name for m in (modes or all_modes(denoiser.modalities)))
+        self.register_to_config(image_size=int(image_size), modes=list(self._modes),
+                                sampling=dataclasses.asdict(self._sampling))
         self._check_parts(int(image_size))
 
     def _check_parts(self, image_size: int) -> None:
@@ -79,6 +79,21 @@ class MultiViewPipeline(DiffusionPipeline):
         if "report" in den.modalities and tuple(self.report_codec.latent_shape) != den.latent_shape("report"):
             raise ConfigError(f"report codec latent {tuple(self.report_codec.latent_shape)} != the denoiser's "
                               f"report latent {den.latent_shape('report')}: use the report codec it was trained with")
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        """The default sampling settings (saved in model_index.json)."""
+        return self._sampling
+
+    @sampling.setter
+    def sampling(self, value: SamplingConfig) -> None:
+        self._sampling = value
+        self.register_to_config(sampling=dataclasses.asdict(value))
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The modes this model serves (``given->generated``)."""
+        return self._modes
 
     @property
     def image_size(self) -> int:
