@@ -27,15 +27,15 @@ def main() -> None:
     p.add_argument("--twin", required=True, help="twin folder (cxrgen twin) holding the test split")
     p.add_argument("--n", type=int, default=60, help="held-out cases")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler (default: the model's)")
     p.add_argument("--guidance", type=float, help="guidance scale per given modality (default: the model's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pipe = MultiViewPipeline.from_pretrained(args.model)
-    if args.steps or args.guidance is not None:
-        pipe.sampling = dataclasses.replace(pipe.sampling, **{k: v for k, v in (("steps", args.steps), (
-            "guidance_scale", args.guidance)) if v is not None})
+    given = {"steps": args.steps, "guidance_scale": args.guidance, "sampler": args.sampler}
+    pipe.sampling = dataclasses.replace(pipe.sampling, **{k: v for k, v in given.items() if v is not None})
     start = time.perf_counter()
     scores = evaluate_joint_twin(pipe, args.twin, n=args.n)
     scores["seconds"] = round(time.perf_counter() - start, 1)

@@ -34,6 +34,7 @@ class JointStageConfig:
     denoiser: str = "joint-uvit-xs"  # a cxrgen.denoisers.registry.JOINT_DENOISERS preset
     autoencoder: str | None = None  # image codec folder (None: the packaged default model's)
     model_image_size: int = 128  # views are resized to this side for the codec (64 px twin -> 128: 16x16 latents)
+    init_from: str | None = None  # start from a saved joint model (its folder or its denoiser/ folder): fine-tuning
     report_codec: str | None = None  # report codec folder (report AE); None: the hashed stand-in below
     report_tokens: int = 4  # the stand-in's latent (L_r, D_r)
     report_dim: int = 64

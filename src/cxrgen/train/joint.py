@@ -24,7 +24,7 @@ import cxrgen
 from cxrgen.autoencoder import LatentCodec, measure_scale
 from cxrgen.config.multiview import JointStageConfig, MultiviewTrainConfig
 from cxrgen.data.twin_triplets import load_views, read_twin_triplets
-from cxrgen.denoisers.registry import build_joint_denoiser
+from cxrgen.denoisers.registry import build_joint_denoiser, load_denoiser
 from cxrgen.errors import ConfigError
 from cxrgen.pipeline import DEFAULT_MODEL
 from cxrgen.pipelines import MultiViewPipeline
@@ -112,6 +112,8 @@ def run_joint(cfg: MultiviewTrainConfig) -> dict[str, Any]:
     model = build_joint_denoiser(jc.denoiser, generator=gen, in_channels=f.shape[1], sample_size=f.shape[-1],
                                  report_tokens=latents["report"].shape[1], report_dim=latents["report"].shape[2],
                                  num_train_timesteps=jc.schedule.num_train_timesteps)
+    if jc.init_from is not None:
+        _load_weights(model, Path(jc.init_from))
     scheduler = training_scheduler(jc.schedule, "epsilon")
     ema, history, train_s = _train(model, scheduler, latents, jc, gen, cfg.progress)
     pipe = MultiViewPipeline(ema.model if jc.ema_decay > 0 else model, codec, report_codec, scheduler,
@@ -125,6 +127,20 @@ def run_joint(cfg: MultiviewTrainConfig) -> dict[str, Any]:
     (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     log.info("joint U-ViT saved to %s (%d steps, %.0f s)", out / MODEL_DIR, jc.steps, train_s)
     return metrics
+
+
+def _load_weights(model: torch.nn.Module, source: Path) -> None:
+    """Copy the weights of a saved JointUViT (a MultiViewPipeline folder or its denoiser/) into ``model``."""
+    folder = source / "denoiser" if (source / "denoiser" / "config.json").is_file() else source
+    saved = load_denoiser(folder)
+    plain = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 - JSON turns tuples into lists
+    differ = sorted(k for k in model.config if not k.startswith("_")
+                    and plain(saved.config.get(k)) != plain(model.config.get(k)))
+    if differ:
+        raise ConfigError(f"joint.init_from={str(source)!r} has another architecture (fields {differ}); "
+                          "set joint.denoiser and the data sizes to the saved model's")
+    model.load_state_dict(saved.state_dict())
+    log.info("joint U-ViT starts from the weights in %s", folder)
 
 
 def _train(model: torch.nn.Module, scheduler: Any, latents: dict[str, torch.Tensor], jc: JointStageConfig,
