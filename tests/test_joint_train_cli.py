@@ -62,3 +62,16 @@ def test_train_generate_and_evaluate_end_to_end(trained: tuple[Path, Path], tmp_
     assert scores["frontal_to_lateral"]["ceiling_real_pairs"]["coherence"] >= 0.5  # real pairs read well
     cost = joint_cost(pipe)
     assert cost["gflops_per_generated_pair"] > 2 * cost["gflops_decode_per_view"] > 0
+
+
+@pytest.mark.slow
+def test_training_continues_from_a_saved_joint_model(trained: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    from cxrgen.train.multiview import run_train_multiview
+
+    _, model = trained
+    config = model.parent.parent / "joint.yaml"
+    run_train_multiview(config, [f"joint.init_from={model}", "joint.steps=1"], tmp_path / "more")
+    assert (tmp_path / "more" / "model" / "model_index.json").is_file()
+    assert main(["train-multiview", str(config), "--set", f"joint.init_from={model}", "--set", "joint.report_dim=16",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "another architecture" in one_error_line(capsys)
