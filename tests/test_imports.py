@@ -24,7 +24,7 @@ LAYERS = {
     "cache": 4,
     "pipeline": 5, "pipelines": 5,
     "train": 6,
-    "generate": 7, "evaluate": 7, "phantom": 7, "twin": 7, "serve": 7, "demo": 7,
+    "generate": 7, "generate_multiview": 7, "evaluate": 7, "phantom": 7, "twin": 7, "serve": 7, "demo": 7,
     "cli": 8,
 }
 #: Pairs in the same or allowed layers that must still not import each other (importer, imported).

@@ -183,7 +183,7 @@ def _cmd_train_multiview(args: argparse.Namespace) -> int:
     from cxrgen.train.multiview import run_train_multiview
 
     metrics = run_train_multiview(args.config, args.overrides, args.out)
-    print(json.dumps(metrics.get("eval", {}), indent=2))
+    print(json.dumps({k: v for k, v in metrics.items() if k != "loss_history"}, indent=2, default=str))
     return 0
 
 
@@ -275,10 +275,24 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    "evaluator's probability < T; negated: when > 1 - T (default 0.5)")
     p.add_argument("--filter-max-tries", type=int, default=4, help="draws per image at most (default 4)")
     p.add_argument("--filter-evaluator", help="cxrgen-evaluator folder for the filter (default: the shipped one)")
+    p.add_argument("--views", "--to", dest="to", help="any-to-any (MultiViewPipeline --model): what to generate, "
+                   "e.g. frontal,lateral or lateral,report")
+    p.add_argument("--frontal", help="any-to-any: a given frontal view image")
+    p.add_argument("--lateral", help="any-to-any: a given lateral view image")
     p.set_defaults(func=_cmd_generate)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    if args.to or args.frontal or args.lateral:
+        from cxrgen.generate_multiview import run_generate_multiview
+
+        paths = run_generate_multiview(args.prompts, args.out, args.model, to=args.to, frontal=args.frontal,
+                                       lateral=args.lateral, n=args.n or 1, steps=args.steps,
+                                       guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
+                                       device="cpu" if args.device == "auto" else args.device,
+                                       progress=not args.no_progress)
+        print(f"{len(paths)} file(s) in {Path(args.out).resolve()}")
+        return 0
     from cxrgen.generate import run_generate
 
     kwargs = dict(model=args.model, prompts_file=args.prompts_file, n=args.n, steps=args.steps,

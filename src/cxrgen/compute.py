@@ -82,3 +82,10 @@ def model_info(
     for name, part in (("text_encoder", text_encoder), ("autoencoder", autoencoder)):
         info[name] = {"params": None if part is None else count_params(part)}
     return info
+
+
+def count_flops(call: Any) -> float:
+    """FLOPs (multiply-add = 2) of running ``call()`` once, counted by FlopCounterMode (any module signature)."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_custom_flop_formulas()) as fc:
+        call()
+    return float(fc.get_total_flops())

@@ -1,14 +1,16 @@
 """Configs of CoDi XR's multi-view training (``cxrgen train-multiview CONFIG``), one stage per run.
 
 ``stage`` picks what is trained: ``report_ae`` (the Optimus-style report autoencoder) or ``aligned``
-(frontal, lateral and report encoders in one contrastive space). Further stages (the joint
-denoiser) add their own dataclass beside these and a field on ``MultiviewTrainConfig``.
+(frontal, lateral and report encoders in one contrastive space) or ``joint`` (the UniDiffuser-style
+joint U-ViT over frontal, lateral and report latents). Each stage has its own dataclass and field.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cxrgen.config.sampling import SamplingConfig
+from cxrgen.config.training import ScheduleConfig, check_rates
 from cxrgen.errors import ConfigError
 
 #: Stages this module knows how to configure; ``cxrgen.train.multiview.STAGES`` runs them.
@@ -98,6 +100,42 @@ class AlignedStageConfig:
 
 
 @dataclass(frozen=True)
+class JointStageConfig:
+    """The joint U-ViT over frontal, lateral and report latents: parts, per-modality roles, optimiser."""
+
+    denoiser: str = "joint-uvit-xs"  # a cxrgen.denoisers.registry.JOINT_DENOISERS preset
+    autoencoder: str | None = None  # image codec folder (None: the packaged default model's)
+    model_image_size: int = 128  # views are resized to this side for the codec (64 px twin -> 128: 16x16 latents)
+    init_from: str | None = None  # start from a saved joint model (its folder or its denoiser/ folder): fine-tuning
+    report_codec: str | None = None  # report codec folder (report AE); None: the hashed stand-in below
+    report_tokens: int = 4  # the stand-in's latent (L_r, D_r)
+    report_dim: int = 64
+    given_prob: float = 0.25  # share of (sample, modality) pairs given clean at model time 0
+    absent_prob: float = 0.15  # share held at pure noise, model time T (the marginal that guidance uses)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    max_train_studies: int | None = None  # use only the first N training studies (encoding costs CPU time)
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.03
+    warmup_steps: int = 100
+    ema_decay: float = 0.999  # None-like 0 switches EMA off
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(sampler="ddim", steps=25,
+                                                                            guidance_scale=1.5))
+    log_every: int = 100
+
+    def __post_init__(self) -> None:
+        check_rates(**{"joint.lr": self.lr})
+        if self.steps < 1 or self.batch_size < 1 or self.warmup_steps < 0:
+            raise ConfigError("joint.steps and joint.batch_size must be >= 1, joint.warmup_steps >= 0")
+        if not (0 <= self.given_prob and 0 <= self.absent_prob and self.given_prob + self.absent_prob < 1):
+            raise ConfigError(f"joint.given_prob={self.given_prob}, joint.absent_prob={self.absent_prob}: "
+                              "give shares >= 0 summing below 1 (something must be noised)")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"joint.ema_decay={self.ema_decay}: give a value in [0, 1) (0: no EMA)")
+
+
+@dataclass(frozen=True)
 class MultiviewTrainConfig:
     """One `cxrgen train-multiview` run: which stage, on which data, written where."""
 
@@ -105,6 +143,7 @@ class MultiviewTrainConfig:
     data: MultiviewDataConfig = field(default_factory=MultiviewDataConfig)
     report_ae: ReportAEStageConfig = field(default_factory=ReportAEStageConfig)
     aligned: AlignedStageConfig = field(default_factory=AlignedStageConfig)
+    joint: JointStageConfig = field(default_factory=JointStageConfig)
     out_dir: str = "out/multiview"
     seed: int = 0
     threads: int = 1  # torch CPU threads while training

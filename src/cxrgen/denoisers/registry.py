@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from cxrgen.config import DenoiserConfig
+from cxrgen.denoisers.joint_uvit import JointUViT
 from cxrgen.denoisers.unet import UNetDenoiser, sd_block_layout
 from cxrgen.denoisers.uvit import UViT
 from cxrgen.errors import ConfigError
@@ -55,6 +56,20 @@ DENOISERS: dict[str, DenoiserPreset] = {
     "unet-xs": DenoiserPreset(UNetDenoiser, dict(_UNET_SD, block_out_channels=(32, 64, 128))),
     "unet-tiny": DenoiserPreset(UNetDenoiser, dict(_UNET_SD, block_out_channels=(32, 64), layers_per_block=1)),
 }
+
+#: Joint U-ViTs (frontal + lateral + report tokens, UniDiffuser-style): JointUViT keyword presets.
+JOINT_DENOISERS: dict[str, dict[str, Any]] = {
+    "joint-uvit-tiny": dict(hidden_size=32, depth=3, num_heads=2, patch_size=2),  # tests
+    "joint-uvit-xs": dict(hidden_size=128, depth=7, num_heads=4, patch_size=4),  # the CPU twin model
+    "joint-uvit-s": dict(hidden_size=512, depth=13, num_heads=8, patch_size=2),  # U-ViT-S width and depth
+}
+
+
+def build_joint_denoiser(name: str, generator: torch.Generator | None = None, **overrides: Any) -> JointUViT:
+    """A JointUViT from preset ``name`` with ``overrides`` (latent sizes, modalities...) on top."""
+    if name not in JOINT_DENOISERS:
+        raise ConfigError(f"unknown joint denoiser {name!r}; valid names: {sorted(JOINT_DENOISERS)}")
+    return JointUViT(**{**JOINT_DENOISERS[name], **overrides}, generator=generator)
 
 
 def _uvit_shared(cfg: DenoiserConfig) -> dict[str, Any]:
@@ -124,7 +139,7 @@ def build_denoiser(cfg: DenoiserConfig, generator: torch.Generator | None = None
 
 
 #: Saved class name -> class, for folders written by a denoiser's ``save_pretrained``.
-_CLASSES = {cls.__name__: cls for cls in _SHARED}
+_CLASSES = {**{cls.__name__: cls for cls in _SHARED}, "JointUViT": JointUViT}
 
 
 def load_denoiser(directory: str | Path) -> nn.Module:

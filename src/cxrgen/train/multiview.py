@@ -1,11 +1,12 @@
 """``cxrgen train-multiview CONFIG``: run one CoDi XR training stage from a ``MultiviewTrainConfig``.
 
 ``STAGES`` maps the config's ``stage`` to a function ``(cfg, out_dir) -> metrics``; a new stage (the
-joint denoiser) adds one entry. Every run writes ``config.yaml`` and ``metrics.json`` to the out dir.
+joint denoiser) is one entry. Every run writes ``config.yaml`` and ``metrics.json`` to the out dir.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -62,10 +63,18 @@ def _stage_aligned(cfg: MultiviewTrainConfig, out: Path) -> dict:
     return run_aligned(cfg, views, views["train"].reports, out)
 
 
+def _stage_joint(cfg: MultiviewTrainConfig, out: Path) -> dict:
+    from cxrgen.train.joint import run_joint
+
+    metrics = run_joint(dataclasses.replace(cfg, out_dir=str(out)))
+    return {k: v for k, v in metrics.items() if k != "loss_history"}  # the history stays in joint_metrics.json
+
+
 #: stage name -> runner(cfg, out_dir) -> metrics dict.
 STAGES: dict[str, Callable[[MultiviewTrainConfig, Path], dict]] = {
     "report_ae": _stage_report_ae,
     "aligned": _stage_aligned,
+    "joint": _stage_joint,
 }
 
 
