@@ -118,5 +118,5 @@ def run_aligned(cfg: MultiviewTrainConfig, data: dict[str, MultiviewDataset], te
     evaluation = {split: evaluate_aligned(model, ds, generator) for split, ds in data.items() if split != "train"}
     return {"stage": "aligned", "model": str(out / "aligned"), "train_studies": len(data["train"]),
             "parameters": sum(p.numel() for p in encoders.parameters()), "train_seconds": round(train_seconds, 1),
-            "final_loss": sum(losses[-50:]) / len(losses[-50:]), "temperature": float(encoders.temperature),
+            "final_loss": sum(losses[-50:]) / len(losses[-50:]), "temperature": encoders.temperature.item(),
             "eval": evaluation}
