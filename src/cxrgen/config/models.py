@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from cxrgen.errors import ConfigError
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers' names for the target
+#: diffusers' names for the target; flow_prediction: the rectified-flow velocity eps - x0 (objective.kind=flow)
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
 AUTOENCODER_KINDS = ("kl", "identity")  # AutoencoderKL latents, or pixels (cxrgen.autoencoder.IdentityCodec)
 
 
