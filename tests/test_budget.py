@@ -51,7 +51,7 @@ def test_budget_study_trains_for_the_budget_and_writes_json_table_plot(tmp_path:
                           "--eval-at", "0.5,1.0", "--n-eval", "8", "--sample-steps", "2", "--c2st-epochs", "1",
                           "--out", str(out)])
     assert set(report["arms"]) == {"flow"}
-    for arm, points in report["arms"].items():
+    for points in report["arms"].values():
         assert [p["budget_share"] for p in points] == [0.5, 1.0]
         first, last = points
         assert 0.5 <= first["clock_s"] < last["clock_s"] and last["clock_s"] >= 1.0  # the budget was spent

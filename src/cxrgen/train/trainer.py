@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from cxrgen.config import TrainConfig, load_config, save_config
 from cxrgen.data.dataset import ManifestImageDataset
 from cxrgen.errors import ConfigError
-from cxrgen.outputs import check_writable, remove_paths, run_artefacts
 from cxrgen.objective import check_objective
+from cxrgen.outputs import check_writable, remove_paths, run_artefacts
 from cxrgen.parts import ModelParts, build_model_parts
 from cxrgen.samplers import training_scheduler
 from cxrgen.train import checkpoint as ckpt
