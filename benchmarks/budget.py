@@ -47,6 +47,7 @@ from cxrgen.train.trainer import _loader, prepare_out_dir, save_final_model, set
 log = logging.getLogger("budget")
 
 BASE_CONFIG = "src/cxrgen/configs/cxr256-cpu.yaml"
+LOG_EVERY = 25  # optimizer steps between progress lines
 FLOW = ["model.denoiser.prediction_type=flow_prediction", "objective.kind=flow",
         "objective.timestep_sampling=logit_normal", "sampling.sampler=flow-euler"]
 #: Arm name -> overrides on the base recipe (the shipped one: x0 target, DDPM, U-ViT-XS patch 4).
@@ -127,6 +128,9 @@ def train_arm(cfg: TrainConfig, out: Path, budget_s: float, eval_at: list[float]
                 t0, w0 = now(), time.perf_counter()
                 last = optimizer_step(run)
                 spent, wall = spent + now() - t0, wall + time.perf_counter() - w0
+                if run.step % LOG_EVERY == 0:
+                    log.info("%s step %d: loss %.4f, %.0f of %.0f s", out.name, run.step, last["loss"], spent,
+                             budget_s)
             model = save_final_model(run)
             point = {"budget_share": share, "clock_s": spent, "cpu_min": spent / 60, "wall_s": wall,
                      "steps": run.step, "images_seen": run.consumed, "loss": last.get("loss")}
@@ -180,7 +184,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=BASE_CONFIG, help="the base training recipe (YAML)")
     p.add_argument("--arms", nargs="+", default=["ddpm-x0", "flow", "min-snr-x0", "maskdit"], choices=list(ARMS))
-    p.add_argument("--budget-s", type=float, required=True, help="training seconds per arm (the full study: 1800, 5400)")
+    p.add_argument("--report-only", action="store_true", help="only re-write table and plot from OUT/budget.json")
+    p.add_argument("--budget-s", type=float, default=1800.0, help="training seconds per arm (the full study: 1800, 5400)")
     p.add_argument("--eval-at", default="0.5,1.0", help="shares of the budget at which each arm is scored")
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     p.add_argument("--cache", help="latent cache folder (cache_dir); None: the config's")
@@ -199,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train and score every arm; write budget.json, budget.md and budget.png under --out."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.report_only:
+        return report_only(args.out)
     common = list(args.overrides) + ([f"cache_dir={args.cache}"] if args.cache else [])
     args.out.mkdir(parents=True, exist_ok=True)
     first = arm_config(args.config, args.arms[0], common, args.out / args.arms[0])
@@ -212,14 +219,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  lambda model: score(model, heldout, args.sample_steps, args.seed, args.c2st_epochs))
         (args.out / "budget.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                           "arms": results}, indent=2) + "\n")
-    rows = [{"arm": arm, **points[-1]} for arm, points in results.items()]
-    note = plot(results, args.out / "budget.png")
+    return write_report({k: str(v) for k, v in vars(args).items()}, results, args.out)
+
+
+def write_report(run_args: dict[str, str], results: dict[str, list[dict[str, Any]]], out: Path) -> dict[str, Any]:
+    """budget.json, budget.md and budget.png of the arms in ``results`` (their last evaluation in the table)."""
+    rows = [{"arm": arm, **points[-1]} for arm, points in results.items() if points]
+    note = plot(results, out / "budget.png")
     table = markdown_table(rows) + (f"\n{note}\n" if note else "")
-    (args.out / "budget.md").write_text(table, encoding="utf-8")
-    report = {"args": {k: str(v) for k, v in vars(args).items()}, "arms": results, "table": rows, "plot_note": note}
-    (args.out / "budget.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "budget.md").write_text(table, encoding="utf-8")
+    report = {"args": run_args, "arms": results, "table": rows, "plot_note": note}
+    (out / "budget.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(table)  # noqa: T201 - a benchmark script's result
     return report
+
+
+def report_only(out: Path) -> dict[str, Any]:
+    """Re-write the table and plot from OUT/budget.json (e.g. of a study stopped after some arms)."""
+    saved = json.loads((out / "budget.json").read_text(encoding="utf-8"))
+    return write_report(saved["args"], saved["arms"], out)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,9 @@ def test_budget_study_trains_for_the_budget_and_writes_json_table_plot(tmp_path:
     table = (out / "budget.md").read_text()
     assert table.startswith("| arm |") and "| flow |" in table
     assert (out / "budget.png").is_file() or "matplotlib" in table
+    (out / "budget.md").unlink()
+    assert budget.main(["--report-only", "--out", str(out)])["table"] == written["table"]
+    assert (out / "budget.md").read_text() == table
 
 
 def test_every_arm_is_a_valid_config_of_the_shipped_recipe(tmp_path: Path) -> None:
