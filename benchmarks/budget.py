@@ -167,6 +167,8 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> str | None:
         return "matplotlib is not installed: no plot (pip install matplotlib)"
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for arm, points in results.items():
+        if any(p.get("cpu_min") is None for p in points):
+            continue  # a reference model: its training time is not on this axis
         minutes = [p["cpu_min"] for p in points]
         for ax, key in zip(axes, ("c2st_linear", "swd", "cond_gain"), strict=True):
             ax.plot(minutes, [p[key] for p in points], marker="o", label=arm)
@@ -183,7 +185,8 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> str | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=BASE_CONFIG, help="the base training recipe (YAML)")
-    p.add_argument("--arms", nargs="+", default=["ddpm-x0", "flow", "min-snr-x0", "maskdit"], choices=list(ARMS))
+    p.add_argument("--reference-model", type=Path, help="also score this model folder (e.g. src/cxrgen/models/default)")
+    p.add_argument("--arms", nargs="*", default=["ddpm-x0", "flow", "min-snr-x0", "maskdit"], choices=list(ARMS))
     p.add_argument("--report-only", action="store_true", help="only re-write table and plot from OUT/budget.json")
     p.add_argument("--budget-s", type=float, default=1800.0, help="training seconds per arm (the full study: 1800, 5400)")
     p.add_argument("--eval-at", default="0.5,1.0", help="shares of the budget at which each arm is scored")
@@ -208,11 +211,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return report_only(args.out)
     common = list(args.overrides) + ([f"cache_dir={args.cache}"] if args.cache else [])
     args.out.mkdir(parents=True, exist_ok=True)
-    first = arm_config(args.config, args.arms[0], common, args.out / args.arms[0])
+    first = arm_config(args.config, (args.arms or ["ddpm-x0"])[0], common, args.out / "_config")
     manifests = args.heldout_manifests or list(first.manifests)
     heldout = heldout_set(manifests, args.n_eval, first.model.image_size, args.heldout_split, args.seed)
     shares = [float(s) for s in args.eval_at.split(",")]
     results: dict[str, list[dict[str, Any]]] = {}
+    if args.reference_model:  # an existing model (e.g. the shipped v1) scored with the same protocol
+        results["reference"] = [{"model": str(args.reference_model),
+                                 **score(args.reference_model, heldout, args.sample_steps, args.seed, args.c2st_epochs)}]
     for arm in args.arms:
         cfg = arm_config(args.config, arm, common, args.out / arm)
         results[arm] = train_arm(cfg, args.out / arm, args.budget_s, shares, args.clock,
