@@ -165,10 +165,12 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed: no plot (pip install matplotlib)"
+    curves = {arm: points for arm, points in results.items()
+              if points and all(p.get("cpu_min") is not None for p in points)}  # a reference model has no minutes
+    if not curves:
+        return "no trained arm: no plot"
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for arm, points in results.items():
-        if any(p.get("cpu_min") is None for p in points):
-            continue  # a reference model: its training time is not on this axis
+    for arm, points in curves.items():
         minutes = [p["cpu_min"] for p in points]
         for ax, key in zip(axes, ("c2st_linear", "swd", "cond_gain"), strict=True):
             ax.plot(minutes, [p[key] for p in points], marker="o", label=arm)
