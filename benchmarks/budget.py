@@ -150,7 +150,7 @@ def arm_config(base: str, arm: str, common: list[str], out: Path) -> TrainConfig
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a markdown table of COLUMNS (numbers rounded)."""
     def fmt(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
     return "\n".join(lines) + "\n"
