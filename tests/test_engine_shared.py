@@ -14,7 +14,7 @@ from PIL import Image
 
 from cxrgen.cli import main
 from cxrgen.config import TrainConfig, from_dict
-from cxrgen.config.sampling import SAMPLER_NAMES
+from cxrgen.config.sampling import DDPM_SAMPLER_NAMES
 from cxrgen.train.trainer import train
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
@@ -36,7 +36,7 @@ def test_resume_from_the_middle_is_exact(covid_run: dict, tmp_path: Path) -> Non
     assert resumed["weights_sha256"] == full["weights_sha256"]
 
 
-@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+@pytest.mark.parametrize("sampler", DDPM_SAMPLER_NAMES)
 def test_every_sampler_writes_pngs_with_metadata(covid_run: dict, tmp_path: Path, sampler: str) -> None:
     out = tmp_path / sampler
     code = main(["generate", "Bilateral patchy opacities.", "-n", "2", "--steps", "4", "--sampler", sampler,

@@ -10,7 +10,7 @@ from diffusers import DDPMScheduler
 from tiny_models import PROMPTS, tiny_pipeline
 from torch import nn
 
-from cxrgen.config import SAMPLER_NAMES, ScheduleConfig
+from cxrgen.config import DDPM_SAMPLER_NAMES, ScheduleConfig
 from cxrgen.errors import ConfigError
 from cxrgen.guidance import combine, guided_prediction
 from cxrgen.pipeline import CXRPipeline
@@ -25,7 +25,7 @@ def pipe(tmp_path_factory) -> CXRPipeline:
 
 
 # --- samplers ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", SAMPLER_NAMES)
+@pytest.mark.parametrize("name", DDPM_SAMPLER_NAMES)
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_sampler_shares_training_schedule(name: str, prediction_type: str) -> None:
     train = training_scheduler(SCHEDULE, prediction_type)
@@ -52,7 +52,7 @@ def test_unknown_sampler_lists_names() -> None:
         make_scheduler("heun", training_scheduler(SCHEDULE, "epsilon"))
 
 
-@pytest.mark.parametrize("name", SAMPLER_NAMES)
+@pytest.mark.parametrize("name", DDPM_SAMPLER_NAMES)
 def test_every_sampler_runs_in_the_pipeline(pipe: CXRPipeline, name: str) -> None:
     out = pipe(PROMPTS, num_inference_steps=3, sampler=name, generator=torch.Generator().manual_seed(0),
                progress=False)
@@ -83,7 +83,7 @@ class PointMassOracle(nn.Module):
         return eps
 
 
-@pytest.mark.parametrize("name", SAMPLER_NAMES)
+@pytest.mark.parametrize("name", DDPM_SAMPLER_NAMES)
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_samplers_reach_the_data_with_an_exact_denoiser(pipe: CXRPipeline, name: str, prediction_type: str) -> None:
     """Fails if a sampler got the prediction type, init_noise_sigma or scale_model_input (Euler) wrong."""

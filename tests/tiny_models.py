@@ -80,7 +80,8 @@ def tiny_pipeline(root: Path, sampling: SamplingConfig | None = None, overrides:
     torch.manual_seed(0)
     cfg = apply_overrides(tiny_model_config(make_bert(root / "bert")), overrides or [])
     parts = build_parts(cfg)
-    scheduler = training_scheduler(ScheduleConfig(), cfg.denoiser.prediction_type)
+    predicts = cfg.denoiser.prediction_type
+    scheduler = training_scheduler(ScheduleConfig(), predicts, "flow" if predicts == "flow_prediction" else "ddpm")
     sampling = sampling or SamplingConfig(sampler="ddim", steps=STEPS, guidance_scale=3.0)
     return CXRPipeline(parts.text_encoder, parts.autoencoder, parts.denoiser, scheduler, cfg.image_size,
                        sampling).eval()

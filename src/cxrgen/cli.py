@@ -251,7 +251,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, seed_help: str) -> None:
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's sampling settings)")
     p.add_argument("--guidance-scale", "--guidance", dest="guidance_scale", type=float,
                    help="classifier-free guidance scale (1 = none; default: the model's)")
-    p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler (default: the model's)")
+    p.add_argument("--sampler", help="ddpm | ddim | pndm | dpm++ | euler; a flow model: flow-euler | flow-heun | flow-dpm++ (default: the model's)")
     p.add_argument("--seed", type=int, help=seed_help)
 
 

@@ -4,7 +4,8 @@
     model_dir/text_encoder/      TextEncoder.save_pretrained (weights, or a reference to an installed package)
     model_dir/autoencoder/       an AutoencoderKL folder (scaling_factor / shift_factor in its config.json)
     model_dir/denoiser/          UViT or UNet2DConditionModel: config.json + diffusion_pytorch_model.safetensors
-    model_dir/scheduler/         the training DDPMScheduler (samplers are made from its config)
+    model_dir/scheduler/         the training DDPMScheduler, or FlowMatchEulerDiscreteScheduler of a flow model
+                                 (samplers are made from its config; its class fixes the sampler family)
 
 >>> pipe = CXRPipeline.from_pretrained("src/cxrgen/models/default")   # or diffusers.DiffusionPipeline.from_pretrained
 >>> out = pipe("Large right pleural effusion.", num_images_per_prompt=2, generator=torch.Generator().manual_seed(0))
@@ -42,7 +43,7 @@ from cxrgen.guidance import guided_prediction, needs_uncond
 from cxrgen.hub import looks_local
 from cxrgen.integrity import check_weights_readable, record_weights, verify_weights
 from cxrgen.parts import ModelParts
-from cxrgen.samplers import make_scheduler
+from cxrgen.samplers import make_scheduler, scheduler_prediction_type
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class CXRPipeline(DiffusionPipeline):
         self.register_to_config(image_size=int(image_size), sampling=dataclasses.asdict(self._sampling))
         self.image_config = ImageConfig(size=int(image_size))
         if getattr(denoiser, "prediction_type", "") is None:  # a U-Net: its target is the scheduler's
-            denoiser.prediction_type = scheduler.config.prediction_type
+            denoiser.prediction_type = scheduler_prediction_type(scheduler)
         check_parts(self)
 
     # --- settings and persistence ------------------------------------------------------------
@@ -258,20 +259,21 @@ class CXRPipeline(DiffusionPipeline):
                  uncond_mask: torch.Tensor | None, cfg: SamplingConfig, generator: Generators,
                  progress: bool) -> torch.Tensor:
         """Run the sampler from noise to clean latents (N, C, h, w)."""
-        scheduler = make_scheduler(cfg.sampler, self.scheduler.config)  # fresh: multistep state is per call
+        scheduler = make_scheduler(cfg.sampler, self.scheduler)  # fresh: multistep state is per call
         device = self.device
         scheduler.set_timesteps(cfg.steps, device=device)
         spec = self.denoiser.spec
         shape = (context.shape[0], spec.in_channels, spec.sample_size, spec.sample_size)
         dtype = next(self.denoiser.parameters()).dtype
         latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (N, C, h, w)
-        latents = latents * scheduler.init_noise_sigma
+        latents = latents * (getattr(scheduler, "init_noise_sigma", None) or 1.0)  # flow schedulers: none (1)
         step_kwargs = {"generator": generator} if _accepts(scheduler.step, "generator") else {}
         context = context.to(dtype)
         if uncond_context is not None:
             uncond_context = uncond_context.to(dtype)
         for t in tqdm(scheduler.timesteps, desc=f"sampling ({cfg.sampler})", disable=not progress, leave=False):
-            model_input = scheduler.scale_model_input(latents, t)  # Euler: z / sqrt(sigma^2 + 1)
+            # Euler: z / sqrt(sigma^2 + 1); flow samplers have no input scaling (t = sigma * T as trained)
+            model_input = scheduler.scale_model_input(latents, t) if hasattr(scheduler, "scale_model_input") else latents
             pred = guided_prediction(self.denoiser, model_input, t, context, mask, uncond_context, uncond_mask,
                                      cfg.guidance_scale)
             latents = scheduler.step(pred, t, latents, **step_kwargs).prev_sample
@@ -348,7 +350,7 @@ def check_parts(pipe: CXRPipeline) -> None:
     if not isinstance(pipe.scheduler, SchedulerMixin):
         raise ConfigError(f"scheduler is a {type(pipe.scheduler).__name__}: give a diffusers scheduler "
                           "(cxrgen.samplers.training_scheduler)")
-    predicts = pipe.scheduler.config.prediction_type
+    predicts = scheduler_prediction_type(pipe.scheduler)  # flow_prediction for a rectified-flow scheduler
     if den.prediction_type is not None and predicts != den.prediction_type:
         raise ConfigError(f"scheduler prediction_type={predicts!r} != denoiser prediction_type="
                           f"{den.prediction_type!r}: the scheduler must be the denoiser's training schedule")

@@ -22,16 +22,19 @@ from cxrgen.config.models import (
     TextEncoderConfig,
 )
 from cxrgen.config.phantom import PhantomConfig
-from cxrgen.config.sampling import SAMPLER_NAMES, SamplingConfig
+from cxrgen.config.sampling import DDPM_SAMPLER_NAMES, FLOW_SAMPLER_NAMES, SAMPLER_NAMES, SamplingConfig
 from cxrgen.config.training import (
     CACHE_DTYPES,
     AutoencoderTrainConfig,
     CacheConfig,
+    ObjectiveConfig,
     ScheduleConfig,
     TrainConfig,
 )
 
 __all__ = [
+    "DDPM_SAMPLER_NAMES",
+    "FLOW_SAMPLER_NAMES",
     "PREDICTION_TYPES",
     "SAMPLER_NAMES",
     "AutoencoderConfig",
@@ -47,6 +50,7 @@ __all__ = [
     "ImageConfig",
     "ModelConfig",
     "SSLEvaluatorTrainConfig",
+    "ObjectiveConfig",
     "PhantomConfig",
     "PromptConfig",
     "ReidTrainConfig",

@@ -12,7 +12,8 @@ from cxrgen.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers' names for the target
+#: diffusers' names for the target; flow_prediction: the rectified-flow velocity eps - x0 (objective.kind=flow)
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
 AUTOENCODER_KINDS = ("kl", "identity")  # AutoencoderKL latents, or pixels (cxrgen.autoencoder.IdentityCodec)
 
 

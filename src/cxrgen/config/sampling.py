@@ -7,15 +7,19 @@ from dataclasses import dataclass
 
 from cxrgen.errors import ConfigError
 
-#: Sampler names cxrgen knows; each maps to a diffusers scheduler (see cxrgen.samplers).
-SAMPLER_NAMES = ("ddpm", "ddim", "pndm", "dpm++", "euler")
+#: Samplers of DDPM-trained models (objective.kind=ddpm); each maps to a diffusers scheduler (cxrgen.samplers).
+DDPM_SAMPLER_NAMES = ("ddpm", "ddim", "pndm", "dpm++", "euler")
+#: Samplers of rectified-flow models (objective.kind=flow): the ODE dx/dsigma = v by Euler, Heun or DPM-Solver++.
+FLOW_SAMPLER_NAMES = ("flow-euler", "flow-heun", "flow-dpm++")
+#: Sampler names cxrgen knows.
+SAMPLER_NAMES = DDPM_SAMPLER_NAMES + FLOW_SAMPLER_NAMES
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     """How images are sampled (RoentGen: PNDM, 75 steps, guidance 4)."""
 
-    sampler: str = "dpm++"  # ddpm | ddim | pndm | dpm++ (DPM-Solver++ multistep) | euler
+    sampler: str = "dpm++"  # ddpm | ddim | pndm | dpm++ (DPM-Solver++ multistep) | euler; flow-euler | flow-heun | flow-dpm++
     steps: int = 25
     guidance_scale: float = 4.0  # classifier-free guidance w; 1 = no guidance
     negative_prompt: str | None = None  # None: the text encoder's null prompt

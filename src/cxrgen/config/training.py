@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from cxrgen.config.data import ImageConfig
 from cxrgen.config.models import AutoencoderConfig, ModelConfig
-from cxrgen.config.sampling import SamplingConfig
+from cxrgen.config.sampling import FLOW_SAMPLER_NAMES, SamplingConfig
 from cxrgen.errors import ConfigError
 
 
@@ -83,6 +83,59 @@ class ScheduleConfig:
             raise ConfigError(f"schedule betas ({self.beta_start}, {self.beta_end}): need 0 < start < end < 1")
 
 
+#: Training objectives: DDPM noising (the denoiser's epsilon / v / x0 target) or rectified flow (velocity).
+OBJECTIVES = ("ddpm", "flow")
+LOSS_WEIGHTINGS = ("none", "min_snr")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """What one training step optimises: the noising path, timestep density, loss weights, token masking.
+
+    ``kind=flow`` is rectified flow (SD3, Esser et al. 2024): x_s = (1 - s) x0 + s eps, target
+    v = eps - x0, s ~ logit-normal(logit_mean, logit_std) or uniform; the denoiser's
+    prediction_type must then be flow_prediction and the sampler one of the flow-* samplers.
+    ``loss_weighting=min_snr`` is Min-SNR-gamma (Hang et al. 2023), for ddpm only. ``mask_ratio`` > 0
+    drops that share of a U-ViT's patch tokens in a ``masked_fraction`` of micro-batches (MaskDiT,
+    Zheng et al. 2023); the loss then covers the kept patches only.
+    """
+
+    kind: str = "ddpm"  # ddpm | flow
+    timestep_sampling: str = "uniform"  # uniform | logit_normal (flow only; SD3's default is logit_normal)
+    logit_mean: float = 0.0  # logit-normal location m: s = sigmoid(m + std * n), n ~ N(0, 1)
+    logit_std: float = 1.0
+    loss_weighting: str = "none"  # none | min_snr
+    min_snr_gamma: float = 5.0  # the clamp gamma of min(SNR, gamma) (Hang et al. 2023: 5)
+    mask_ratio: float = 0.0  # share of U-ViT patch tokens dropped in a masked step; 0: never mask
+    masked_fraction: float = 1.0  # share of micro-batches that are masked (MaskDiT's unmasked steps: the rest)
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("kind", self.kind, OBJECTIVES), ("loss_weighting", self.loss_weighting,
+                                      LOSS_WEIGHTINGS), ("timestep_sampling", self.timestep_sampling,
+                                      TIMESTEP_SAMPLINGS)):
+            if value not in allowed:
+                raise ConfigError(f"objective.{name}={value!r}: use one of {list(allowed)}")
+        if self.kind == "ddpm" and self.timestep_sampling != "uniform":
+            raise ConfigError("objective.timestep_sampling=logit_normal is for kind=flow (continuous s); a ddpm "
+                              "objective draws t uniformly: set objective.kind=flow or timestep_sampling=uniform")
+        if self.kind == "flow" and self.loss_weighting != "none":
+            raise ConfigError("objective.loss_weighting=min_snr weights the ddpm targets; a flow objective is "
+                              "weighted by its timestep density: use timestep_sampling=logit_normal instead")
+        if not (math.isfinite(self.logit_mean) and math.isfinite(self.logit_std) and self.logit_std > 0):
+            raise ConfigError(f"objective.logit_std={self.logit_std}: give a finite std > 0 and a finite mean")
+        if not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
+            raise ConfigError(f"objective.min_snr_gamma={self.min_snr_gamma}: give a value > 0 (the paper's: 5)")
+        if not 0.0 <= self.mask_ratio < 1.0 or not 0.0 <= self.masked_fraction <= 1.0:
+            raise ConfigError(f"objective.mask_ratio={self.mask_ratio}, masked_fraction={self.masked_fraction}: "
+                              "give a ratio in [0, 1) and a fraction in [0, 1] (MaskDiT: 0.5 of the tokens)")
+
+    @property
+    def is_flow(self) -> bool:
+        """Whether this is the rectified-flow objective."""
+        return self.kind == "flow"
+
+
 #: Storage dtypes of the latent / text-embedding cache (items are read back as float32).
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 #: The training record a run writes beside its weights (its config: manifests, split, model).
@@ -118,7 +171,8 @@ class TrainConfig:
     image: ImageConfig = field(default_factory=ImageConfig)
     cache_dir: str | None = None  # latents (+ frozen text embeddings) from `cxrgen cache`; read when present
     cache: CacheConfig = field(default_factory=CacheConfig)  # how `cxrgen cache` writes it
-    # objective (RoentGen eq. 1-3) and classifier-free guidance training (Ho & Salimans 2022)
+    # objective (RoentGen eq. 1-3; or rectified flow, Min-SNR, MaskDiT) and guidance training (Ho & Salimans 2022)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     cfg_dropout: float = 0.1  # probability of replacing a prompt by the null prompt
     # optimisation
     steps: int = 1000
@@ -164,3 +218,8 @@ class TrainConfig:
             raise ConfigError(f"ema_decay={self.ema_decay}: give a value in (0, 1) or null")
         if self.keep_checkpoints < 1 or self.checkpoint_every < 1:
             raise ConfigError("checkpoint_every and keep_checkpoints must be >= 1")
+        if self.objective.is_flow != (self.sampling.sampler in FLOW_SAMPLER_NAMES):
+            family = "a flow-* sampler" if self.objective.is_flow else "a ddpm-family sampler (not flow-*)"
+            raise ConfigError(f"objective.kind={self.objective.kind} with sampling.sampler={self.sampling.sampler!r}: "
+                              f"the model needs {family}, e.g. sampling.sampler="
+                              f"{'flow-euler' if self.objective.is_flow else 'dpm++'}")

@@ -120,7 +120,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
 
 
 def validate_uvit_config(cfg: Any) -> None:
@@ -240,8 +240,13 @@ class UViT(ModelMixin, ConfigMixin):
         t: torch.Tensor | int | float,
         context: torch.Tensor,
         mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict (B, C, h, w) from latents (B, C, h, w), t (B,), context (B, L, D_text), mask (B, L)."""
+        """Predict (B, C, h, w) from latents (B, C, h, w), t (B,), context (B, L, D_text), mask (B, L).
+
+        ``keep`` (B, N_keep) (training only, MaskDiT): indices of the patch tokens to process; the
+        dropped ones are left out of every block and predicted as 0. None (inference): all of them.
+        """
         cfg = self.config
         mask = check_inputs(self.spec, z_t, context, mask)
         if mask is not None:
@@ -261,8 +266,11 @@ class UViT(ModelMixin, ConfigMixin):
         text = self.context_embed(context)  # (B, L, D)
         pos = self.pos_embed
         patch_pos = pos[:, 1 + cfg.context_len :] if self.patch_pos is None else self.patch_pos.to(x.dtype)
-        tokens = torch.cat([time_token + pos[:, :1], text + pos[:, 1 : 1 + n_text], x + patch_pos], dim=1)
-        # (B, N, D), N = 1 + L + N_img
+        x = x + patch_pos  # (B, N_img, D): positions before any token is dropped
+        if keep is not None:  # the same kept set passes every block, so the long skips stay aligned
+            x = x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, N_keep, D)
+        tokens = torch.cat([time_token + pos[:, :1], text + pos[:, 1 : 1 + n_text], x], dim=1)
+        # (B, N, D), N = 1 + L + N_img (or N_keep)
         attn_mask = self._attention_mask(mask, tokens.shape[1])  # (B, 1, 1, N) or None
 
         skips = []
@@ -275,6 +283,9 @@ class UViT(ModelMixin, ConfigMixin):
 
         tokens = self.decoder_pred(self.norm(tokens))  # (B, N, p*p*C)
         patches = tokens[:, 1 + n_text :]  # (B, N_img, p*p*C)
+        if keep is not None:  # dropped patches predict 0 (the loss leaves them out)
+            full = patches.new_zeros(b, self.grid**2, patches.shape[-1])  # (B, N_img, p*p*C)
+            patches = full.scatter(1, keep[..., None].expand(-1, -1, patches.shape[-1]), patches)
         out = unpatchify(patches, cfg.in_channels, cfg.patch_size, self.grid)  # (B, C, h, w)
         return self.final_layer(out)
 

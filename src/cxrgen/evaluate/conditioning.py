@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrgen.errors import DataError
-from cxrgen.objective import diffusion_target
+from cxrgen.objective import diffusion_target, noise_latents
 
 
 @torch.no_grad()
@@ -46,7 +46,7 @@ def conditioning_gain(pipe, images: torch.Tensor, prompts: Sequence[str], n_time
             lo, hi = k * steps // n_timesteps, (k + 1) * steps // n_timesteps
             t = torch.randint(lo, hi, (b,), generator=gen).to(device)
             eps = torch.randn(z0.shape, generator=gen).to(device)
-            z_t = sched.add_noise(z0, eps, t)
+            z_t = noise_latents(sched, z0, eps, t)  # DDPM add_noise, or the flow path at s = t / T
             target = diffusion_target(sched, z0, eps, t, kind).float()
             for name, (c, m) in (("text", (context, mask)), ("null", (null_context, null_mask))):
                 pred = den(z_t, t, c, m).float()

@@ -1,7 +1,8 @@
 """One optimizer step of diffusion training: batches -> latents + text -> loss -> accumulate -> update.
 
 Every random draw comes from the run's training generator, in a fixed order per micro-batch:
-guidance dropout (B), posterior noise (B, C, h, w), then t and eps inside ``diffusion_loss``.
+guidance dropout (B), posterior noise (B, C, h, w), then t (or s), eps and any token mask inside
+``diffusion_loss`` (see cxrgen.objective).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers import DDPMScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -34,7 +35,7 @@ class TrainingRun:
     denoiser: nn.Module  # prepared (DDP-wrapped when distributed)
     text_encoder: nn.Module  # prepared when trainable; plain and frozen otherwise
     codec: LatentCodec
-    scheduler: DDPMScheduler
+    scheduler: SchedulerMixin  # the training scheduler: DDPM, or rectified flow (objective.kind=flow)
     optimizer: torch.optim.Optimizer
     lr_schedule: LambdaLR
     ema: EMA
@@ -88,7 +89,8 @@ def micro_batch_loss(run: TrainingRun, batch: dict) -> torch.Tensor:
     z0 = batch_latents(batch, run.codec, run.generator, run.accelerator.device)
     with run.accelerator.autocast():
         context, mask = batch_context(run, batch, drop)
-        return diffusion_loss(run.denoiser, run.scheduler, z0, context, mask, run.generator)
+        return diffusion_loss(run.denoiser, run.scheduler, z0, context, mask, run.generator,
+                              objective=run.cfg.objective)
 
 
 def check_finite(run: TrainingRun, loss: torch.Tensor) -> None:

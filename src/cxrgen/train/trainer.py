@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from cxrgen.config import TrainConfig, load_config, save_config
 from cxrgen.data.dataset import ManifestImageDataset
 from cxrgen.errors import ConfigError
+from cxrgen.objective import check_objective
 from cxrgen.outputs import check_writable, remove_paths, run_artefacts
 from cxrgen.parts import ModelParts, build_model_parts
 from cxrgen.samplers import training_scheduler
@@ -105,6 +106,8 @@ def setup_run(cfg: TrainConfig, out_dir: Path, parts: ModelParts | None = None,
     if dataset is None:
         dataset, null = training_dataset(cfg, parts)
     denoiser, text, codec = parts.denoiser, parts.text_encoder, parts.autoencoder
+    check_objective(cfg.objective, denoiser)
+    scheduler = training_scheduler(cfg.schedule, denoiser.prediction_type, cfg.objective.kind)
     joint = text.trainable
     codec.requires_grad_(False).eval().to(acc.device)
     ema = EMA(denoiser, cfg.ema_decay, warmup=cfg.ema_warmup).to(acc.device)
@@ -119,7 +122,7 @@ def setup_run(cfg: TrainConfig, out_dir: Path, parts: ModelParts | None = None,
             null = text.encode_null(1)  # (1, L, D), (1, L)
     gen = torch.Generator().manual_seed(cfg.seed + RANK_SEED_STRIDE * acc.process_index)
     run = TrainingRun(cfg=cfg, out_dir=out_dir, accelerator=acc, denoiser=denoiser, text_encoder=text,
-                      codec=codec, scheduler=training_scheduler(cfg.schedule, parts.denoiser.prediction_type),
+                      codec=codec, scheduler=scheduler,
                       optimizer=optimizer, lr_schedule=lr_schedule, ema=ema, generator=gen,
                       null_context=None if null is None else (null[0].to(acc.device), null[1].to(acc.device)),
                       global_batch=cfg.batch_size * acc.num_processes)
