@@ -191,7 +191,7 @@ def test_objective_off_is_the_plain_loss_and_draws() -> None:
 # --- MaskDiT-style token dropping -------------------------------------------------------------
 def _uvit(final_conv: bool = True) -> nn.Module:
     cfg = DenoiserConfig(name="uvit-tiny", in_channels=C, sample_size=S, context_dim=D, context_len=L,
-                         final_conv=final_conv, patch_size=2)
+                         kwargs={"final_conv": final_conv, "patch_size": 2})
     return build_denoiser(cfg, generator=torch.Generator().manual_seed(0)).eval()
 
 
