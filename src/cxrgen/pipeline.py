@@ -20,7 +20,7 @@ import inspect
 import json
 import logging
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +69,14 @@ class PipelineOutput:
     prompts: list[str]
 
 
+def register_cxrgen_classes(pipe: DiffusionPipeline, names: Sequence[str]) -> None:
+    """Record ["cxrgen", class] in model_index.json for each part of cxrgen's own (cxrgen exports each class)."""
+    for name in names:
+        module = getattr(pipe, name)
+        if type(module).__module__.startswith("cxrgen."):
+            pipe.register_to_config(**{name: ("cxrgen", type(module).__name__)})
+
+
 class CXRPipeline(DiffusionPipeline):
     """Text encoder + latent codec + denoiser + training schedule; ``pipe(prompt)`` samples images."""
 
@@ -86,10 +94,7 @@ class CXRPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(text_encoder=text_encoder, autoencoder=autoencoder, denoiser=denoiser,
                               scheduler=scheduler)
-        for name in ("text_encoder", "autoencoder", "denoiser"):  # ["cxrgen", class]: cxrgen exports each class
-            module = getattr(self, name)
-            if type(module).__module__.startswith("cxrgen."):
-                self.register_to_config(**{name: ("cxrgen", type(module).__name__)})
+        register_cxrgen_classes(self, ("text_encoder", "autoencoder", "denoiser"))
         if isinstance(sampling, dict):
             sampling = SamplingConfig(**sampling)
         self._sampling = sampling or SamplingConfig()

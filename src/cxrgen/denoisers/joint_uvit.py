@@ -25,7 +25,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from cxrgen.denoisers.base import prepare_timesteps
-from cxrgen.denoisers.uvit import Block, UViT, timestep_embedding, unpatchify
+from cxrgen.denoisers.uvit import UViT, long_skip_blocks, run_long_skips, timestep_embedding, unpatchify
 from cxrgen.errors import ConfigError
 
 MODALITIES = ("frontal", "lateral", "report")
@@ -84,11 +84,7 @@ class JointUViT(ModelMixin, ConfigMixin):
             self.report_out = nn.Linear(dim, report_dim)
         # learned positions of [time_1..time_M, tokens of modality 1, ..., tokens of modality M]
         self.pos_embed = nn.Parameter(torch.zeros(1, len(self.modalities) + sum(self.token_counts().values()), dim))
-        half = depth // 2
-        block = dict(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
-        self.in_blocks = nn.ModuleList([Block(**block, skip=False) for _ in range(half)])
-        self.mid_block = Block(**block, skip=False)
-        self.out_blocks = nn.ModuleList([Block(**block, skip=True) for _ in range(half)])
+        self.in_blocks, self.mid_block, self.out_blocks = long_skip_blocks(depth, dim, num_heads, mlp_ratio, qkv_bias)
         self.norm = nn.LayerNorm(dim)
         UViT.reset_parameters(self, generator)  # the U-ViT reference init (truncated normal, zero biases)
 
@@ -160,13 +156,7 @@ class JointUViT(ModelMixin, ConfigMixin):
                 tokens.append(self.patch_embed[m](latents[m].to(dtype)).flatten(2).transpose(1, 2))  # (B, N, D)
         x = torch.cat(times + tokens, dim=1) + self.pos_embed  # (B, M + sum(N_m), D)
 
-        skips = []
-        for blk in self.in_blocks:
-            x = blk(x, None)
-            skips.append(x)
-        x = self.mid_block(x, None)
-        for blk in self.out_blocks:
-            x = blk(x, None, skip=skips.pop())  # deepest in-block pairs with the first out-block
+        x = run_long_skips(self, x, None)  # (B, M + sum(N_m), D)
         x = self.norm(x)
         return self._split(x[:, len(self.modalities):])
 

@@ -152,6 +152,27 @@ def validate_uvit_config(cfg: Any) -> None:
         )
 
 
+def long_skip_blocks(depth: int, dim: int, num_heads: int, mlp_ratio: float,
+                     qkv_bias: bool) -> tuple[nn.ModuleList, Block, nn.ModuleList]:
+    """The U-ViT trunk: depth // 2 in-blocks, one mid block, depth // 2 out-blocks that take a long skip."""
+    block = dict(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
+    half = depth // 2
+    return (nn.ModuleList([Block(**block, skip=False) for _ in range(half)]), Block(**block, skip=False),
+            nn.ModuleList([Block(**block, skip=True) for _ in range(half)]))
+
+
+def run_long_skips(net: nn.Module, tokens: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """Tokens (B, N, D) through ``net``'s in-blocks, mid block and out-blocks; skips pop in reverse order."""
+    skips = []
+    for blk in net.in_blocks:
+        tokens = blk(tokens, attn_mask)
+        skips.append(tokens)
+    tokens = net.mid_block(tokens, attn_mask)
+    for blk in net.out_blocks:
+        tokens = blk(tokens, attn_mask, skip=skips.pop())  # deepest in-block pairs with the first out-block
+    return tokens
+
+
 class UViT(ModelMixin, ConfigMixin):
     """U-ViT denoiser: ``uvit(z_t, t, context, mask) -> prediction`` of shape (B, C, h, w).
 
@@ -200,11 +221,7 @@ class UViT(ModelMixin, ConfigMixin):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + context_len + learned_patches, dim))
         self.register_buffer("patch_pos", sincos_2d(self.grid, dim)[None] if not learned_patches else None,
                              persistent=False)
-        half = depth // 2
-        block = dict(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
-        self.in_blocks = nn.ModuleList([Block(**block, skip=False) for _ in range(half)])
-        self.mid_block = Block(**block, skip=False)
-        self.out_blocks = nn.ModuleList([Block(**block, skip=True) for _ in range(half)])
+        self.in_blocks, self.mid_block, self.out_blocks = long_skip_blocks(depth, dim, num_heads, mlp_ratio, qkv_bias)
         self.norm = nn.LayerNorm(dim)
         self.decoder_pred = nn.Linear(dim, patch * patch * in_channels)
         self.final_layer = nn.Conv2d(in_channels, in_channels, 3, padding=1) if final_conv else nn.Identity()
@@ -273,13 +290,7 @@ class UViT(ModelMixin, ConfigMixin):
         # (B, N, D), N = 1 + L + N_img (or N_keep)
         attn_mask = self._attention_mask(mask, tokens.shape[1])  # (B, 1, 1, N) or None
 
-        skips = []
-        for blk in self.in_blocks:
-            tokens = blk(tokens, attn_mask)
-            skips.append(tokens)
-        tokens = self.mid_block(tokens, attn_mask)
-        for blk in self.out_blocks:
-            tokens = blk(tokens, attn_mask, skip=skips.pop())  # deepest in-block pairs with first out-block
+        tokens = run_long_skips(self, tokens, attn_mask)  # (B, N, D)
 
         tokens = self.decoder_pred(self.norm(tokens))  # (B, N, p*p*C)
         patches = tokens[:, 1 + n_text :]  # (B, N_img, p*p*C)

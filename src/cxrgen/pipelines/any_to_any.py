@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from cxrgen.config import SamplingConfig
 from cxrgen.denoisers.joint_uvit import GIVEN_TIME, IMAGE_MODALITIES
 from cxrgen.errors import ConfigError
+from cxrgen.pipeline import register_cxrgen_classes
 from cxrgen.pipelines.modes import Mode, all_modes, check_mode
 from cxrgen.pipelines.multiview_output import MultiViewOutput
 from cxrgen.samplers import make_scheduler
@@ -56,10 +57,7 @@ class MultiViewPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(denoiser=denoiser, autoencoder=autoencoder, report_codec=report_codec,
                               scheduler=scheduler)
-        for name in ("denoiser", "autoencoder", "report_codec"):  # ["cxrgen", class]: cxrgen exports each class
-            module = getattr(self, name)
-            if type(module).__module__.startswith("cxrgen."):
-                self.register_to_config(**{name: ("cxrgen", type(module).__name__)})
+        register_cxrgen_classes(self, ("denoiser", "autoencoder", "report_codec"))
         if isinstance(sampling, dict):
             sampling = SamplingConfig(**sampling)
         self._sampling = sampling or SamplingConfig(sampler="ddim", steps=25, guidance_scale=1.0)
