@@ -115,7 +115,9 @@ def train_phase(args: argparse.Namespace, clock: Clock, device_type: str, out: P
         raise TimeoutError(f"no time left to train after the warm-up ({clock.elapsed():.0f} s of {args.budget_s} s)")
     cfg = sprint_config(args, device_type, steps, out / "train")
     summary = train(cfg, overwrite=True)
-    return plan, {**summary, "config": dataclasses.asdict(cfg)}
+    from cxrgen.config.base import to_dict
+
+    return plan, {**summary, "config": to_dict(cfg)}  # plain JSON (denoiser kwargs are a FrozenDict)
 
 
 def _sync(device) -> None:
