@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+try:  # rouge-score imports absl, whose log handler keeps the sys.stderr of its import time: a test's
+    import absl.logging  # captured stream, closed after that test, which a later test's logging then hits
+except ImportError:
+    pass
+else:
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 
 @pytest.fixture(autouse=True, scope="session")

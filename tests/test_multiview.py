@@ -248,3 +248,16 @@ def test_report_ae_training_continues_from_a_saved_codec(tiny_codec, tmp_path):
     before = dict(tiny_codec.model.named_parameters())["lm_head.weight"]
     assert not torch.equal(dict(loaded.model.named_parameters())["lm_head.weight"], before)
     assert set(metrics["eval"]["toy"]) >= {"finding_f1", "bleu4", "rougeL", "shuffled_floor"}
+
+
+def test_report_metrics_install_no_root_log_handler() -> None:
+    """ROUGE once made every program log to the stderr of the moment (rouge-score's root logging.info)."""
+    pytest.importorskip("rouge_score")
+    import subprocess
+    import sys
+
+    code = ("import logging; from cxrgen.text.report_metrics import bleu_rouge; "
+            "s = bleu_rouge(['small left effusion'], ['small right effusion']); "
+            "print(len(logging.root.handlers), s['rougeL'] is not None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "True"]

@@ -76,11 +76,13 @@ def bleu_rouge(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str
             metric = BLEU(max_ngram_order=n, lowercase=True, effective_order=True)
             scores[f"bleu{n}"] = float(metric.corpus_score(list(hypotheses), [list(references)]).score)
     try:
-        from rouge_score import rouge_scorer
+        from rouge_score import rouge_scorer, tokenizers
     except ImportError:
         log.warning("rouge-score is not installed: no ROUGE-L (pip install -e '.[reports]')")
     else:
-        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+        # an explicit tokenizer: without one RougeScorer calls the root logging.info(), which installs a
+        # root stderr handler (logging.basicConfig) in every program that computes ROUGE
+        scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=tokenizers.DefaultTokenizer(use_stemmer=False))
         values = [scorer.score(r.lower(), h.lower())["rougeL"].fmeasure for h, r in zip(hypotheses, references,
                                                                                       strict=True)]
         scores["rougeL"] = float(np.mean(values)) if values else None

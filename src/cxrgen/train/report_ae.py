@@ -51,11 +51,15 @@ def lr_at(step: int, steps: int, lr: float, warmup: int = 100) -> float:
 def budgeted_steps(steps: int, max_minutes: float, desc: str, progress: bool) -> Iterator[int]:
     """Step indices 0..steps-1 with a progress bar, stopping early (with a warning) after ``max_minutes`` > 0."""
     deadline = time.perf_counter() + 60.0 * max_minutes if max_minutes > 0 else math.inf
-    for step in tqdm(range(steps), desc=desc, disable=not progress):
-        if time.perf_counter() > deadline:
-            log.warning("%s: max_minutes=%s reached after %d of %d steps", desc, max_minutes, step, steps)
-            return
-        yield step
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    try:
+        for step in bar:
+            if time.perf_counter() > deadline:
+                log.warning("%s: max_minutes=%s reached after %d of %d steps", desc, max_minutes, step, steps)
+                return
+            yield step
+    finally:
+        bar.close()  # now, not at garbage collection, when the stream it writes to may be closed
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, max_norm: float = 1.0) -> None:
