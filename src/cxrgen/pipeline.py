@@ -77,7 +77,25 @@ def register_cxrgen_classes(pipe: DiffusionPipeline, names: Sequence[str]) -> No
             pipe.register_to_config(**{name: ("cxrgen", type(module).__name__)})
 
 
-class CXRPipeline(DiffusionPipeline):
+class SamplingDefaults:
+    """A pipeline's default sampling settings: ``self.sampling``, saved in model_index.json on every change."""
+
+    def _init_sampling(self, sampling: SamplingConfig | dict[str, Any] | None, default: SamplingConfig) -> None:
+        """Set the defaults from a config, its dict form (as read from model_index.json) or ``default``."""
+        self.sampling = SamplingConfig(**sampling) if isinstance(sampling, dict) else (sampling or default)
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        """The default sampling settings (saved in model_index.json)."""
+        return self._sampling
+
+    @sampling.setter
+    def sampling(self, value: SamplingConfig) -> None:
+        self._sampling = value
+        self.register_to_config(sampling=dataclasses.asdict(value))
+
+
+class CXRPipeline(SamplingDefaults, DiffusionPipeline):
     """Text encoder + latent codec + denoiser + training schedule; ``pipe(prompt)`` samples images."""
 
     model_cpu_offload_seq = "text_encoder->denoiser->autoencoder"
@@ -95,10 +113,8 @@ class CXRPipeline(DiffusionPipeline):
         self.register_modules(text_encoder=text_encoder, autoencoder=autoencoder, denoiser=denoiser,
                               scheduler=scheduler)
         register_cxrgen_classes(self, ("text_encoder", "autoencoder", "denoiser"))
-        if isinstance(sampling, dict):
-            sampling = SamplingConfig(**sampling)
-        self._sampling = sampling or SamplingConfig()
-        self.register_to_config(image_size=int(image_size), sampling=dataclasses.asdict(self._sampling))
+        self._init_sampling(sampling, SamplingConfig())
+        self.register_to_config(image_size=int(image_size))
         self.image_config = ImageConfig(size=int(image_size))
         if getattr(denoiser, "prediction_type", "") is None:  # a U-Net: its target is the scheduler's
             denoiser.prediction_type = scheduler_prediction_type(scheduler)
@@ -109,16 +125,6 @@ class CXRPipeline(DiffusionPipeline):
     def image_size(self) -> int:
         """Pixels per side of the generated images."""
         return self.image_config.size
-
-    @property
-    def sampling(self) -> SamplingConfig:
-        """The default sampling settings (saved in model_index.json)."""
-        return self._sampling
-
-    @sampling.setter
-    def sampling(self, value: SamplingConfig) -> None:
-        self._sampling = value
-        self.register_to_config(sampling=dataclasses.asdict(value))
 
     def save_pretrained(self, save_directory: str | Path, text_weights: bool = True, **kwargs: Any) -> Path:
         """Write every part to its folder and ``model_index.json`` (diffusers' ``save_pretrained``).

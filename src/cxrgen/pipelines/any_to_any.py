@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from cxrgen.config import SamplingConfig
 from cxrgen.denoisers.joint_uvit import GIVEN_TIME, IMAGE_MODALITIES
 from cxrgen.errors import ConfigError
-from cxrgen.pipeline import register_cxrgen_classes
+from cxrgen.pipeline import SamplingDefaults, register_cxrgen_classes
 from cxrgen.pipelines.modes import Mode, all_modes, check_mode
 from cxrgen.pipelines.multiview_output import MultiViewOutput
 from cxrgen.samplers import make_scheduler
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 ImageInput = torch.Tensor | Sequence[Any] | None
 
 
-class MultiViewPipeline(DiffusionPipeline):
+class MultiViewPipeline(SamplingDefaults, DiffusionPipeline):
     """Joint denoiser + image codec + report codec + training schedule; ``pipe(...)`` generates any modes."""
 
     model_cpu_offload_seq = "report_codec->autoencoder->denoiser"
@@ -58,12 +58,9 @@ class MultiViewPipeline(DiffusionPipeline):
         self.register_modules(denoiser=denoiser, autoencoder=autoencoder, report_codec=report_codec,
                               scheduler=scheduler)
         register_cxrgen_classes(self, ("denoiser", "autoencoder", "report_codec"))
-        if isinstance(sampling, dict):
-            sampling = SamplingConfig(**sampling)
-        self._sampling = sampling or SamplingConfig(sampler="ddim", steps=25, guidance_scale=1.0)
+        self._init_sampling(sampling, SamplingConfig(sampler="ddim", steps=25, guidance_scale=1.0))
         self._modes = tuple(Mode.parse(m).name for m in (modes or all_modes(denoiser.modalities)))
-        self.register_to_config(image_size=int(image_size), modes=list(self._modes),
-                                sampling=dataclasses.asdict(self._sampling))
+        self.register_to_config(image_size=int(image_size), modes=list(self._modes))
         self._check_parts(int(image_size))
 
     def _check_parts(self, image_size: int) -> None:
@@ -77,16 +74,6 @@ class MultiViewPipeline(DiffusionPipeline):
         if "report" in den.modalities and tuple(self.report_codec.latent_shape) != den.latent_shape("report"):
             raise ConfigError(f"report codec latent {tuple(self.report_codec.latent_shape)} != the denoiser's "
                               f"report latent {den.latent_shape('report')}: use the report codec it was trained with")
-
-    @property
-    def sampling(self) -> SamplingConfig:
-        """The default sampling settings (saved in model_index.json)."""
-        return self._sampling
-
-    @sampling.setter
-    def sampling(self, value: SamplingConfig) -> None:
-        self._sampling = value
-        self.register_to_config(sampling=dataclasses.asdict(value))
 
     @property
     def modes(self) -> tuple[str, ...]:
