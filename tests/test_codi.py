@@ -148,3 +148,21 @@ def test_save_load_round_trip_and_the_loader_picks_the_arm(tmp_path: Path) -> No
     assert type(load_multiview_pipeline(tmp_path / "joint")) is MultiViewPipeline
     with pytest.raises(ConfigError, match="model_index"):
         load_multiview_pipeline(tmp_path)
+
+
+def test_packaged_configs_and_bad_settings() -> None:
+    from importlib.resources import files
+
+    from cxrgen.config import load_config
+    from cxrgen.config.multiview import MultiviewTrainConfig
+
+    single, bridge = (load_config(MultiviewTrainConfig, str(files("cxrgen") / "configs" / f"multiview-codi-{s}.yaml"))
+                      for s in ("single", "bridge"))
+    assert (single.stage, single.codi.denoiser, bridge.stage) == ("codi_single", "codi-xs", "codi_bridge")
+    assert bridge.codi.init_from and bridge.codi.trunk_lr_scale == 0
+    with pytest.raises(ConfigError, match="cond_drop_prob"):
+        load_config(MultiviewTrainConfig, None, ["codi.cond_drop_prob=1.5"])
+    with pytest.raises(ConfigError, match="unknown CoDi denoiser"):
+        build_codi_denoiser("codi-huge")
+    with pytest.raises(ConfigError, match="env_patch"):
+        build_codi_denoiser("codi-tiny", sample_size=6, patch_size=2)
