@@ -167,8 +167,7 @@ class CodiXR(ModelMixin, ConfigMixin):
         self.trunks = nn.ModuleDict({m: _Trunk(m, cfg, with_report and m != "report") for m in self.modalities})
         self.env = nn.ModuleDict({m: _Environment(m, cfg) for m in self.modalities})
         self.null_env = nn.Parameter(torch.zeros(1, 1, env_dim))  # always attendable: no NaN when all are absent
-        heads = num_heads if hidden_size % num_heads == 0 else 1
-        self.bridges = nn.ModuleDict({f"{m}_{where}": _Bridge(hidden_size, env_dim, heads)
+        self.bridges = nn.ModuleDict({f"{m}_{where}": _Bridge(hidden_size, env_dim, num_heads)
                                       for m in self.modalities for where in ("in", "out")})
         self._reset(generator)
 

@@ -71,6 +71,8 @@ def _model_and_codecs(cc: CodiStageConfig, stage: str, train: pd.DataFrame) -> t
     """From ``init_from`` (a CodiPipeline folder: its denoiser and codecs), or new (stage codi_single only)."""
     if cc.init_from is not None:
         base = CodiPipeline.from_pretrained(cc.init_from)
+        if cc.autoencoder is not None or cc.report_codec is not None:
+            log.warning("codi.autoencoder / codi.report_codec are ignored: the codecs come with codi.init_from")
         log.info("CoDi model, image and report codecs from %s", cc.init_from)
         return base.denoiser, base.autoencoder, base.report_codec
     if stage == "codi_bridge":
