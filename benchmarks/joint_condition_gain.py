@@ -1,4 +1,4 @@
-"""Does the joint U-ViT use its conditions? Lateral noise-prediction MSE with each condition given or absent.
+"""Does an any-to-any model (either arm) use its conditions? Lateral noise-prediction MSE with each condition given or absent.
 
     .venv/bin/python benchmarks/joint_condition_gain.py --model out/joint/model --latents out/joint/joint_latents.safetensors
 
@@ -15,7 +15,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from cxrgen.pipelines import MultiViewPipeline
+from cxrgen.pipelines import load_multiview_pipeline
 
 
 @torch.no_grad()
@@ -27,7 +27,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[200, 500, 800])
     args = p.parse_args()
     torch.set_num_threads(1)
-    pipe = MultiViewPipeline.from_pretrained(args.model)
+    pipe = load_multiview_pipeline(args.model)  # either arm (joint U-ViT or CoDi)
     den, sched = pipe.denoiser, pipe.scheduler
     x = {m: v[:args.n] for m, v in load_file(args.latents).items()}
     gen, absent, out = torch.Generator().manual_seed(0), den.absent_time, {}

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from cxrgen.evaluate.joint_twin import evaluate_joint_twin, joint_cost
-from cxrgen.pipelines import MultiViewPipeline
+from cxrgen.pipelines import load_multiview_pipeline
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="MultiViewPipeline folder (train-multiview stage joint)")
+    p.add_argument("--model", required=True, help="MultiViewPipeline or CodiPipeline folder (train-multiview stage joint / codi_bridge)")
     p.add_argument("--twin", required=True, help="twin folder (cxrgen twin) holding the test split")
     p.add_argument("--n", type=int, default=60, help="held-out cases")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--json", required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    pipe = MultiViewPipeline.from_pretrained(args.model)
+    pipe = load_multiview_pipeline(args.model)  # the joint U-ViT or the CoDi arm
     given = {"steps": args.steps, "guidance_scale": args.guidance, "sampler": args.sampler}
     pipe.sampling = dataclasses.replace(pipe.sampling, **{k: v for k, v in given.items() if v is not None})
     start = time.perf_counter()

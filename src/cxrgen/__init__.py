@@ -21,6 +21,8 @@ _EXPORTS = {
     "UNetDenoiser": "cxrgen.denoisers.unet",
     "JointUViT": "cxrgen.denoisers.joint_uvit",
     "MultiViewPipeline": "cxrgen.pipelines.any_to_any",
+    "CodiXR": "cxrgen.denoisers.codi",
+    "CodiPipeline": "cxrgen.pipelines.codi",
     "HashedReportCodec": "cxrgen.text.report_standin",
     "LatentCodec": "cxrgen.autoencoder",
     "IdentityCodec": "cxrgen.autoencoder",

@@ -12,7 +12,7 @@ from cxrgen.config import ImageConfig
 from cxrgen.data.images import load_image
 from cxrgen.errors import ConfigError
 from cxrgen.outputs import check_writable
-from cxrgen.pipelines import MultiViewPipeline
+from cxrgen.pipelines import load_multiview_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,9 @@ def run_generate_multiview(reports: Sequence[str], out_dir: str | Path, model: s
     """
     if model is None:
         raise ConfigError("any-to-any generation needs --model DIR (a MultiViewPipeline folder written by "
-                          "`cxrgen train-multiview` with stage joint)")
+                          "`cxrgen train-multiview` with stage joint or codi_bridge)")
     out = check_writable(out_dir)
-    pipe = MultiViewPipeline.from_pretrained(model)
+    pipe = load_multiview_pipeline(model)  # either arm: MultiViewPipeline or CodiPipeline
     if device != "auto":
         for part in (pipe.denoiser, pipe.autoencoder):
             part.to(device)

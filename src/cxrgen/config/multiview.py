@@ -2,7 +2,8 @@
 
 ``stage`` picks what is trained: ``report_ae`` (the Optimus-style report autoencoder) or ``aligned``
 (frontal, lateral and report encoders in one contrastive space) or ``joint`` (the UniDiffuser-style
-joint U-ViT over frontal, lateral and report latents). Each stage has its own dataclass and field.
+joint U-ViT over frontal, lateral and report latents) or ``codi_single`` / ``codi_bridge`` (CoDi XR's
+per-modality denoisers, then their cross-modal bridges). Each stage has its own dataclass and field.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from cxrgen.config.training import ScheduleConfig, check_rates
 from cxrgen.errors import ConfigError
 
 #: Stages this module knows how to configure; ``cxrgen.train.multiview.STAGES`` runs them.
-MULTIVIEW_STAGES: tuple[str, ...] = ("report_ae", "aligned", "joint")
+MULTIVIEW_STAGES: tuple[str, ...] = ("report_ae", "aligned", "joint", "codi_single", "codi_bridge")
 
 
 @dataclass(frozen=True)
@@ -136,14 +137,36 @@ class JointStageConfig:
 
 
 @dataclass(frozen=True)
+class CodiStageConfig(JointStageConfig):
+    """CoDi XR's three-model arm (``cxrgen.denoisers.codi``): the joint stage's fields, plus its two stages'.
+
+    ``codi_single`` trains the per-modality denoisers (image ones on the report, dropped with
+    ``cond_drop_prob`` for guidance); ``codi_bridge`` starts from that model (``init_from``) and trains the
+    environment encoders and bridges with ``given_prob`` / ``absent_prob`` roles, the per-modality
+    denoisers frozen (``trunk_lr_scale: 0``) or lightly tuned (their lr = lr x trunk_lr_scale).
+    """
+
+    denoiser: str = "codi-xs"  # a cxrgen.denoisers.codi.CODI_DENOISERS preset
+    cond_drop_prob: float = 0.1  # stage codi_single: share of image samples trained with the null report
+    trunk_lr_scale: float = 0.0  # stage codi_bridge: 0 freezes the per-modality denoisers
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.cond_drop_prob < 1 or self.trunk_lr_scale < 0:
+            raise ConfigError(f"codi.cond_drop_prob={self.cond_drop_prob} must be in [0, 1) and "
+                              f"codi.trunk_lr_scale={self.trunk_lr_scale} >= 0")
+
+
+@dataclass(frozen=True)
 class MultiviewTrainConfig:
     """One `cxrgen train-multiview` run: which stage, on which data, written where."""
 
-    stage: str = "report_ae"  # report_ae | aligned | joint
+    stage: str = "report_ae"  # report_ae | aligned | joint | codi_single | codi_bridge
     data: MultiviewDataConfig = field(default_factory=MultiviewDataConfig)
     report_ae: ReportAEStageConfig = field(default_factory=ReportAEStageConfig)
     aligned: AlignedStageConfig = field(default_factory=AlignedStageConfig)
     joint: JointStageConfig = field(default_factory=JointStageConfig)
+    codi: CodiStageConfig = field(default_factory=CodiStageConfig)
     out_dir: str = "out/multiview"
     seed: int = 0
     threads: int = 1  # torch CPU threads while training

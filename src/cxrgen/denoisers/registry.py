@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from cxrgen.config import DenoiserConfig
+from cxrgen.denoisers.codi import CodiXR
 from cxrgen.denoisers.joint_uvit import JointUViT
 from cxrgen.denoisers.unet import UNetDenoiser, sd_block_layout
 from cxrgen.denoisers.uvit import UViT
@@ -139,7 +140,7 @@ def build_denoiser(cfg: DenoiserConfig, generator: torch.Generator | None = None
 
 
 #: Saved class name -> class, for folders written by a denoiser's ``save_pretrained``.
-_CLASSES = {**{cls.__name__: cls for cls in _SHARED}, "JointUViT": JointUViT}
+_CLASSES = {**{cls.__name__: cls for cls in _SHARED}, "JointUViT": JointUViT, "CodiXR": CodiXR}
 
 
 def load_denoiser(directory: str | Path) -> nn.Module:

@@ -181,21 +181,27 @@ class MultiViewPipeline(SamplingDefaults, DiffusionPipeline):
             times = {**{m: GIVEN_TIME for m in clean}, **{m: den.absent_time for m in absent},
                      **{m: den.time_of(int(t)) for m in x}}
             variants = [(inputs, times)] + [({**inputs, c: drop[c]}, {**times, c: den.absent_time}) for c in guided]
-            preds = self._batched(variants)
+            preds = self._batched(variants, mode.generated)
             for m in mode.generated:
                 eps = preds[0][m] + sum((scales[c] - 1.0) * (preds[0][m] - preds[k + 1][m]) for k, c in enumerate(guided))
                 x[m] = schedulers[m].step(eps, t, x[m]).prev_sample
         return x
 
-    def _batched(self, variants: list[tuple[dict, dict]]) -> list[dict[str, torch.Tensor]]:
+    def _batched(self, variants: list[tuple[dict, dict]],
+                 outputs: Sequence[str] | None = None) -> list[dict[str, torch.Tensor]]:
         """Run the denoiser once on all variants stacked along the batch; split the predictions back."""
         n = next(iter(variants[0][0].values())).shape[0]
         names = self.denoiser.modalities
         device = self.device
         lat = {m: torch.cat([v[0][m] for v in variants]) for m in names}
         tim = {m: torch.cat([torch.as_tensor(v[1][m], device=device).expand(n) for v in variants]) for m in names}
-        pred = self.denoiser(lat, tim)
+        pred = self._predict(lat, tim, outputs)
         return [{m: p[k * n:(k + 1) * n] for m, p in pred.items()} for k in range(len(variants))]
+
+    def _predict(self, latents: dict[str, torch.Tensor], times: dict[str, torch.Tensor],
+                 outputs: Sequence[str] | None) -> dict[str, torch.Tensor]:
+        """One denoiser call; the joint U-ViT predicts every modality (a sibling pipeline may run fewer)."""
+        return self.denoiser(latents, times)
 
     def _decode(self, mode: Mode, latents: dict[str, torch.Tensor], given: Mapping[str, Any], reps: int,
                 cfg: SamplingConfig, scales: dict[str, float]) -> MultiViewOutput:

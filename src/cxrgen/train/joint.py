@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +145,17 @@ def _load_weights(model: torch.nn.Module, source: Path) -> None:
 
 
 def _train(model: torch.nn.Module, scheduler: Any, latents: dict[str, torch.Tensor], jc: JointStageConfig,
-           gen: torch.Generator, progress: bool) -> tuple[EMA, list[dict[str, float]], float]:
-    """AdamW with linear warm-up on random batches of the cached latents; EMA after every step."""
-    opt = torch.optim.AdamW(model.parameters(), lr=jc.lr, weight_decay=jc.weight_decay)
+           gen: torch.Generator, progress: bool, loss_fn: Callable | None = None,
+           params: Iterable | None = None) -> tuple[EMA, list[dict[str, float]], float]:
+    """AdamW with linear warm-up on random batches of the cached latents; EMA after every step.
+
+    ``loss_fn(model, batch, generator) -> (loss, per-modality)`` (default: :func:`joint_loss`); ``params``:
+    what AdamW updates (parameters or groups; default all).
+    """
+    if loss_fn is None:
+        def loss_fn(net: torch.nn.Module, batch: dict, g: torch.Generator) -> tuple[torch.Tensor, dict]:
+            return joint_loss(net, scheduler, batch, jc.given_prob, jc.absent_prob, g)
+    opt = torch.optim.AdamW(model.parameters() if params is None else params, lr=jc.lr, weight_decay=jc.weight_decay)
     warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(jc.warmup_steps, 1)))
     ema = EMA(model, jc.ema_decay, warmup=True)
     n = latents["frontal"].shape[0]
@@ -154,8 +163,7 @@ def _train(model: torch.nn.Module, scheduler: Any, latents: dict[str, torch.Tens
     model.train()
     for step in tqdm(range(1, jc.steps + 1), desc="joint U-ViT", disable=not progress):
         idx = torch.randint(0, n, (min(jc.batch_size, n),), generator=gen)  # (B,)
-        loss, per = joint_loss(model, scheduler, {m: z[idx] for m, z in latents.items()}, jc.given_prob,
-                               jc.absent_prob, gen)
+        loss, per = loss_fn(model, {m: z[idx] for m, z in latents.items()}, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -70,11 +70,22 @@ def _stage_joint(cfg: MultiviewTrainConfig, out: Path) -> dict:
     return {k: v for k, v in metrics.items() if k != "loss_history"}  # the history stays in joint_metrics.json
 
 
+def _stage_codi(stage: str) -> Callable[[MultiviewTrainConfig, Path], dict]:
+    def run(cfg: MultiviewTrainConfig, out: Path) -> dict:
+        from cxrgen.train.codi import run_codi
+
+        metrics = run_codi(dataclasses.replace(cfg, out_dir=str(out)), stage)
+        return {k: v for k, v in metrics.items() if k != "loss_history"}  # the history stays in codi_metrics.json
+    return run
+
+
 #: stage name -> runner(cfg, out_dir) -> metrics dict.
 STAGES: dict[str, Callable[[MultiviewTrainConfig, Path], dict]] = {
     "report_ae": _stage_report_ae,
     "aligned": _stage_aligned,
     "joint": _stage_joint,
+    "codi_single": _stage_codi("codi_single"),
+    "codi_bridge": _stage_codi("codi_bridge"),
 }
 
 

@@ -1,0 +1,247 @@
+"""CodiXR: one latent diffusion model per modality, bridged by environment encoders and cross-attention.
+
+CoDi XR (arXiv 2505.01091) after Composable Diffusion (Tang et al., NeurIPS 2023, Sec. 3.2-3.3):
+
+1. **One denoiser per modality** (``trunks``): a U-ViT trunk each (the project's blocks and long skips,
+   :func:`cxrgen.denoisers.uvit.long_skip_blocks`) for the frontal latent, the lateral latent and the
+   report latent. The image trunks are conditioned on the report the U-ViT way (the report latent's
+   tokens are in the sequence; a learned null report replaces it when it is not given, for
+   classifier-free guidance); the report trunk is unconditional. Trained first, each on its own
+   (stage ``codi_single``).
+2. **Cross-modal bridges** (``env`` and ``bridges``): an environment encoder per modality projects its
+   (noisy or clean) latent and its timestep into a shared space of ``env_dim`` (a few tokens), and each
+   trunk cross-attends to the other modalities' environment tokens at its input and before its output.
+   The bridges' output projections start at zero, so a freshly bridged model is the stage-1 models;
+   they are trained in a second stage (``codi_bridge``) with the trunks frozen or lightly tuned.
+
+The interface is :class:`cxrgen.denoisers.joint_uvit.JointUViT`'s (``model(latents, timesteps)`` with
+dicts keyed by modality; model time 0 = given, ``s + 1`` = noised at step s, T = absent), so the same
+loss, roles and sampler drive both arms. An absent modality's environment tokens are masked out of
+the bridges and an absent report is the null report: dropping a condition is exactly the null
+condition of classifier-free guidance. ``outputs`` restricts which trunks run (sampling runs only the
+generated modalities' trunks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from cxrgen.denoisers.base import prepare_timesteps
+from cxrgen.denoisers.joint_uvit import GIVEN_TIME, MODALITIES, JointUViT, check_modalities
+from cxrgen.denoisers.uvit import INIT_STD, UViT, long_skip_blocks, run_long_skips, timestep_embedding, unpatchify
+from cxrgen.errors import ConfigError
+
+#: Size presets (kwargs of CodiXR) by name.
+CODI_DENOISERS: dict[str, dict] = {
+    "codi-tiny": dict(hidden_size=32, depth=3, num_heads=2, patch_size=2, env_dim=16, env_patch=4),  # tests
+    "codi-xs": dict(hidden_size=128, depth=7, num_heads=4, patch_size=4, env_dim=64, env_patch=8),  # CPU twin
+}
+BRIDGE_PREFIXES = ("env.", "bridges.", "null_env")  # parameter names of stage 2 (the rest: the per-modality LDMs)
+
+
+class _Trunk(nn.Module):
+    """One modality's U-ViT: [time, (report context), own tokens] -> blocks with long skips -> own tokens."""
+
+    def __init__(self, modality: str, cfg: Mapping, report_context: bool) -> None:
+        super().__init__()
+        dim, patch, c = cfg["hidden_size"], cfg["patch_size"], cfg["in_channels"]
+        self.modality, self.report_context = modality, report_context
+        self.grid = cfg["sample_size"] // patch
+        if modality == "report":
+            self.embed, self.head, n_own = nn.Linear(cfg["report_dim"], dim), nn.Linear(dim, cfg["report_dim"]), \
+                cfg["report_tokens"]
+        else:
+            self.embed, self.head, n_own = nn.Conv2d(c, dim, patch, stride=patch), nn.Linear(dim, patch * patch * c), \
+                self.grid ** 2
+            self.final_layer = nn.Conv2d(c, c, 3, padding=1)
+        n_ctx = cfg["report_tokens"] if report_context else 0
+        if report_context:
+            self.context_embed = nn.Linear(cfg["report_dim"], dim)
+            self.null_report = nn.Parameter(torch.zeros(1, n_ctx, dim))  # the "no report" condition (CFG)
+        self.n_lead = 1 + n_ctx  # time token + context tokens before the own tokens
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.n_lead + n_own, dim))
+        self.in_blocks, self.mid_block, self.out_blocks = long_skip_blocks(
+            cfg["depth"], dim, cfg["num_heads"], cfg["mlp_ratio"], cfg["qkv_bias"])
+        self.norm = nn.LayerNorm(dim)
+
+    def tokens(self, x: torch.Tensor, t: torch.Tensor, report: torch.Tensor | None,
+               report_given: torch.Tensor | None) -> torch.Tensor:
+        """(B, n_lead + N, D): time token, the report (or the null report), own latent tokens."""
+        dim = self.pos_embed.shape[-1]
+        parts = [timestep_embedding(t, dim).to(self.pos_embed.dtype)[:, None]]  # (B, 1, D)
+        if self.report_context:
+            ctx = self.context_embed(report.to(self.pos_embed.dtype))  # (B, L_r, D)
+            parts.append(torch.where(report_given.view(-1, 1, 1), ctx, self.null_report.expand_as(ctx)))
+        own = self.embed(x.to(self.pos_embed.dtype))
+        parts.append(own if self.modality == "report" else own.flatten(2).transpose(1, 2))  # (B, N, D)
+        return torch.cat(parts, dim=1) + self.pos_embed
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """Own tokens (B, N, D) -> the predicted noise in this modality's latent shape."""
+        out = self.head(h)
+        if self.modality == "report":
+            return out  # (B, L_r, D_r)
+        c = self.final_layer.in_channels
+        return self.final_layer(unpatchify(out, c, self.embed.stride[0], self.grid))  # (B, C, h, w)
+
+
+class _Environment(nn.Module):
+    """CoDi's environment encoder: a modality's latent at its time -> K tokens (B, K, E) in the shared space."""
+
+    def __init__(self, modality: str, cfg: Mapping) -> None:
+        super().__init__()
+        e = cfg["env_dim"]
+        self.modality = modality
+        if modality == "report":
+            self.proj = nn.Linear(cfg["report_dim"], e)
+        else:
+            self.proj = nn.Conv2d(cfg["in_channels"], e, cfg["env_patch"], stride=cfg["env_patch"])
+        self.time = nn.Linear(e, e)
+        self.mlp = nn.Sequential(nn.LayerNorm(e), nn.Linear(e, 2 * e), nn.GELU(), nn.Linear(2 * e, e))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        z = self.proj(x.to(self.time.weight.dtype))
+        z = z if self.modality == "report" else z.flatten(2).transpose(1, 2)  # (B, K, E)
+        z = z + self.time(timestep_embedding(t, z.shape[-1]).to(z.dtype))[:, None]
+        return z + self.mlp(z)
+
+
+class _Bridge(nn.Module):
+    """Cross-attention from a trunk's tokens to the others' environment tokens; zero-initialised output."""
+
+    def __init__(self, dim: int, env_dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, kdim=env_dim, vdim=env_dim, batch_first=True)
+        self.gate = nn.Linear(dim, dim)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.zeros_(self.gate.bias)
+
+    def forward(self, h: torch.Tensor, env: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        out, _ = self.attn(self.norm(h), env, env, key_padding_mask=pad, need_weights=False)  # (B, N, D)
+        return h + self.gate(out)
+
+
+class CodiXR(ModelMixin, ConfigMixin):
+    """``model(latents, timesteps, outputs=None) -> predictions``: three bridged per-modality denoisers.
+
+    Same inputs as :class:`~cxrgen.denoisers.joint_uvit.JointUViT`; ``outputs`` names the modalities whose
+    trunks run (default: all). ``bridge=False`` skips the bridges (the stage-1 models alone).
+    """
+
+    ignore_for_config = ["generator"]
+
+    @register_to_config
+    def __init__(
+        self,
+        modalities: Sequence[str] = MODALITIES,
+        in_channels: int = 4,
+        sample_size: int = 16,
+        report_tokens: int = 4,
+        report_dim: int = 64,
+        num_train_timesteps: int = 1000,
+        prediction_type: str = "epsilon",
+        hidden_size: int = 128,
+        depth: int = 7,
+        num_heads: int = 4,
+        patch_size: int = 4,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        env_dim: int = 64,
+        env_patch: int = 8,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.modalities = check_modalities(modalities)
+        JointUViT._validate(self)
+        if env_patch < 1 or sample_size % env_patch or env_dim % 2:
+            raise ConfigError(f"env_patch={env_patch} must divide sample_size={sample_size}; env_dim even")
+        cfg = dict(self.config)
+        with_report = "report" in self.modalities
+        self.trunks = nn.ModuleDict({m: _Trunk(m, cfg, with_report and m != "report") for m in self.modalities})
+        self.env = nn.ModuleDict({m: _Environment(m, cfg) for m in self.modalities})
+        self.null_env = nn.Parameter(torch.zeros(1, 1, env_dim))  # always attendable: no NaN when all are absent
+        self.bridges = nn.ModuleDict({f"{m}_{where}": _Bridge(hidden_size, env_dim, num_heads)
+                                      for m in self.modalities for where in ("in", "out")})
+        self._reset(generator)
+
+    @torch.no_grad()
+    def _reset(self, generator: torch.Generator | None) -> None:
+        """The U-ViT reference init (truncated normal, zero biases) everywhere; bridge outputs at zero."""
+        for trunk in self.trunks.values():
+            UViT.reset_parameters(trunk, generator)
+        for part in (self.env, self.bridges):  # no positions of their own: the null token takes their place
+            UViT.reset_parameters(SimpleNamespace(pos_embed=self.null_env, modules=part.modules), generator)
+        for name, p in self.bridges.named_parameters():
+            if name.endswith("proj_weight"):  # MultiheadAttention's q / k / v projections
+                nn.init.trunc_normal_(p, std=INIT_STD, generator=generator)
+        for bridge in self.bridges.values():  # the bridges start as the identity: stage 2 begins at stage 1
+            nn.init.zeros_(bridge.gate.weight)
+            nn.init.zeros_(bridge.gate.bias)
+
+    latent_shape = JointUViT.latent_shape
+    absent_time = JointUViT.absent_time
+    time_of = staticmethod(JointUViT.time_of)
+    _check = JointUViT._check
+
+    def bridge_parameters(self) -> list[nn.Parameter]:
+        """The stage-2 parameters: environment encoders, bridges and the null environment token."""
+        return [p for n, p in self.named_parameters() if n.startswith(BRIDGE_PREFIXES)]
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        """The per-modality denoisers' parameters (stage 1)."""
+        return [p for n, p in self.named_parameters() if not n.startswith(BRIDGE_PREFIXES)]
+
+    def forward(self, latents: Mapping[str, torch.Tensor], timesteps: Mapping[str, torch.Tensor | int | float],
+                outputs: Sequence[str] | None = None, bridge: bool = True) -> dict[str, torch.Tensor]:
+        """Predict the noise of the ``outputs`` modalities from every modality's latent and model time."""
+        b = self._check(latents)
+        device = latents[self.modalities[0]].device
+        times = {m: prepare_timesteps(timesteps[m], b, device) for m in self.modalities}  # (B,) each
+        outputs = self.modalities if outputs is None else check_modalities(outputs, self.modalities)
+        report = latents.get("report")
+        report_given = times["report"] == GIVEN_TIME if "report" in times else None  # (B,)
+        env = self._environments(latents, times) if bridge else None
+        out = {}
+        for m in outputs:
+            trunk = self.trunks[m]
+            h = trunk.tokens(latents[m], times[m], report, report_given)  # (B, n_lead + N, D)
+            if env is not None:
+                keys, pad = self._others(env, m, b)
+                h = self.bridges[f"{m}_in"](h, keys, pad)
+            h = run_long_skips(trunk, h, None)
+            if env is not None:
+                h = self.bridges[f"{m}_out"](h, keys, pad)
+            out[m] = trunk.output(trunk.norm(h)[:, trunk.n_lead:])
+        return out
+
+    def _environments(self, latents: Mapping[str, torch.Tensor],
+                      times: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per modality: environment tokens (B, K, E) and a padding mask (B, K), True where absent (t = T)."""
+        out = {}
+        for m in self.modalities:
+            z = self.env[m](latents[m], times[m])  # (B, K, E)
+            out[m] = (z, (times[m] >= self.absent_time)[:, None].expand(-1, z.shape[1]))
+        return out
+
+    def _others(self, env: Mapping[str, tuple[torch.Tensor, torch.Tensor]], m: str,
+                b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (B, 1 + sum K, E) and padding (B, 1 + sum K) of every modality but ``m``, after the null token."""
+        null = self.null_env.expand(b, -1, -1)
+        others = [env[o] for o in self.modalities if o != m]
+        keys = torch.cat([null] + [z for z, _ in others], dim=1)
+        pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=keys.device)] + [p for _, p in others], dim=1)
+        return keys, pad
+
+
+def build_codi_denoiser(name: str, generator: torch.Generator | None = None, **overrides) -> CodiXR:
+    """A CodiXR from a preset name in :data:`CODI_DENOISERS` and keyword overrides (data sizes)."""
+    if name not in CODI_DENOISERS:
+        raise ConfigError(f"unknown CoDi denoiser {name!r}; valid names: {sorted(CODI_DENOISERS)}")
+    return CodiXR(**{**CODI_DENOISERS[name], **overrides}, generator=generator)

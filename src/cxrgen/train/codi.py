@@ -1,0 +1,143 @@
+"""Stages ``codi_single`` and ``codi_bridge`` of ``cxrgen train-multiview``: CoDi XR's three-model arm.
+
+``codi_single`` (CoDi's first stage): one latent diffusion model per modality, trained together but each
+on its own loss: the frontal and lateral denoisers on the report (the null report for a share
+``cond_drop_prob``, for classifier-free guidance), the report denoiser unconditionally; the bridges are
+not used. ``codi_bridge`` (the third stage): from a ``codi_single`` model (``codi.init_from``), the
+environment encoders and cross-attention bridges are trained with every modality independently given,
+absent or noised (:func:`cxrgen.train.joint_loss.joint_loss`, the joint arm's roles), the per-modality
+denoisers frozen (``trunk_lr_scale: 0``) or lightly tuned. Both save a CodiPipeline to ``out_dir/model``.
+The data, latent cache, codecs, optimiser and EMA are the joint stage's (:mod:`cxrgen.train.joint`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from diffusers import DDPMScheduler
+
+from cxrgen.config.multiview import CodiStageConfig, MultiviewTrainConfig
+from cxrgen.data.twin_triplets import read_twin_triplets
+from cxrgen.denoisers.codi import CodiXR, build_codi_denoiser
+from cxrgen.errors import ConfigError
+from cxrgen.pipelines.codi import SINGLE_MODES, CodiPipeline
+from cxrgen.samplers import training_scheduler
+from cxrgen.train.joint import _fit_codec_scale, _train, cached_latents, load_codecs
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+METRICS_NAME = "codi_metrics.json"
+CODI_STAGES = ("codi_single", "codi_bridge")
+
+
+def single_loss(model: CodiXR, scheduler: DDPMScheduler, clean: Mapping[str, torch.Tensor], cond_drop_prob: float,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage 1: the sum of each modality's own noise-prediction MSE (DDPM eq. 14), bridges off.
+
+    The image denoisers see the clean report (model time 0) or, with probability ``cond_drop_prob``, the
+    null report (time T); the report denoiser sees only its own noisy latent.
+    """
+    names = model.modalities
+    b, device = clean[names[0]].shape[0], clean[names[0]].device
+    noise = {m: torch.randn(clean[m].shape, generator=generator).to(device, clean[m].dtype) for m in names}
+    step = {m: torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
+            for m in names}
+    noisy = {m: scheduler.add_noise(clean[m], noise[m], step[m]) for m in names}  # DDPM eq. 4
+    images = [m for m in names if m != "report"]
+    preds: dict[str, torch.Tensor] = {}
+    if images:
+        drop = (torch.rand(b, generator=generator) < cond_drop_prob).to(device)  # (B,)
+        lat = {**clean, **{m: noisy[m] for m in images}}
+        times = {**{m: model.time_of(step[m]) for m in images},
+                 **({"report": torch.where(drop, model.absent_time, 0)} if "report" in names else {})}
+        preds.update(model(lat, times, outputs=images, bridge=False))
+    if "report" in names:
+        lat = {**clean, "report": noisy["report"]}
+        times = {**{m: model.absent_time for m in images}, "report": model.time_of(step["report"])}
+        preds.update(model(lat, times, outputs=["report"], bridge=False))
+    per = {m: (preds[m].float() - noise[m].float()).pow(2).mean() for m in names}
+    return sum(per.values()), {m: float(v.detach()) for m, v in per.items()}
+
+
+def _model_and_codecs(cc: CodiStageConfig, stage: str, train: pd.DataFrame) -> tuple[CodiXR | None, Any, Any]:
+    """From ``init_from`` (a CodiPipeline folder: its denoiser and codecs), or new (stage codi_single only)."""
+    if cc.init_from is not None:
+        base = CodiPipeline.from_pretrained(cc.init_from)
+        if cc.autoencoder is not None or cc.report_codec is not None:
+            log.warning("codi.autoencoder / codi.report_codec are ignored: the codecs come with codi.init_from")
+        log.info("CoDi model, image and report codecs from %s", cc.init_from)
+        return base.denoiser, base.autoencoder, base.report_codec
+    if stage == "codi_bridge":
+        raise ConfigError("stage codi_bridge trains the bridges of a codi_single model: set codi.init_from "
+                          "to its model folder (OUT/model)")
+    codec, report_codec = load_codecs(cc, list(train["report"]))
+    _fit_codec_scale(codec, train, cc.model_image_size)
+    return None, codec, report_codec
+
+
+def _trainable(model: CodiXR, cc: CodiStageConfig, stage: str) -> list[dict[str, Any]]:
+    """AdamW groups: stage 1 the denoisers; stage 2 the bridges, the denoisers frozen or at lr x trunk_lr_scale."""
+    if stage == "codi_single":
+        model.requires_grad_(True)
+        for p in model.bridge_parameters():
+            p.requires_grad_(False)  # zero-initialised bridges stay the identity while the LDMs learn alone
+        return [{"params": model.trunk_parameters()}]
+    groups = [{"params": model.bridge_parameters()}]
+    for p in model.trunk_parameters():
+        p.requires_grad_(cc.trunk_lr_scale > 0)
+    if cc.trunk_lr_scale > 0:
+        groups.append({"params": model.trunk_parameters(), "lr": cc.lr * cc.trunk_lr_scale})
+    return groups
+
+
+def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
+    """Train ``stage`` (codi_single | codi_bridge) of ``cfg.codi``; returns (and writes) the training metrics."""
+    cc = cfg.codi
+    if stage not in CODI_STAGES:
+        raise ConfigError(f"stage={stage!r}: the CoDi arm has stages {list(CODI_STAGES)}")
+    if not cfg.data.twin_dirs:
+        raise ConfigError("data.twin_dirs is empty: give folders written by `cxrgen twin` for the CoDi stages")
+    torch.set_num_threads(cfg.threads)
+    table = pd.concat([read_twin_triplets(d) for d in cfg.data.twin_dirs], ignore_index=True)
+    train = table[table["split"] == "train"].reset_index(drop=True).iloc[:cc.max_train_studies]
+    model, codec, report_codec = _model_and_codecs(cc, stage, train)
+    out = Path(cfg.out_dir)
+    start = time.perf_counter()
+    latents = cached_latents(out, codec, report_codec, train, cc.model_image_size, cfg.progress)
+    encode_s = time.perf_counter() - start
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if model is None:
+        f = latents["frontal"]
+        model = build_codi_denoiser(cc.denoiser, generator=gen, in_channels=f.shape[1], sample_size=f.shape[-1],
+                                    report_tokens=latents["report"].shape[1], report_dim=latents["report"].shape[2],
+                                    num_train_timesteps=cc.schedule.num_train_timesteps)
+    scheduler = training_scheduler(cc.schedule, "epsilon")
+    loss_fn = None
+    if stage == "codi_single":
+        def loss_fn(net: CodiXR, batch: dict, g: torch.Generator) -> tuple[torch.Tensor, dict]:
+            return single_loss(net, scheduler, batch, cc.cond_drop_prob, g)
+    groups = _trainable(model, cc, stage)
+    cpu0 = time.process_time()
+    ema, history, train_s = _train(model, scheduler, latents, cc, gen, cfg.progress, loss_fn, groups)
+    cpu_s = time.process_time() - cpu0
+    final = (ema.model if cc.ema_decay > 0 else model).requires_grad_(False)
+    pipe = CodiPipeline(final, codec, report_codec, scheduler, image_size=cc.model_image_size,
+                        modes=SINGLE_MODES if stage == "codi_single" else None, sampling=cc.sampling)
+    pipe.save_pretrained(out / MODEL_DIR)
+    metrics = {"stage": stage, "train_studies": len(train), "steps": cc.steps, "batch_size": cc.batch_size,
+               "params": sum(p.numel() for p in model.parameters()),
+               "trained_params": sum(p.numel() for g in groups for p in g["params"]),
+               "encode_seconds": round(encode_s, 1), "train_seconds": round(train_s, 1),
+               "train_cpu_seconds": round(cpu_s, 1), "threads": cfg.threads, "loss_history": history,
+               "model": str(out / MODEL_DIR)}
+    (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    log.info("CoDi %s saved to %s (%d steps, %.0f s)", stage, out / MODEL_DIR, cc.steps, train_s)
+    return metrics
