@@ -159,6 +159,7 @@ def summary_row(name: str, result: dict, trained: dict | None = None) -> dict:
     """The figures the tables print, from an evaluation result and the run's training metrics."""
     compute = result["compute"]
     ips = compute.get("images_per_s")
+    prdc = (result.get("prdc") or {}).get("cxrgen-evaluator") or {}
     row = {
         "arm": name,
         "params_M": compute["denoiser_params"] / 1e6,
@@ -166,6 +167,11 @@ def summary_row(name: str, result: dict, trained: dict | None = None) -> dict:
         "fid_cxr": result["fid"].get("cxrgen-evaluator"),
         "auroc": result["auroc"].get("mean"),
         "ms_ssim": result["ms_ssim"].get("mean"),
+        "c2st_cnn": (result.get("c2st") or {}).get("cnn"),
+        "c2st_linear": (result.get("c2st") or {}).get("linear"),
+        "swd": (result.get("swd") or {}).get("mean"),
+        "precision": prdc.get("precision"),
+        "recall": prdc.get("recall"),
         "s_per_image": None if not ips else 1.0 / ips,
         "n_generated": result["n_generated"],
         "n_real": result["n_real"],

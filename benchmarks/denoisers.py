@@ -5,9 +5,9 @@
     # samplers on one model (the shipped default unless --model)
     .venv/bin/python benchmarks/denoisers.py samplers --out runs/bench/samplers
 
-Prints Markdown tables (parameters, GFLOPs per forward, FID_cxr, alignment AUROC, MS-SSIM,
-sampling s/image, train images/s, and U-ViT / U-Net ratios; or per sampler FID_cxr and s/image)
-and writes OUT/results.json. FID_cxr is FID in the shipped cxrgen-evaluator's feature space on
+Prints Markdown tables (parameters, GFLOPs per forward, FID_cxr, C2ST (CNN, linear) and SWD against
+held-out real images, PRDC precision / recall, alignment AUROC, MS-SSIM, sampling s/image, train
+images/s, and U-ViT / U-Net ratios; or the same per sampler) and writes OUT/results.json. FID_cxr is FID in the shipped cxrgen-evaluator's feature space on
 held-out images (see arms.eval_sets); cond_gain is the conditioning gain (cxrgen.evaluate.conditioning:
 1 - held-out denoising loss with the report / with the null prompt). Every finished run is reused.
 """
@@ -24,11 +24,12 @@ from cxrgen.errors import ConfigError
 from cxrgen.pipeline import resolve_model
 
 ARMS = {"U-ViT": ["model.denoiser.name=uvit-xs"], "U-Net": ["model.denoiser.name=unet-xs"]}
-ARM_COLUMNS = ["arm", "params_M", "gflops_forward", "fid_cxr", "auroc", "ms_ssim", "cond_gain", "s_per_image",
-               "train_images_per_s"]
+ARM_COLUMNS = ["arm", "params_M", "gflops_forward", "fid_cxr", "c2st_cnn", "c2st_linear", "swd", "auroc", "ms_ssim",
+               "cond_gain", "s_per_image", "train_images_per_s"]
 #: (name, sampler, steps): DPM-Solver++ 20 / 25, DDIM 50, PNDM 75 (RoentGen's setting).
 SAMPLERS = [("DPM++ 20", "dpm++", 20), ("DPM++ 25", "dpm++", 25), ("DDIM 50", "ddim", 50), ("PNDM 75", "pndm", 75)]
-SAMPLER_COLUMNS = ["arm", "fid_cxr", "auroc", "ms_ssim", "s_per_image", "gflops_per_image"]
+SAMPLER_COLUMNS = ["arm", "fid_cxr", "c2st_cnn", "c2st_linear", "swd", "precision", "recall", "auroc", "ms_ssim",
+                   "s_per_image", "gflops_per_image"]
 
 
 def _common(p: argparse.ArgumentParser) -> None:

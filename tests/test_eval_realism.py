@@ -108,3 +108,12 @@ def test_fid_per_finding_compares_like_with_like() -> None:
     assert good["Pleural Effusion"]["n_generated"] == 30 and good["Pleural Effusion"]["n_real"] == 40
     assert good["Pleural Effusion"]["fid"]["x"] < 0.2 * swapped["Pleural Effusion"]["fid"]["x"]
     assert good["Cardiomegaly"]["fid"]["x"] is None and "at least 2" in good["Cardiomegaly"]["note"]
+
+
+def test_swd_converts_channels_and_sizes_with_notes() -> None:
+    real = blobs(12, 0).expand(-1, 3, -1, -1)  # (12, 3, 32, 32) RGB
+    gen = torch.nn.functional.interpolate(blobs(10, 1), size=64)  # (10, 1, 64, 64)
+    result = swd(real, gen, generator=torch.Generator().manual_seed(0))
+    notes = " ".join(result["notes"])
+    assert "3 channels" in notes and "differ in size ([32, 64] px): both resized to 32 px" in notes
+    assert result["image_size"] == SIZE and result["n_real"] == 12 and result["n_generated"] == 10

@@ -31,7 +31,7 @@ from cxrgen.evaluate.extractors import CXREvaluatorExtractor
 from cxrgen.evaluate.reid import ReidNet
 from cxrgen.evaluate.report import REPORT_NAME
 from cxrgen.evaluate.run import RESULT_KEYS, read_prompt_table, run_evaluation
-from cxrgen.evaluate.suite import ImageSets, score
+from cxrgen.evaluate.suite import ImageSets, input_notes, score
 from cxrgen.parts import build_parts
 from cxrgen.pipeline import CXRPipeline
 from cxrgen.samplers import training_scheduler
@@ -226,3 +226,39 @@ def test_realism_block_with_enough_images(setup: dict, tmp_path: Path) -> None:
     assert prdc["precision"] == 1.0 and prdc["coverage"] == 1.0  # generated == reference features
     effusion = result["fid_per_finding"]["Pleural Effusion"]
     assert effusion["n_generated"] == 8 and effusion["n_real"] == N_TRAIN and effusion["fid"]["cxrgen-evaluator"] > 0
+
+
+def test_too_few_images_give_null_metrics_that_say_how_many(first_run: dict) -> None:
+    """4 prompts x 2 images: C2ST (5 folds) needs 10 per set; findings without 2 real images get no FID."""
+    result = first_run["result"]
+    c2st = result["c2st"]
+    assert c2st["cnn"] is None and c2st["linear"] is None
+    assert "C2ST needs at least 10 generated images, got 8" in c2st["note"]
+    starved = [f for f in result["fid_per_finding"].values() if f["n_real"] < 2]
+    assert starved and all(f["fid"]["cxrgen-evaluator"] is None and "at least 2" in f["note"] for f in starved)
+    assert "C2ST not measured: C2ST needs at least 10" in (first_run["out"] / REPORT_NAME).read_text()
+
+
+def test_real_images_of_another_size_and_colour_are_converted_and_said(setup: dict, tmp_path: Path) -> None:
+    """Real images RGB at 48 px, generated gray at 32 px: every metric runs, and the JSON says what was converted."""
+    from PIL import Image
+
+    evaluator = CXREvaluator.from_pretrained(setup["evaluator"])
+    gray = ((synthetic_images(N_TEST, seed=5)[:, 0] + 1) * 127.5).round().byte().numpy()  # (N, 32, 32) uint8
+    rgb = []
+    for i, img in enumerate(gray):
+        path = tmp_path / f"rgb{i}.png"
+        Image.fromarray(img).resize((48, 48)).convert("RGB").save(path)
+        rgb.append(path)
+    train = setup["real_paths"][:N_TRAIN]
+    table = read_prompt_table(setup["prompts"], CLASSES)
+    groups = [train[p * 8 : (p + 1) * 8] for p in range(len(PROMPTS))]
+    cfg = EvalConfig(progress=False, kid_subset_size=8, c2st_folds=2, c2st_epochs=2)
+    result = score(cfg, table, ImageSets(groups, real=rgb, train=train, heldout=rgb), evaluator,
+                   {"cxrgen-evaluator": CXREvaluatorExtractor(evaluator)}, tmp_path)
+    notes = " ".join(result["input_notes"])
+    assert f"{N_TEST} of {N_TEST} real reference images are not 32x32 px (48x48 ({N_TEST}))" in notes
+    assert "colour channels (RGB): read as grayscale" in notes
+    assert result["image_size"] == SIZE and result["fid"]["cxrgen-evaluator"] > 0
+    assert result["c2st"]["n"] == N_TEST and result["swd"]["image_size"] == SIZE
+    assert input_notes(SIZE, {"real reference": train}) == []  # nothing converted, nothing said

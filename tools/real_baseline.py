@@ -5,6 +5,13 @@
 N random training rows of a manifest play the "generated" set: C2ST and SWD against the held-out rows
 (test, validate), as `cxrgen evaluate` compares generated images; PRDC and FID in the shipped
 evaluator's feature space against all other rows (the reference set minus the N).
+
+With several manifests, N / len(manifests) training rows come from each; with `--reference TABLE`
+(e.g. the `sets/real.csv` that benchmarks/denoisers.py writes) every metric compares with that
+table's images instead, as the benchmark does:
+
+    PYTHONPATH=src .venv/bin/python tools/real_baseline.py out/covid/manifest.parquet \
+        out/pediatric/manifest.parquet --n 64 --size 256 --reference runs/bench/samplers/sets/real.csv
 """
 
 from __future__ import annotations
@@ -26,16 +33,23 @@ from cxrgen.evaluate.swd import swd
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("manifest")
+    parser.add_argument("manifest", nargs="+")
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reference", help="table of real images that every metric compares with")
     args = parser.parse_args()
-    train = manifest_paths(args.manifest, ("train",))
-    heldout = manifest_paths(args.manifest, ("test", "validate"))
-    pick = set(np.random.default_rng(args.seed).choice(len(train), args.n, replace=False).tolist())
-    fake = [p for i, p in enumerate(train) if i in pick]
-    reference = [p for i, p in enumerate(train) if i not in pick] + heldout
+    rng = np.random.default_rng(args.seed)
+    fake, rest, heldout = [], [], []
+    for manifest in args.manifest:
+        train = manifest_paths(manifest, ("train",))
+        pick = set(rng.choice(len(train), args.n // len(args.manifest), replace=False).tolist())
+        fake += [p for i, p in enumerate(train) if i in pick]
+        rest += [p for i, p in enumerate(train) if i not in pick]
+        heldout += manifest_paths(manifest, ("test", "validate"))
+    reference = rest + heldout
+    if args.reference:
+        heldout = reference = manifest_paths(args.reference)
     x_fake, x_held = load_images(fake, args.size), load_images(heldout, args.size)
     x_ref = load_images(reference, args.size)
     g = torch.Generator().manual_seed(args.seed)

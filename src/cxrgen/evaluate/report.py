@@ -224,6 +224,7 @@ def write_report(result: dict, table: PromptTable, sets: ImageSets, out_dir: str
              f"{settings.get('n_per_prompt', '')} images, labels from {settings.get('label_source', '')})  "),
              f"real reference: `{settings.get('real_manifest', '')}` ({result['n_real']} images)  ",
              f"evaluator: cxrgen-evaluator `{settings.get('evaluator', '')}`", ""]
+    lines += [f"note: {n}  " for n in result.get("input_notes", [])] + ([""] if result.get("input_notes") else [])
     lines += _samples(table, sets, result["image_size"], cfg, out_dir) + [""] + _tables(result)
     lines += _memorization_lines(result["memorization"])
     if "reid" in result:

@@ -8,6 +8,7 @@ The metric math lives in fid.py, diversity.py, alignment.py and memorization.py.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 PAIRS_GRID_NAME = "memorization_pairs.png"
 SIMILARITY = "cosine"  # memorization: cosine similarity of evaluator features
+GRAY_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "1")  # PIL modes read without a colour conversion
 
 
 @dataclass
@@ -108,6 +110,36 @@ class FeatureCache:
             batches = _tensor_batches(images, self.batch_size)
             self._cache[id(extractor), key] = extract_features(extractor, batches, self.progress)
         return self._cache[id(extractor), key]
+
+
+def input_notes(size: int, sets: dict[str, Sequence[Path]]) -> list[str]:
+    """What reading converts in each set of real image files (size other than the generated one, colour), as notes.
+
+    Reads only the file headers; DICOM and unreadable files are left to the reader (which converts or fails).
+    """
+    notes = []
+    for name, paths in sets.items():
+        sizes: Counter[tuple[int, int]] = Counter()
+        modes: Counter[str] = Counter()
+        for path in paths:
+            try:
+                with Image.open(path) as im:
+                    sizes[im.size] += 1
+                    modes[im.mode] += 1
+            except (OSError, ValueError):
+                continue
+        other = {s: n for s, n in sizes.items() if s != (size, size)}
+        if other:
+            shown = ", ".join(f"{w}x{h} ({n})" for (w, h), n in Counter(other).most_common(3))
+            notes.append(f"{sum(other.values())} of {len(paths)} {name} images are not {size}x{size} px ({shown}): "
+                         f"read resized and center cropped to the generated {size} px")
+        colour = {m: n for m, n in modes.items() if m not in GRAY_MODES}
+        if colour:
+            notes.append(f"{sum(colour.values())} of {len(paths)} {name} images have colour channels "
+                         f"({', '.join(sorted(colour))}): read as grayscale (luma), as the generated images are")
+    for note in notes:
+        log.warning("%s", note)
+    return notes
 
 
 def _image_size(path: Path) -> int:
@@ -237,7 +269,8 @@ def score(cfg: EvalConfig, table: PromptTable, sets: ImageSets, evaluator: CXREv
              "%dx%d, so both sets reach every extractor the same way", size, size)
     feats = FeatureCache(size, cfg.eval_batch_size, cfg.progress)
     result: dict = {"n_generated": len(flat), "n_real": len(sets.real), "n_prompts": len(table.prompts),
-                    "image_size": size}
+                    "image_size": size,
+                    "input_notes": input_notes(size, {"real reference": sets.real, "held-out real": sets.heldout})}
     result.update(_fid_kid(cfg, extractors, feats, gen, sets.real))
     result["ms_ssim"], result["diversity_by_length"] = _diversity(gen, table.prompts, k)
     result["auroc"], result["auroc_real"] = _alignment(cfg, evaluator, gen, table, k, size)
