@@ -1,12 +1,15 @@
-"""The sanity ladder on the shared pediatric images: each realism metric must rank
-held-out real < blurred + noised real < well-trained proxy < barely-trained proxy < noise.
+"""The sanity ladders on the shared pediatric images: each realism metric must rank known-good image
+sets above known-bad ones.
 
-What it uses (no trained generator is affordable on CPU here): 40 reference and 40 held-out
-pediatric radiographs of disjoint patients, at 64 px, for SWD and C2ST; for FID_cxr in the shipped
-evaluator's feature space, N_FID reference images from the evaluator's validate split and N_FID held-out
-images from its test split (patients it never saw in training), at its 224 px. The rungs are the
-held-out images degraded with increasing strength (cxrgen.evaluate.ladder). The proxies stand in
-for model samples.
+The model ladder (issue 18's): held-out real < real blurred + noised < samples of the shipped default
+model < samples of its recipe run 30 steps from scratch (barely trained, trained here) < noise, in
+FID_cxr (the shipped 224 px evaluator) and C2ST; N_MODEL images per rung at 224 px, 5 sampler steps
+(cxrgen.evaluate.model_ladder). Reference images are the evaluator's validate split, held-out images its
+test split (patients neither the evaluator nor the default model trained on).
+
+The degraded ladder, for SWD and C2ST: 40 reference and 40 held-out pediatric radiographs of disjoint
+patients at 64 px, and the held-out images degraded with increasing strength (cxrgen.evaluate.ladder:
+held-out < blur + noise < 4x detail loss + noise < 16x layout + blotches + noise < noise).
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ N_MODEL, N_TRAIN = 48, 32  # images per model rung (FID in the 256-d space is bi
 MODEL_SETTINGS = ModelLadderSettings(sampler_steps=5, barely_trained_steps=30, barely_trained_batch=8,
                                      blur_sigma=1.5, noise_std=0.03)
 C2ST_SETTINGS = C2STSettings(folds=4, epochs=10)
-CEILING = 0.98  # C2ST accuracy at which two sets count as perfectly separable (ties allowed)
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +135,15 @@ def test_c2st_passes_the_model_ladder(model_ladder) -> None:
     assert cnn["heldout"] < 0.7 and linear["heldout"] < 0.7, model_ladder  # near chance (48 + 48 images)
     assert is_ranked_to_ceiling(cnn, MODEL_RUNGS), model_ladder
     assert is_ranked_to_ceiling(linear, ("heldout", "default_model", "barely_trained", "noise")), model_ladder
-    assert cnn["barely_trained"] >= CEILING and cnn["noise"] >= CEILING, model_ladder
 
 
 def test_the_model_ladder_checks_fail_when_two_rungs_swap(model_ladder) -> None:
-    """The assertions above can fail on these very values: swapping any two rungs breaks the FID order
-    and, below the ceiling, the C2ST order."""
+    """The assertions above can fail on these very values: swapping the image sets of any two rungs (which
+    swaps their values: each set is scored on its own, with the same seed) breaks the FID order and, unless
+    both are at C2ST's ceiling, the C2ST order."""
     for a, b in combinations(MODEL_RUNGS, 2):
         fid = model_ladder["fid"] | {a: model_ladder["fid"][b], b: model_ladder["fid"][a]}
         assert not is_ordered(fid, rungs=MODEL_RUNGS), (a, b)
         cnn = model_ladder["c2st_cnn"] | {a: model_ladder["c2st_cnn"][b], b: model_ladder["c2st_cnn"][a]}
-        assert (a, b) == ("barely_trained", "noise") or not is_ranked_to_ceiling(cnn, MODEL_RUNGS), (a, b)
+        at_ceiling = min(model_ladder["c2st_cnn"][a], model_ladder["c2st_cnn"][b]) >= 0.98
+        assert at_ceiling or not is_ranked_to_ceiling(cnn, MODEL_RUNGS), (a, b)
