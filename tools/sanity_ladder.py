@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--barely-images", type=int, default=64, help="training images of the barely trained run")
     parser.add_argument("--blur-sigma", type=float, default=1.5, help="blur_noise rung: sigma in px at 64 px")
     parser.add_argument("--noise-std", type=float, default=0.03, help="blur_noise rung: noise std")
-    parser.add_argument("--work-dir", help="where the barely trained run is written (default: a temporary folder)")
+    parser.add_argument("--work-dir", help="where the barely trained run is written (a previous run there is replaced; default: a temporary folder)")
     parser.add_argument("--json", help="write the values here")
     args = parser.parse_args()
     folder = Path(args.data)

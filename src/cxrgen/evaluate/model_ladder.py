@@ -54,17 +54,6 @@ class ModelLadderSettings:
             raise ConfigError(f"barely_trained_batch={self.barely_trained_batch}: give a batch size >= 1")
 
 
-@torch.no_grad()
-def autoencode(pipe: CXRPipeline, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """Images (N, 1, S, S) through the pipeline's autoencoder at its image size (posterior mean), back at S."""
-    size, native = images.shape[-1], pipe.image_config.size
-    out = []
-    for batch in images.split(batch_size):
-        latents = pipe.autoencoder.encode(resize(batch, native))  # mean of q(z | x) without a generator
-        out.append(resize(pipe.autoencoder.decode(latents).float().clamp(-1, 1), size))
-    return torch.cat(out)
-
-
 def sample(pipe: CXRPipeline, prompts: list[str], size: int, seed: int, batch_size: int = 8) -> torch.Tensor:
     """One image per prompt (N, 1, size, size) with the pipeline's sampling settings, image i seeded seed + i."""
     out = []
