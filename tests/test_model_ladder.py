@@ -1,4 +1,4 @@
-"""The model rungs of the sanity ladder on a tiny random pipeline: shapes, range, what each rung is."""
+"""The model rungs of the sanity ladder and the barely trained run, on a tiny random pipeline."""
 
 from __future__ import annotations
 
@@ -10,23 +10,24 @@ from cxrgen.config import TrainConfig, load_config
 from cxrgen.config.training import TRAIN_CONFIG_NAME
 from cxrgen.errors import ConfigError
 from cxrgen.evaluate.ladder import is_ordered, is_ranked_to_ceiling
-from cxrgen.evaluate.model_ladder import MODEL_RUNGS, ModelLadderSettings, model_recipe, model_rungs
+from cxrgen.evaluate.model_ladder import MODEL_RUNGS, ModelLadderSettings, model_rungs
 from cxrgen.pipeline import DEFAULT_MODEL, load_pipeline
+from cxrgen.train.short_run import model_recipe, train_from_scratch
 
-SETTINGS = ModelLadderSettings(sampler_steps=2, barely_trained_steps=3, barely_trained_batch=2)
+SETTINGS = ModelLadderSettings(sampler_steps=2)
+PROMPTS = ["Normal chest.", "Left pleural effusion.", "Cardiomegaly."]
 
 
-def test_model_rungs_on_a_tiny_pipeline(tmp_path) -> None:
+def test_model_rungs_and_the_barely_trained_run_on_a_tiny_pipeline(tmp_path) -> None:
     pipe = tiny_pipeline(tmp_path)
     model_dir = str(pipe.save_pretrained(tmp_path / "model"))
     recipe = TrainConfig(model=tiny_model_config(tmp_path / "bert"), batch_size=32, lr=1e-3)
     g = torch.Generator().manual_seed(0)
     held, train = (torch.rand(n, 1, 24, 24, generator=g) * 2 - 1 for n in (3, 4))
-    prompts = ["Normal chest.", "Left pleural effusion.", "Cardiomegaly."]
 
     def rungs_in(folder: str) -> dict[str, torch.Tensor]:
-        return model_rungs(model_dir, held, prompts, train, prompts + ["No finding."], tmp_path / folder,
-                           torch.Generator().manual_seed(0), SETTINGS, recipe)
+        barely = train_from_scratch(model_dir, train, PROMPTS + ["No finding."], tmp_path / folder, 3, 2, recipe=recipe)
+        return model_rungs(model_dir, barely, held, PROMPTS, torch.Generator().manual_seed(0), SETTINGS)
 
     rungs = rungs_in("barely")
     assert tuple(rungs) == MODEL_RUNGS and rungs["heldout"] is held
@@ -48,6 +49,9 @@ def test_the_recipe_is_the_model_folders_own(tmp_path) -> None:
     model_dir = str(tiny_pipeline(tmp_path).save_pretrained(tmp_path / "model"))
     with pytest.raises(ConfigError, match="recipe"):
         model_recipe(model_dir)
+    with pytest.raises(ConfigError, match="one prompt per image"):
+        train_from_scratch(model_dir, torch.zeros(2, 1, 8, 8), ["one"], tmp_path / "run", 1,
+                           recipe=TrainConfig(model=tiny_model_config(tmp_path / "bert")))
 
 
 def test_ladder_orders() -> None:

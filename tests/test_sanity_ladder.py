@@ -4,8 +4,8 @@ sets above known-bad ones.
 The model ladder (issue 18's): held-out real < real blurred + noised < samples of the shipped default
 model < samples of its recipe run 30 steps from scratch (barely trained, trained here) < noise, in
 FID_cxr (the shipped 224 px evaluator) and C2ST; N_MODEL images per rung at 224 px, 5 sampler steps
-(cxrgen.evaluate.model_ladder). Reference images are the evaluator's validate split, held-out images its
-test split (patients neither the evaluator nor the default model trained on).
+(cxrgen.evaluate.model_ladder, cxrgen.train.short_run). Reference images are the evaluator's validate
+split, held-out images its test split (patients neither the evaluator nor the default model trained on).
 
 The degraded ladder, for SWD and C2ST: 40 reference and 40 held-out pediatric radiographs of disjoint
 patients at 64 px, and the held-out images degraded with increasing strength (cxrgen.evaluate.ladder:
@@ -33,14 +33,15 @@ from cxrgen.evaluate.run import DEFAULT_EVALUATOR
 from cxrgen.evaluate.suite import load_images
 from cxrgen.evaluate.swd import swd
 from cxrgen.evaluate.train_ssl import HELDOUT_NAME
+from cxrgen.train.short_run import train_from_scratch
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 N, SIZE = 40, 64
 PEDIATRIC = "pediatric-pneumonia-224"
 N_MODEL, N_TRAIN = 48, 32  # images per model rung (FID in the 256-d space is biased at this size, equally per rung)
 # 5 sampler steps for both models; the barely trained model: the default recipe, 30 steps x batch 8 from scratch
-MODEL_SETTINGS = ModelLadderSettings(sampler_steps=5, barely_trained_steps=30, barely_trained_batch=8,
-                                     blur_sigma=1.5, noise_std=0.03)
+MODEL_SETTINGS = ModelLadderSettings(sampler_steps=5, blur_sigma=1.5, noise_std=0.03)
+BARELY_STEPS, BARELY_BATCH = 30, 8
 C2ST_SETTINGS = C2STSettings(folds=4, epochs=10)
 
 
@@ -112,8 +113,9 @@ def model_ladder(shared_data, tmp_path_factory) -> dict[str, dict[str, float]]:
     x = {k: load_images([shared_data / PEDIATRIC / p for p in r["image"]], size, progress=False) for k, r in rows.items()}
     prompts = {k: [pediatric_prompt(v, str(lab).strip().lower()) for v, lab in zip(r["view"], r["label"], strict=True)]
                for k, r in rows.items()}
-    rungs = model_rungs(None, x["held"], prompts["held"], x["train"], prompts["train"],
-                        tmp_path_factory.mktemp("barely_trained"), torch.Generator().manual_seed(0), MODEL_SETTINGS)
+    barely = train_from_scratch(None, x["train"], prompts["train"], tmp_path_factory.mktemp("barely_trained"),
+                                BARELY_STEPS, BARELY_BATCH)
+    rungs = model_rungs(None, barely, x["held"], prompts["held"], torch.Generator().manual_seed(0), MODEL_SETTINGS)
     with torch.no_grad():
         ref_features = evaluator.features(x["ref"])
         fid = {rung: fid_from_features(ref_features, evaluator.features(images)) for rung, images in rungs.items()}

@@ -8,10 +8,10 @@ Reference and held-out images are disjoint patients: with an evaluator folder ho
 ``heldout_images.json`` (``cxrgen train-evaluator-ssl`` writes it), its validate images are the
 reference and its test images the held-out set (images the evaluator never trained on); otherwise
 random halves of the collection's patients. The degraded-real rungs (cxrgen.evaluate.ladder) are made
-from the held-out images; ``--model-rungs`` adds the model ladder (cxrgen.evaluate.model_ladder:
-held-out, blurred + noised held-out, the model's samples, samples of its recipe run ``--barely-steps``
-steps from scratch on ``--barely-images`` training images of other patients (never the evaluator's
-validate or test images), uniform noise; for the first ``--model-n`` held-out images' prompts, against all
+from the held-out images; ``--model-rungs`` adds the model ladder (cxrgen.evaluate.model_ladder and
+cxrgen.train.short_run: held-out, blurred + noised held-out, the model's samples, samples of its
+recipe run ``--barely-steps`` steps from scratch on ``--barely-images`` training images of other
+patients (never the evaluator's validate or test images), uniform noise; for the first ``--model-n`` held-out images' prompts, against all
 ``--n`` reference images for the evaluator rows and the first ``--model-n`` for SWD and C2ST). Every
 ``--evaluator`` gives its own FID / precision / density rows. A metric passes when it ranks the rungs in order.
 """
@@ -132,14 +132,16 @@ def model_ladder(args: argparse.Namespace, folder: Path, ref: torch.Tensor, held
     """The model ladder (cxrgen.evaluate.model_ladder) scored and printed: SWD and C2ST against the first
     ``len(held)`` reference images, every feature space against all of them."""
     from cxrgen.evaluate.model_ladder import MODEL_RUNGS, ModelLadderSettings, model_rungs
+    from cxrgen.train.short_run import train_from_scratch
 
-    settings = ModelLadderSettings(sampler_steps=args.sampler_steps, barely_trained_steps=args.barely_steps,
-                                   barely_trained_batch=args.barely_batch, blur_sigma=args.blur_sigma,
+    settings = ModelLadderSettings(sampler_steps=args.sampler_steps, blur_sigma=args.blur_sigma,
                                    noise_std=args.noise_std, seed=args.seed)
     train = load_images([folder / p for p in train_rows["image"]], args.size, desc="training (barely trained)")
     with tempfile.TemporaryDirectory() as tmp:
-        sets = model_rungs(args.model, held, prompts_of(held_rows), train, prompts_of(train_rows),
-                           args.work_dir or tmp, torch.Generator().manual_seed(args.seed), settings)
+        barely = train_from_scratch(args.model, train, prompts_of(train_rows), args.work_dir or tmp,
+                                    args.barely_steps, args.barely_batch, args.seed)
+        sets = model_rungs(args.model, barely, held, prompts_of(held_rows), torch.Generator().manual_seed(args.seed),
+                           settings)
     k = held.shape[0]
     values = score_rungs(ref[:k], sets, free) | score_rungs(ref, sets, metrics.in_feature_spaces())
     print_table(values, MODEL_RUNGS)
