@@ -120,8 +120,10 @@ def model_ladder(shared_data, tmp_path_factory) -> dict[str, dict[str, float]]:
         ref_features = evaluator.features(x["ref"])
         fid = {rung: fid_from_features(ref_features, evaluator.features(images)) for rung, images in rungs.items()}
     tests = {rung: c2st(x["ref"], images, C2ST_SETTINGS, torch.Generator().manual_seed(0)) for rung, images in rungs.items()}
-    return {"fid": fid, "c2st_cnn": {r: t["cnn"] for r, t in tests.items()},
-            "c2st_linear": {r: t["linear"] for r, t in tests.items()}}
+    values = {"fid": fid, "c2st_cnn": {r: t["cnn"] for r, t in tests.items()},
+              "c2st_linear": {r: t["linear"] for r, t in tests.items()}}
+    print("model ladder:", json.dumps(values))  # shown with pytest -s (docs/evaluator.md's table)
+    return values
 
 
 def test_shipped_evaluator_fid_passes_the_model_ladder(model_ladder) -> None:
