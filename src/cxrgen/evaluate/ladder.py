@@ -47,6 +47,12 @@ def _noise(shape: torch.Size, std: float, generator: torch.Generator) -> torch.T
     return std * torch.randn(shape, generator=generator)
 
 
+def blur_noise(images: torch.Tensor, sigma_at_64: float, noise_std: float, generator: torch.Generator) -> torch.Tensor:
+    """Real images (N, 1, S, S) blurred (sigma given in px at 64 px, scaled to S) plus Gaussian noise; clamped."""
+    blurred = gaussian_blur(images, sigma_at_64 * images.shape[-1] / 64) if sigma_at_64 > 0 else images
+    return (blurred + _noise(images.shape, noise_std, generator)).clamp(-1, 1)
+
+
 def _bottleneck(images: torch.Tensor, factor: int) -> torch.Tensor:
     """Down-sample by ``factor`` (area) and back (bilinear): what survives a lossy coarse code."""
     size = images.shape[-1]
@@ -59,8 +65,8 @@ def degrade(images: torch.Tensor, rung: str, generator: torch.Generator) -> torc
     if rung == "heldout":
         return images
     if rung == "blur_noise":
-        out = gaussian_blur(images, 0.5 * size / 64) + _noise(images.shape, 0.05, generator)
-    elif rung == "well_trained_proxy":
+        return blur_noise(images, 0.5, 0.05, generator)
+    if rung == "well_trained_proxy":
         out = _bottleneck(images, 4) + _noise(images.shape, 0.1, generator)
     elif rung == "barely_trained_proxy":
         blotches = resize(torch.randn(images.shape[0], 1, 8, 8, generator=generator), size)  # low-frequency field
@@ -94,3 +100,10 @@ def is_ordered(values: dict[str, float], tolerance: float = 0.0, rungs: Sequence
     """True when the rungs rank strictly worse (higher) in ladder order, each step by more than ``tolerance``."""
     seq = [values[r] for r in rungs]
     return all(b - a > tolerance for a, b in pairwise(seq))
+
+
+def is_ranked_to_ceiling(values: dict[str, float], rungs: Sequence[str], ceiling: float = 0.98) -> bool:
+    """``is_ordered`` for a bounded metric such as C2ST accuracy: neighbours may tie only when both are
+    at or above ``ceiling`` (both sets perfectly told from real: nothing left to rank them by)."""
+    seq = [values[r] for r in rungs]
+    return all(b > a or min(a, b) >= ceiling for a, b in pairwise(seq))

@@ -1,74 +1,77 @@
-"""The sanity ladder's model rungs: image sets made by real models of the project, not by degrading images.
+"""The sanity ladder made of real models: the issue's ladder, with model samples, not hand-made degradations.
 
 From best to worst (each a set of images for the prompts of real held-out images):
 
 0. ``heldout``: the real held-out images;
-1. ``autoencoder``: the same images through the model's latent autoencoder (encode, decode): what a
-   perfect denoiser in that latent space would give, the best this model can reach;
-2. ``default_model``: samples of the model (its own sampling defaults) for the held-out images' prompts;
-3. ``untrained_denoiser``: samples of the same pipeline with its denoiser at random initialisation
-   (0 training steps), decoded by the trained autoencoder: a barely trained model;
+1. ``blur_noise``: the same images blurred and with added noise (``ladder.blur_noise``);
+2. ``default_model``: samples of the model (the packaged default when none is given);
+3. ``barely_trained``: samples of a barely trained model, e.g. the same model's own recipe run for a
+   few dozen steps from a freshly initialised denoiser (``cxrgen.train.short_run.train_from_scratch``;
+   evaluation never imports training, so the caller trains it);
 4. ``noise``: uniform noise in [-1, 1].
 
-Sampling costs about a second per image on a CPU, so this ladder is for ``tools/sanity_ladder.py``,
-not for a unit test.
+Both models sample with the same sampler, number of steps, guidance and per-image seeds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 
 import torch
 
+from cxrgen.config import SamplingConfig
+from cxrgen.errors import ConfigError
 from cxrgen.evaluate.image_pairs import resize
+from cxrgen.evaluate.ladder import blur_noise
 from cxrgen.pipeline import CXRPipeline, load_pipeline
 
 log = logging.getLogger(__name__)
 
-MODEL_RUNGS = ("heldout", "autoencoder", "default_model", "untrained_denoiser", "noise")
+MODEL_RUNGS = ("heldout", "blur_noise", "default_model", "barely_trained", "noise")
 
 
-@torch.no_grad()
-def autoencode(pipe: CXRPipeline, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """Images (N, 1, S, S) through the pipeline's autoencoder at its image size (posterior mean), back at S."""
-    size, native = images.shape[-1], pipe.image_config.size
-    out = []
-    for batch in images.split(batch_size):
-        latents = pipe.autoencoder.encode(resize(batch, native))  # mean of q(z | x) without a generator
-        out.append(resize(pipe.autoencoder.decode(latents).float().clamp(-1, 1), size))
-    return torch.cat(out)
+@dataclass(frozen=True)
+class ModelLadderSettings:
+    """How the model rungs are made: sampling of both models and the blur + noise rung."""
+
+    sampler_steps: int | None = None  # steps of the model's own sampler for both models; None: the model's default
+    blur_sigma: float = 1.5  # Gaussian blur in px at 64 px (scaled with the image size)
+    noise_std: float = 0.03  # added Gaussian noise, in [-1, 1] units
+    seed: int = 0  # image i of each model is seeded seed + i
+
+    def __post_init__(self) -> None:
+        if (self.sampler_steps is not None and self.sampler_steps < 1) or self.blur_sigma < 0 or self.noise_std < 0:
+            raise ConfigError(f"{self}: sampler_steps must be >= 1, blur_sigma and noise_std >= 0")
 
 
-def untrained_pipeline(model: str | None, seed: int) -> CXRPipeline:
-    """The pipeline of ``model`` loaded anew, its denoiser re-initialised at random (0 training steps)."""
-    pipe = load_pipeline(model)
-    with torch.random.fork_rng(devices=[]):  # the denoiser's own init draws from the global RNG: seed a fork
-        torch.manual_seed(seed)
-        fresh = type(pipe.denoiser).from_config(pipe.denoiser.config)
-    pipe.denoiser.load_state_dict(fresh.state_dict())
-    return pipe
-
-
-def sample(pipe: CXRPipeline, prompts: list[str], size: int, seed: int, batch_size: int = 8) -> torch.Tensor:
-    """One image per prompt (N, 1, size, size) with the pipeline's own sampling settings, image i seeded seed + i."""
+def sample(pipe: CXRPipeline, prompts: list[str], size: int, seed: int, sampling: SamplingConfig | None = None,
+           batch_size: int = 8) -> torch.Tensor:
+    """One image per prompt (N, 1, size, size), image i seeded seed + i, with ``sampling`` (None: the pipeline's)."""
+    cfg = dataclasses.replace(sampling or pipe.sampling, num_images_per_prompt=1)
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-        out.append(resize(pipe(chunk, num_images_per_prompt=1, generator=gens, progress=False).images.float(), size))
+        out.append(resize(pipe.sample(chunk, cfg, gens, progress=False).images.float(), size))
     return torch.cat(out)
 
 
-def model_rungs(model: str | None, heldout: torch.Tensor, prompts: list[str],
-                generator: torch.Generator, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The five model rungs (``MODEL_RUNGS``) of ``model`` (None: the packaged default) for real held-out
-    images (N, 1, S, S) and their prompts."""
-    size, pipe = heldout.shape[-1], load_pipeline(model)
-    log.info("model ladder: autoencoding %d images, sampling %d prompts twice", len(heldout), len(prompts))
+def model_rungs(model: str | None, barely_trained: CXRPipeline, heldout: torch.Tensor, prompts: list[str],
+                generator: torch.Generator, settings: ModelLadderSettings = ModelLadderSettings()) -> dict[str, torch.Tensor]:
+    """The five rungs (``MODEL_RUNGS``) for real held-out images (N, 1, S, S) and their prompts.
+
+    ``model`` (None: the packaged default) is the well-trained rung, ``barely_trained`` the barely trained
+    one; it samples with ``model``'s sampling settings (its own are left unchanged).
+    """
+    size, seed, steps = heldout.shape[-1], settings.seed, settings.sampler_steps
+    default = load_pipeline(model, steps=steps)
+    log.info("model ladder: sampling %d prompts from each model (%s sampler steps)", len(prompts), steps or "default")
     return {
         "heldout": heldout,
-        "autoencoder": autoencode(pipe, heldout),
-        "default_model": sample(pipe, prompts, size, seed),
-        "untrained_denoiser": sample(untrained_pipeline(model, seed), prompts, size, seed),
+        "blur_noise": blur_noise(heldout, settings.blur_sigma, settings.noise_std, generator),
+        "default_model": sample(default, prompts, size, seed),
+        "barely_trained": sample(barely_trained, prompts, size, seed, default.sampling),  # the same settings
         "noise": torch.rand(heldout.shape, generator=generator) * 2 - 1,
     }
