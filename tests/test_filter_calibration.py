@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from cxrgen.cli import main
 from cxrgen.config import DataConfig, EvaluatorConfig, ImageConfig
 from cxrgen.data.manifest import ReadSummary, new_manifest, write_manifest
 from cxrgen.data.readers.pediatric import read_pediatric
@@ -22,6 +23,7 @@ from cxrgen.evaluate.filter_calibration import (
     contradicting_prompts,
     evaluator_probabilities,
     filter_acceptance,
+    folder_acceptance,
     heldout_rows,
     operating_point,
 )
@@ -99,12 +101,14 @@ def test_calibrated_points_replace_the_fixed_threshold(tmp_path: Path, caplog) -
         load_operating_points(tmp_path)
 
 
-def test_calibrate_filter_uses_only_listed_heldout_images(heldout_manifest: Path, tmp_path: Path) -> None:
+def test_calibrate_filter_uses_only_listed_heldout_images(heldout_manifest: Path, tmp_path: Path, capsys) -> None:
     torch.manual_seed(0)  # test-side seeding of a random tiny network
     CXREvaluator(EvaluatorConfig(arch="densenet-tiny", class_names=CLASSES, image=ImageConfig(size=32))
                  ).save_pretrained(tmp_path)
     with pytest.raises(DataError, match=HELDOUT_NAME):
         calibrate_filter([heldout_manifest], tmp_path, progress=False)
+    assert main(["calibrate-filter", str(tmp_path), "--data", str(heldout_manifest)]) == 2  # one line, no trace
+    assert HELDOUT_NAME in capsys.readouterr().err
     validate = heldout_rows([heldout_manifest], "validate", DEFAULT_EVALUATOR)
     listed = [Path(p).name for p in validate["image_path"]][2:-2]  # 4 validate images not listed as held out
     test = [Path(p).name for p in heldout_rows([heldout_manifest], "test", DEFAULT_EVALUATOR)["image_path"]]
@@ -114,6 +118,12 @@ def test_calibrate_filter_uses_only_listed_heldout_images(heldout_manifest: Path
     assert load_filter(tmp_path).operating_points == {c: v["threshold"] for c, v in result["classes"].items()}
     accepted = result["test_acceptance"]["calibrated"]
     assert accepted["images"] == 2 * PER_KIND and accepted["by_image"]["normal"]["images"] == PER_KIND
+    (tmp_path / OPERATING_POINTS_NAME).unlink()
+    assert main(["calibrate-filter", str(tmp_path), "--data", str(heldout_manifest), "--method", "specificity",
+                 "--test-split", "", "--dry-run"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["method"] == "specificity" and "test_acceptance" not in printed
+    assert not (tmp_path / OPERATING_POINTS_NAME).exists()  # --dry-run writes nothing
 
 
 def test_contradicting_prompts_swap_normal_and_pneumonia(heldout_manifest: Path) -> None:
@@ -135,3 +145,21 @@ def test_shipped_filter_accepts_own_prompts_far_more_than_swapped(heldout_manife
     for kind in ("normal", "pneumonia"):  # each kind on its own, not only on average
         assert calibrated["by_image"][kind]["own_accepted"] > calibrated["by_image"][kind]["swapped_accepted"]
     assert calibrated["by_image"]["normal"]["own_accepted"] > fixed["by_image"]["normal"]["own_accepted"]
+
+
+def test_folder_acceptance_labels_generated_files_by_their_prompts(tmp_path: Path) -> None:
+    from PIL import Image, PngImagePlugin
+
+    prompts = ["Pediatric AP chest radiograph. Normal.", "Normal chest radiograph.", "Right lower lobe pneumonia.",
+               "Large left pneumothorax."]  # the last states neither kind: skipped
+    for i, prompt in enumerate(prompts):
+        info = PngImagePlugin.PngInfo()
+        info.add_text("prompt", prompt)
+        Image.new("L", (32, 32), 40 * i).save(tmp_path / f"{i:05d}.png", pnginfo=info)
+    says_normal = PromptConsistencyFilter(_forced(5.0, -5.0), 0.5)
+    result = folder_acceptance(tmp_path, says_normal)
+    assert result["skipped"] == 1 and result["by_image"]["normal"]["images"] == 2
+    assert result["by_image"]["normal"]["own_accepted"] == 1.0 and result["by_image"]["normal"]["swapped_accepted"] == 0
+    assert result["by_image"]["pneumonia"] == {"images": 1, "own_accepted": 0.0, "swapped_accepted": 1.0}
+    with pytest.raises(DataError, match="PNG"):
+        folder_acceptance(tmp_path / "empty", says_normal)

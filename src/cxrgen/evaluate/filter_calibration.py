@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm.auto import tqdm
 
@@ -34,6 +35,7 @@ from cxrgen.evaluate.quality_filter import (
     OPERATING_POINTS_NAME,
     PromptConsistencyFilter,
     load_operating_points,
+    prompt_expectations,
 )
 from cxrgen.evaluate.run import DEFAULT_EVALUATOR
 from cxrgen.evaluate.train_ssl import HELDOUT_NAME
@@ -146,6 +148,21 @@ def filter_acceptance(sample_filter: PromptConsistencyFilter, rows: pd.DataFrame
     return {"filter": sample_filter.name, **rates(np.ones(len(own), bool)),
             "by_source": {s: rates(src == s) for s in sorted(set(sources))},
             "by_image": {k: rates(kind == k) for k in ("normal", "pneumonia")}, "skipped": len(rows) - len(own)}
+
+
+def folder_acceptance(folder: str | Path, sample_filter: PromptConsistencyFilter, progress: bool = False) -> dict:
+    """``filter_acceptance`` of the PNGs ``cxrgen generate`` wrote to ``folder``, labelled by their prompts."""
+    paths = sorted(str(p) for p in Path(folder).glob("*.png"))
+    if not paths:
+        raise DataError(f"no PNG images in {folder}: give a `cxrgen generate --out` folder")
+    prompts = [Image.open(p).text.get("prompt", "") for p in paths]
+    stated = [prompt_expectations(p, (NORMAL, PNEUMONIA)) for p in prompts]
+    rows = pd.DataFrame({"image_path": paths, "prompt": prompts, "source": "generated",
+                         NORMAL: [e.get(NORMAL, np.nan) for e in stated],
+                         PNEUMONIA: [e.get(PNEUMONIA, np.nan) for e in stated]})
+    rows.loc[rows[NORMAL] == POSITIVE, PNEUMONIA] = np.nan  # one kind per image: what the prompt states present
+    probs = evaluator_probabilities(sample_filter.evaluator, paths, progress=progress)
+    return filter_acceptance(sample_filter, rows, probs)
 
 
 def _sha1(path: Path) -> str | None:
