@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_quality_filter import CLASSES, forced_evaluator
 
 from cxrgen.cli import main
 from cxrgen.config import DataConfig, EvaluatorConfig, ImageConfig
@@ -36,17 +37,7 @@ from cxrgen.evaluate.quality_filter import (
 from cxrgen.evaluate.run import DEFAULT_EVALUATOR
 from cxrgen.evaluate.train_ssl import HELDOUT_NAME
 
-CLASSES = ("No Finding", "Pneumonia")
 PER_KIND = 12  # real held-out images per kind (normal, pneumonia) and split
-
-
-def _forced(no_finding_logit: float, pneumonia_logit: float = 0.0) -> CXREvaluator:
-    torch.manual_seed(0)  # test-side seeding of a random tiny network
-    evaluator = CXREvaluator(EvaluatorConfig(arch="densenet-tiny", class_names=CLASSES, image=ImageConfig(size=32)))
-    with torch.no_grad():
-        evaluator.net.classifier.weight.zero_()
-        evaluator.net.classifier.bias.copy_(torch.tensor([no_finding_logit, pneumonia_logit]))
-    return evaluator.eval()
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +72,7 @@ def test_operating_point_youden_and_target_specificity() -> None:
 
 def test_calibrated_points_replace_the_fixed_threshold(tmp_path: Path, caplog) -> None:
     images = torch.zeros(2, 1, 32, 32)
-    evaluator = _forced(-1.0, 1.0)  # P(No Finding) = 0.27, P(Pneumonia) = 0.73: a shy "normal"
+    evaluator = forced_evaluator(-1.0, 1.0)  # P(No Finding) = 0.27, P(Pneumonia) = 0.73: a shy "normal"
     fixed = PromptConsistencyFilter(evaluator, 0.5)
     calibrated = PromptConsistencyFilter(evaluator, operating_points={"No Finding": 0.2, "Pneumonia": 0.8})
     assert (fixed.judge("Normal chest radiograph.", images) > 0).all()
@@ -156,7 +147,7 @@ def test_folder_acceptance_labels_generated_files_by_their_prompts(tmp_path: Pat
         info = PngImagePlugin.PngInfo()
         info.add_text("prompt", prompt)
         Image.new("L", (32, 32), 40 * i).save(tmp_path / f"{i:05d}.png", pnginfo=info)
-    says_normal = PromptConsistencyFilter(_forced(5.0, -5.0), 0.5)
+    says_normal = PromptConsistencyFilter(forced_evaluator(5.0, -5.0), 0.5)
     result = folder_acceptance(tmp_path, says_normal)
     assert result["skipped"] == 1 and result["by_image"]["normal"]["images"] == 2
     assert result["by_image"]["normal"]["own_accepted"] == 1.0 and result["by_image"]["normal"]["swapped_accepted"] == 0
