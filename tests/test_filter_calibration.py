@@ -87,6 +87,12 @@ def test_calibrated_points_replace_the_fixed_threshold(tmp_path: Path, caplog) -
     (tmp_path / OPERATING_POINTS_NAME).write_text(json.dumps({"classes": {c: {"threshold": 0.3} for c in CLASSES}}))
     assert load_filter(tmp_path).operating_points == {"No Finding": 0.3, "Pneumonia": 0.3}
     assert load_filter(tmp_path, threshold=0.5).operating_points is None  # a given T still forces a fixed one
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        (tmp_path / OPERATING_POINTS_NAME).write_text(json.dumps(
+            {"classes": {c: {"threshold": 0.3} for c in CLASSES}, "evaluator_weights_sha1": "0" * 40}))
+        load_operating_points(tmp_path)
+    assert "other weights" in caplog.text  # retrained since calibration: said so
     (tmp_path / OPERATING_POINTS_NAME).write_text("{}")
     with pytest.raises(ConfigError, match="calibrate-filter"):
         load_operating_points(tmp_path)

@@ -13,7 +13,6 @@ be accepted, the same images with a contradicting prompt (normal <-> pneumonia) 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -29,13 +28,14 @@ from tqdm.auto import tqdm
 from cxrgen.data.images import load_image
 from cxrgen.data.manifest import NEGATIVE, POSITIVE, read_manifest
 from cxrgen.errors import ConfigError, DataError
-from cxrgen.evaluate.evaluator import WEIGHTS_NAME, CXREvaluator
+from cxrgen.evaluate.evaluator import CXREvaluator
 from cxrgen.evaluate.quality_filter import (
     DEFAULT_THRESHOLD,
     OPERATING_POINTS_NAME,
     PromptConsistencyFilter,
     load_operating_points,
     prompt_expectations,
+    weights_sha1,
 )
 from cxrgen.evaluate.run import DEFAULT_EVALUATOR
 from cxrgen.evaluate.train_ssl import HELDOUT_NAME
@@ -165,10 +165,6 @@ def folder_acceptance(folder: str | Path, sample_filter: PromptConsistencyFilter
     return filter_acceptance(sample_filter, rows, probs)
 
 
-def _sha1(path: Path) -> str | None:
-    return hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file() else None
-
-
 def calibrate_filter(manifests: Sequence[str | Path], evaluator: str | Path | None = None, split: str = "validate",
                      method: str = "youden", target_specificity: float = 0.9, test_split: str | None = "test",
                      write: bool = True, progress: bool = True) -> dict:
@@ -185,7 +181,7 @@ def calibrate_filter(manifests: Sequence[str | Path], evaluator: str | Path | No
                for j, c in enumerate(model.class_names)}
     result = {"method": method, **({"target_specificity": target_specificity} if method == "specificity" else {}),
               "split": split, "images": len(rows), "by_source": rows["source"].value_counts().to_dict(),
-              "evaluator_weights_sha1": _sha1(folder / WEIGHTS_NAME), "classes": classes}
+              "evaluator_weights_sha1": weights_sha1(folder), "classes": classes}
     if test_split:
         test = heldout_rows(manifests, test_split, folder)
         test_probs = evaluator_probabilities(model, list(test["image_path"]), progress=progress)

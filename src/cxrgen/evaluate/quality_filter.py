@@ -21,6 +21,7 @@ stated present needs p >= c, stated absent p <= c, and the score is max(c - p_pr
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -30,7 +31,7 @@ import torch
 from cxrgen.data.labeler import NO_FINDING, NOT_PATHOLOGY, label_report
 from cxrgen.data.manifest import NEGATIVE, POSITIVE
 from cxrgen.errors import ConfigError
-from cxrgen.evaluate.evaluator import CXREvaluator
+from cxrgen.evaluate.evaluator import WEIGHTS_NAME, CXREvaluator
 from cxrgen.evaluate.run import DEFAULT_EVALUATOR
 from cxrgen.generate import GeneratedFiles, run_generate
 
@@ -111,10 +112,21 @@ def load_operating_points(evaluator: str | Path) -> dict[str, float] | None:
     if not path.is_file():
         return None
     try:
-        classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
-        return {name: float(point["threshold"]) for name, point in classes.items()}
-    except (ValueError, KeyError, TypeError) as err:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        points = {name: float(point["threshold"]) for name, point in saved["classes"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ConfigError(f"{path} is not a filter calibration ({err}): re-run `cxrgen calibrate-filter`") from err
+    recorded = saved.get("evaluator_weights_sha1")
+    if recorded and weights_sha1(evaluator) not in (None, recorded):
+        log.warning("%s was calibrated for other weights than %s: re-run `cxrgen calibrate-filter`", path,
+                    Path(evaluator) / WEIGHTS_NAME)
+    return points
+
+
+def weights_sha1(evaluator: str | Path) -> str | None:
+    """SHA-1 of an evaluator folder's weights file (None when absent): what its calibration belongs to."""
+    weights = Path(evaluator) / WEIGHTS_NAME
+    return hashlib.sha1(weights.read_bytes()).hexdigest() if weights.is_file() else None
 
 
 def load_filter(evaluator: str | Path | None = None, threshold: float | None = None,
