@@ -271,8 +271,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--filter", action="store_true", help="quality filter: draw again (new seed) images whose "
                    "cxrgen-evaluator labels contradict the prompt (docs/quality_filter.md)")
-    p.add_argument("--filter-threshold", type=float, default=0.5, help="stated present: reject when the "
-                   "evaluator's probability < T; negated: when > 1 - T (default 0.5)")
+    p.add_argument("--filter-threshold", type=float, help="a fixed threshold T instead of the evaluator's calibrated "
+                   "operating points (cxrgen calibrate-filter): present needs p >= T, negated p <= 1 - T")
     p.add_argument("--filter-max-tries", type=int, default=4, help="draws per image at most (default 4)")
     p.add_argument("--filter-evaluator", help="cxrgen-evaluator folder for the filter (default: the shipped one)")
     p.add_argument("--views", "--to", dest="to", help="any-to-any (MultiViewPipeline --model): what to generate, "
@@ -392,6 +392,30 @@ def _cmd_train_evaluator_ssl(args: argparse.Namespace) -> int:
 
     metrics = run_train_ssl_evaluator(args.config, args.overrides, args.out)
     print(json.dumps(metrics.get("test", metrics), indent=2, default=str))
+    return 0
+
+
+def _add_calibrate_filter(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate-filter", help="per-class operating points of the quality filter, chosen on the "
+                       "evaluator's real held-out images (docs/quality_filter.md)")
+    p.add_argument("evaluator", nargs="?", help="cxrgen-evaluator folder (default: the shipped one)")
+    p.add_argument("--data", nargs="+", required=True, metavar="MANIFEST", help="the manifests it was trained on")
+    p.add_argument("--split", default="validate", help="held-out split to calibrate on (default validate)")
+    p.add_argument("--method", default="youden", choices=("youden", "specificity"), help="Youden's J (default) "
+                   "or the most sensitive cut point reaching --target-specificity")
+    p.add_argument("--target-specificity", type=float, default=0.9, help="with --method specificity (default 0.9)")
+    p.add_argument("--test-split", default="test", help="measure own vs swapped prompt acceptance there ('' skips)")
+    p.add_argument("--dry-run", action="store_true", help="print, do not write filter_operating_points.json")
+    p.set_defaults(func=_cmd_calibrate_filter)
+
+
+def _cmd_calibrate_filter(args: argparse.Namespace) -> int:
+    from cxrgen.evaluate.filter_calibration import calibrate_filter
+
+    result = calibrate_filter(args.data, args.evaluator, split=args.split, method=args.method,
+                              target_specificity=args.target_specificity, test_split=args.test_split or None,
+                              write=not args.dry_run, progress=False)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -547,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_evaluator(sub)
     _add_train_reid(sub)
     _add_train_evaluator_ssl(sub)
+    _add_calibrate_filter(sub)
     _add_cache(sub)
     _add_train(sub)
     _add_generate(sub)
