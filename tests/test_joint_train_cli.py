@@ -13,7 +13,8 @@ pytest.importorskip("nibabel", reason="the twin extra is not installed (pip inst
 from cli_helpers import one_error_line  # noqa: E402
 
 from cxrgen.cli import main  # noqa: E402
-from cxrgen.evaluate.joint_twin import evaluate_joint_twin, joint_cost  # noqa: E402
+from cxrgen.evaluate.joint_twin import joint_cost  # noqa: E402
+from cxrgen.evaluate.multiview import score_multiview  # noqa: E402
 from cxrgen.pipelines import MultiViewPipeline  # noqa: E402
 from cxrgen.twin import write_twin_set  # noqa: E402
 
@@ -57,7 +58,7 @@ def test_train_generate_and_evaluate_end_to_end(trained: tuple[Path, Path], tmp_
     assert "both given" in one_error_line(capsys)
 
     pipe = MultiViewPipeline.from_pretrained(model)
-    scores = evaluate_joint_twin(pipe, str(twin), n=2, split="train", batch=2, progress=False)
+    scores, _ = score_multiview(pipe, str(twin), n=2, split="train", batch=2, progress=False)
     assert scores["n"] == 2 and 0 <= scores["frontal_to_lateral"]["coherence"] <= 1
     assert scores["frontal_to_lateral"]["ceiling_real_pairs"]["coherence"] >= 0.5  # real pairs read well
     cost = joint_cost(pipe)

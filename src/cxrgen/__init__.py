@@ -22,6 +22,7 @@ _EXPORTS = {
     "JointUViT": "cxrgen.denoisers.joint_uvit",
     "MultiViewPipeline": "cxrgen.pipelines.any_to_any",
     "HashedReportCodec": "cxrgen.text.report_standin",
+    "ReportCodec": "cxrgen.text.report_ae",
     "LatentCodec": "cxrgen.autoencoder",
     "IdentityCodec": "cxrgen.autoencoder",
     "TextEncoder": "cxrgen.text.base",

@@ -15,7 +15,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from diffusers import ConfigMixin
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -44,7 +43,12 @@ def load_codecs(cfg: JointStageConfig, train_reports: list[str]) -> tuple[Any, A
     """The frozen image codec (default model's unless given) and report codec (stand-in unless given)."""
     codec = LatentCodec.from_pretrained(cfg.autoencoder or DEFAULT_MODEL / "autoencoder").eval()
     if cfg.report_codec is not None:  # any codec class cxrgen exports (the report AE), named in its config.json
-        name = ConfigMixin.load_config(cfg.report_codec).get("_class_name")
+        config_file = Path(cfg.report_codec) / "config.json"
+        if not config_file.is_file():
+            raise ConfigError(f"joint.report_codec={cfg.report_codec!r} holds no config.json; give the report_ae "
+                              "folder written by `cxrgen train-multiview` (stage report_ae)")
+        name = json.loads(config_file.read_text(encoding="utf-8")).get("_class_name")
+        name = "ReportCodec" if name == "ReportAutoencoder" else name  # the report AE's folder: network + tokenizer
         if name not in cxrgen.__all__:
             raise ConfigError(f"joint.report_codec={cfg.report_codec!r} holds a {name!r}, not a cxrgen report codec")
         report = getattr(cxrgen, name).from_pretrained(cfg.report_codec).eval()
