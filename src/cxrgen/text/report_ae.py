@@ -297,4 +297,4 @@ class ReportCodec(ModelMixin):
                                   bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
                                   mask_token_id=tokenizer.mask_token_id, **sizes)
         model.reset_parameters(generator if generator is not None else torch.Generator().manual_seed(0))
-        return cls(model, tokenizer)
+        return cls(model, tokenizer).eval()  # as from_pretrained gives it; training sets train mode
