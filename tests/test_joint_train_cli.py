@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("nibabel", reason="the twin extra is not installed (pip install -e '.[twin]')")
@@ -73,6 +74,15 @@ def test_training_continues_from_a_saved_joint_model(trained: tuple[Path, Path],
     config = model.parent.parent / "joint.yaml"
     run_train_multiview(config, [f"joint.init_from={model}", "joint.steps=1"], tmp_path / "more")
     assert (tmp_path / "more" / "model" / "model_index.json").is_file()
-    assert main(["train-multiview", str(config), "--set", f"joint.init_from={model}", "--set", "joint.report_dim=16",
+    assert main(["train-multiview", str(config), "--set", f"joint.init_from={model}", "--set", "joint.denoiser=joint-uvit-xs",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "another architecture" in one_error_line(capsys)
+    # a new report latent (another report codec) keeps the rest of the network and learns the report's maps afresh
+    from safetensors.torch import load_file
+
+    run_train_multiview(config, [f"joint.init_from={model}", "joint.steps=1", "joint.lr=1e-12", "joint.report_dim=16"],
+                        tmp_path / "report16")
+    old, new = (load_file(str(d / "denoiser" / "diffusion_pytorch_model.safetensors"))
+                for d in (model, tmp_path / "report16" / "model"))
+    assert torch.allclose(old["patch_embed.frontal.weight"], new["patch_embed.frontal.weight"], atol=1e-6)
+    assert new["report_embed.weight"].shape[1] == 16 and torch.allclose(old["pos_embed"][:, :-2], new["pos_embed"][:, :-2], atol=1e-6)
