@@ -63,11 +63,17 @@ def load_multiview_pipeline(model: str | Path) -> Any:
     if not index.is_file():
         raise ConfigError(f"{model} holds no model_index.json: give a multi-view model folder "
                           "(written by `cxrgen train-multiview`)")
+    import diffusers
+
+    import cxrgen
+
     name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-    cls = getattr(pipelines, name, None)
-    if cls is None or not callable(getattr(cls, "from_pretrained", None)):
-        raise ConfigError(f"{model}: pipeline class {name!r} is not a cxrgen multi-view pipeline "
-                          f"(cxrgen.pipelines has {sorted(pipelines.__all__)})")
+    # cxrgen.pipelines, cxrgen's exports, or diffusers' namespace (where cxrgen's pipeline modules register)
+    cls = getattr(pipelines, name, None) or (getattr(cxrgen, name) if name in cxrgen.__all__ else None) \
+        or getattr(diffusers, name, None)
+    if cls is None or not str(getattr(cls, "__module__", "")).startswith("cxrgen.pipelines"):
+        raise ConfigError(f"{model}: pipeline class {name!r} is not a cxrgen multi-view pipeline (one of "
+                          f"{[n for n in pipelines.__all__ if n.endswith('Pipeline')]})")
     return cls.from_pretrained(str(model))
 
 
