@@ -85,6 +85,9 @@ def test_marks_and_mistake_checks_read_the_scores() -> None:
     assert checked["mistake_checks"]["reports_shuffled"]["below_model"]
     assert not checked["mistake_checks"]["views_swapped"]["below_model"]  # 0.6 > the model's 0.5
     assert checked["all_mistakes_fail"] and not checked["all_marks_passed"]
+    scores["frontal_to_report"] = {"finding_f1": 0.7, "retrieval_baseline": {"finding_f1": 0.75}}
+    margin = check_marks(scores)["marks"]["frontal_to_report.finding_f1_minus_retrieval"]
+    assert margin["value"] == pytest.approx(-0.05) and not margin["passed"]
 
 
 def test_bag_of_words_loss_needs_the_latent(tmp_path: Path) -> None:

@@ -187,6 +187,10 @@ def check_marks(scores: dict[str, Any]) -> dict[str, Any]:
     for key, mark in MARKS.items():
         value = _lookup(scores, key)
         marks[key] = {"value": value, "mark": mark, "passed": value is not None and value >= mark}
+    baseline = _lookup(scores, "frontal_to_report.retrieval_baseline.finding_f1")
+    if baseline is not None:  # the issue: frontal -> report must also beat retrieval (F1 margin > 0)
+        margin = _lookup(scores, "frontal_to_report.finding_f1") - baseline
+        marks["frontal_to_report.finding_f1_minus_retrieval"] = {"value": margin, "mark": 0.0, "passed": margin > 0}
     checks = {}
     for name, (key, scored_as) in MISTAKES.items():
         value, model_value = _lookup(scores, key), _lookup(scores, scored_as)
