@@ -15,6 +15,7 @@ references), a lateral generated with no frontal given.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -240,8 +241,6 @@ def evaluate_multiview(model: str | Path, twin_dir: str | Path, out_dir: str | P
                        progress: bool = True) -> dict[str, Any]:
     """Load ``model``, score it on the twin (:func:`score_multiview`), check the marks and the mistakes;
     write the JSON (default ``out_dir/metrics.json``), ``report.md`` and ``grid.png``; return the JSON's dict."""
-    import dataclasses
-
     pipe = load_multiview_pipeline(model)
     overrides = {k: v for k, v in (("steps", steps), ("sampler", sampler), ("guidance_scale", guidance_scale))
                  if v is not None}
