@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/joint_twin.py --model out/joint/model --twin out/twin64 --n 60 --json out/joint_eval.json
 
-Scores (``cxrgen.evaluate.joint_twin``): report -> frontal laterality, report -> lateral effusion presence,
-frontal -> lateral coherence and its real-pair ceiling, the deliberate mistakes, and the parameters and
-GFLOPs of one frontal + lateral pair generated from a report.
+Scores (``cxrgen.evaluate.multiview.score_multiview``, as ``cxrgen evaluate-multiview``): report -> frontal
+laterality, report -> lateral effusion presence, frontal -> lateral coherence and its real-pair ceiling,
+frontal -> report, the deliberate mistakes and the marks, and the parameters and GFLOPs of one frontal +
+lateral pair generated from a report.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from cxrgen.evaluate.joint_twin import evaluate_joint_twin, joint_cost
+from cxrgen.evaluate.joint_twin import joint_cost
+from cxrgen.evaluate.multiview import check_marks, score_multiview
 from cxrgen.pipelines import load_multiview_pipeline
 
 
@@ -37,7 +39,8 @@ def main() -> None:
     given = {"steps": args.steps, "guidance_scale": args.guidance, "sampler": args.sampler}
     pipe.sampling = dataclasses.replace(pipe.sampling, **{k: v for k, v in given.items() if v is not None})
     start = time.perf_counter()
-    scores = evaluate_joint_twin(pipe, args.twin, n=args.n)
+    scores, _ = score_multiview(pipe, args.twin, n=args.n)
+    scores.update(check_marks(scores))
     scores["seconds"] = round(time.perf_counter() - start, 1)
     scores["cost"] = joint_cost(pipe)
     Path(args.json).write_text(json.dumps(scores, indent=2, default=str) + "\n", encoding="utf-8")

@@ -13,7 +13,7 @@ pytest.importorskip("nibabel", reason="the twin extra is not installed (pip inst
 from cli_helpers import one_error_line  # noqa: E402
 
 from cxrgen.cli import main  # noqa: E402
-from cxrgen.evaluate.joint_twin import evaluate_joint_twin  # noqa: E402
+from cxrgen.evaluate.multiview import score_multiview  # noqa: E402
 from cxrgen.pipelines import CodiPipeline, load_multiview_pipeline  # noqa: E402
 from cxrgen.twin import write_twin_set  # noqa: E402
 
@@ -52,5 +52,5 @@ progress: false
     assert "not trained" in one_error_line(capsys)
     pipe = load_multiview_pipeline(model)
     assert isinstance(pipe, CodiPipeline)
-    scores = evaluate_joint_twin(pipe, str(twin), n=2, split="train", batch=2, progress=False)
+    scores, _ = score_multiview(pipe, str(twin), n=2, split="train", batch=2, progress=False)
     assert scores["n"] == 2 and 0 <= scores["frontal_to_lateral"]["coherence"] <= 1

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("nibabel", reason="the twin extra is not installed (pip install -e '.[twin]')")
@@ -13,7 +14,8 @@ pytest.importorskip("nibabel", reason="the twin extra is not installed (pip inst
 from cli_helpers import one_error_line  # noqa: E402
 
 from cxrgen.cli import main  # noqa: E402
-from cxrgen.evaluate.joint_twin import evaluate_joint_twin, joint_cost  # noqa: E402
+from cxrgen.evaluate.joint_twin import joint_cost  # noqa: E402
+from cxrgen.evaluate.multiview import score_multiview  # noqa: E402
 from cxrgen.pipelines import MultiViewPipeline  # noqa: E402
 from cxrgen.twin import write_twin_set  # noqa: E402
 
@@ -57,7 +59,7 @@ def test_train_generate_and_evaluate_end_to_end(trained: tuple[Path, Path], tmp_
     assert "both given" in one_error_line(capsys)
 
     pipe = MultiViewPipeline.from_pretrained(model)
-    scores = evaluate_joint_twin(pipe, str(twin), n=2, split="train", batch=2, progress=False)
+    scores, _ = score_multiview(pipe, str(twin), n=2, split="train", batch=2, progress=False)
     assert scores["n"] == 2 and 0 <= scores["frontal_to_lateral"]["coherence"] <= 1
     assert scores["frontal_to_lateral"]["ceiling_real_pairs"]["coherence"] >= 0.5  # real pairs read well
     cost = joint_cost(pipe)
@@ -72,6 +74,15 @@ def test_training_continues_from_a_saved_joint_model(trained: tuple[Path, Path],
     config = model.parent.parent / "joint.yaml"
     run_train_multiview(config, [f"joint.init_from={model}", "joint.steps=1"], tmp_path / "more")
     assert (tmp_path / "more" / "model" / "model_index.json").is_file()
-    assert main(["train-multiview", str(config), "--set", f"joint.init_from={model}", "--set", "joint.report_dim=16",
+    assert main(["train-multiview", str(config), "--set", f"joint.init_from={model}", "--set", "joint.denoiser=joint-uvit-xs",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "another architecture" in one_error_line(capsys)
+    # a new report latent (another report codec) keeps the rest of the network and learns the report's maps afresh
+    from safetensors.torch import load_file
+
+    run_train_multiview(config, [f"joint.init_from={model}", "joint.steps=1", "joint.lr=1e-12", "joint.report_dim=16"],
+                        tmp_path / "report16")
+    old, new = (load_file(str(d / "denoiser" / "diffusion_pytorch_model.safetensors"))
+                for d in (model, tmp_path / "report16" / "model"))
+    assert torch.allclose(old["patch_embed.frontal.weight"], new["patch_embed.frontal.weight"], atol=1e-6)
+    assert new["report_embed.weight"].shape[1] == 16 and torch.allclose(old["pos_embed"][:, :-2], new["pos_embed"][:, :-2], atol=1e-6)

@@ -24,6 +24,7 @@ _EXPORTS = {
     "CodiXR": "cxrgen.denoisers.codi",
     "CodiPipeline": "cxrgen.pipelines.codi",
     "HashedReportCodec": "cxrgen.text.report_standin",
+    "ReportCodec": "cxrgen.text.report_ae",
     "LatentCodec": "cxrgen.autoencoder",
     "IdentityCodec": "cxrgen.autoencoder",
     "TextEncoder": "cxrgen.text.base",

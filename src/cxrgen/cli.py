@@ -290,7 +290,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                        lateral=args.lateral, n=args.n or 1, steps=args.steps,
                                        guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
                                        device="cpu" if args.device == "auto" else args.device,
-                                       progress=not args.no_progress)
+                                       progress=not args.no_progress, fmt="dicom" if args.dicom else "png")
         print(f"{len(paths)} file(s) in {Path(args.out).resolve()}")
         return 0
     from cxrgen.generate import run_generate
@@ -461,6 +461,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- evaluate-multiview -----------------------------------------------------------------------
+def _add_evaluate_multiview(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate-multiview", help="any-to-any model on held-out twin cases: the marks, the "
+                       "deliberate mistakes, JSON + report with grids")
+    p.add_argument("model", metavar="MODEL", help="multi-view model folder (`cxrgen train-multiview`)")
+    p.add_argument("--twin", required=True, help="twin folder (`cxrgen twin`) holding the split")
+    p.add_argument("--out", default="out/evaluate-multiview", help="folder for report.md and grid.png")
+    p.add_argument("--json", dest="json_out", help="scores JSON (default: OUT/metrics.json)")
+    p.add_argument("--n", type=int, default=60, help="held-out cases (default 60)")
+    p.add_argument("--split", default="test", help="twin split: test (held-out cases and wordings) | validate | train")
+    _add_sampling_args(p, seed_help="seed of the sampling noise (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="cases sampled together")
+    p.add_argument("--aligned", help="aligned encoders folder: adds the retrieval baseline of frontal -> report")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate_multiview)
+
+
+def _cmd_evaluate_multiview(args: argparse.Namespace) -> int:
+    from cxrgen.evaluate.multiview import evaluate_multiview
+
+    result = evaluate_multiview(args.model, args.twin, args.out, json_path=args.json_out, n=args.n, split=args.split,
+                                steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance_scale,
+                                batch=args.batch_size, seed=args.seed or 0, aligned=args.aligned,
+                                progress=not args.no_progress)
+    for key, m in result["marks"].items():
+        value = "-" if m["value"] is None else f"{m['value']:.3f}"
+        print(f"{key}: {value} (mark >= {m['mark']}: {'pass' if m['passed'] else 'fail'})")
+    for key, c in result["mistake_checks"].items():
+        print(f"mistake {key}: {c['value']:.3f} ({'fails' if c['fails_mark'] else 'PASSES'} {c['scored_as']})")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 # --- augment-study ----------------------------------------------------------------------------
 def _csv_list(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
@@ -577,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_control(sub)
     _add_evaluate(sub)
+    _add_evaluate_multiview(sub)
     _add_augment_study(sub)
     _add_serve(sub)
     return parser

@@ -56,6 +56,7 @@ class ReportAEStageConfig:
     lr: float = 1e-3
     kl_weight: float = 1e-3  # beta of the KL term (per latent element, against N(0, 1))
     word_dropout: float = 0.25  # share of decoder input tokens replaced by [MASK]: makes the decoder read the latent
+    bow_weight: float = 0.0  # > 0: add this x the latent's bag-of-words loss (Zhao et al. 2017): the latent must hold the words
     eval_reports: int = 200  # held-out reports decoded for the reconstruction metrics (per corpus)
     beams: int = 1  # 1: greedy decoding in the evaluation
 

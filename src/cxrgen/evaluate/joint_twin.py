@@ -1,6 +1,7 @@
 """Any-to-any on the CT twin: the twin's measurers read generated views and compare them with the case's truth.
 
-Held-out twin cases (split ``test``, held-out wordings). Scores, each a mean of 0/1 items:
+The scoring pieces :mod:`cxrgen.evaluate.multiview` (``cxrgen evaluate-multiview``) combines, and the compute
+of a joint model. Scores, each a mean of 0/1 items:
 
 - report -> frontal ``laterality``: the measured side equals the true side for every one-sided or
   bilateral effusion, pneumothorax and consolidation of the case (as ``cxrgen control``);
@@ -8,25 +9,19 @@ Held-out twin cases (split ``test``, held-out wordings). Scores, each a mean of 
 - frontal -> lateral ``coherence``: the mean of the lateral measurer's agreements with the truth
   (effusion presence, effusion size, consolidation zone, cardiomegaly; :func:`cxrgen.twin.measure.compare`),
   reported with the same score of the real lateral views (the ceiling) and their ratio;
-- deliberate mistakes that must score lower: reports shuffled against the cases (report -> frontal) and
-  a lateral generated with no frontal given (the marginal, ``->lateral``).
+- the deliberate mistakes that must score lower (:data:`cxrgen.evaluate.multiview.MISTAKES`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from cxrgen.compute import count_flops
-from cxrgen.data.twin_triplets import load_views, read_twin_triplets
-from cxrgen.errors import DataError
 from cxrgen.pipelines import MultiViewPipeline
 from cxrgen.twin.findings import TwinFindings, lobe_side
 from cxrgen.twin.measure import compare, measure
@@ -69,59 +64,6 @@ def lateral_scores(images: list[np.ndarray], truths: list[TwinFindings], ctrs: l
     rows = [compare(measure(img, "lateral"), t, c) for img, t, c in zip(images, truths, ctrs, strict=True)]
     scores = {k: float(np.mean([r[k] for r in rows])) for k in LATERAL_FIELDS}
     return {**scores, "coherence": float(np.mean([scores[k] for k in LATERAL_FIELDS]))}
-
-
-def _generate(pipe: MultiViewPipeline, batch: int, progress: bool, **kwargs: Any) -> Any:
-    """Run ``pipe`` in batches over the given modalities; concatenate the generated views."""
-    n = next(len(v) for k, v in kwargs.items() if k in ("frontal", "lateral", "report") and v is not None) \
-        if any(kwargs.get(k) is not None for k in ("frontal", "lateral", "report")) else kwargs.pop("num", 1)
-    kwargs.pop("num", None)
-    outs = []
-    for i in tqdm(range(0, n, batch), desc="generating", disable=not progress):
-        part = {k: (v[i:i + batch] if k in ("frontal", "lateral", "report") and v is not None else v)
-                for k, v in kwargs.items()}
-        if not any(part.get(k) is not None for k in ("frontal", "lateral", "report")):
-            part["num_samples"] = min(batch, n - i)
-        part["generator"] = torch.Generator().manual_seed(1000 + i)
-        outs.append(pipe(progress=False, **part))
-    return {v: torch.cat([getattr(o, v) for o in outs]) for v in ("frontal", "lateral") if getattr(outs[0], v) is not None}
-
-
-def evaluate_joint_twin(pipe: MultiViewPipeline, twin_dir: str, n: int = 60, split: str = "test", batch: int = 32,
-                        progress: bool = True) -> dict[str, Any]:
-    """Every twin score of the module docstring on the first ``n`` cases of ``split``."""
-    table = read_twin_triplets(twin_dir)
-    cases = table[table["split"] == split].reset_index(drop=True).iloc[:n]
-    if not len(cases):
-        raise DataError(f"no {split!r} cases in {twin_dir}")
-    rows = cases.to_dict("records")
-    truths, ctrs = [truth_of(r) for r in rows], [float(r["ctr"]) for r in rows]
-    twin_size = int(json.loads((Path(twin_dir) / "twin.json").read_text(encoding="utf-8"))["size"])  # measured here
-    frontal_real, lateral_real = load_views(cases, pipe.image_size)
-    reports = list(cases["report"])
-    shuffled = reports[1:] + reports[:1]
-    gen = lambda **kw: _generate(pipe, batch, progress, **kw)  # noqa: E731
-    r2f = to_measured(gen(report=reports, generate=["frontal"])["frontal"], twin_size)
-    r2f_shuffled = to_measured(gen(report=shuffled, generate=["frontal"])["frontal"], twin_size)
-    r2l = to_measured(gen(report=reports, generate=["lateral"])["lateral"], twin_size)
-    f2l = to_measured(gen(frontal=frontal_real, generate=["lateral"])["lateral"], twin_size)
-    marginal = to_measured(gen(generate=["lateral"], num=len(rows))["lateral"], twin_size)
-    real_lat = to_measured(lateral_real, twin_size)
-    present = [t.effusion_side != "none" for t in truths]
-    ceiling = lateral_scores(real_lat, truths, ctrs)
-    f2l_scores = lateral_scores(f2l, truths, ctrs)
-    return {
-        "n": len(rows), "split": split, "settings": {**pipe.sampling.__dict__},
-        "report_to_frontal": {"laterality": laterality(r2f, truths),
-                              "laterality_shuffled_reports": laterality(r2f_shuffled, truths),
-                              "laterality_real_frontal": laterality(to_measured(frontal_real, twin_size), truths)},
-        "report_to_lateral": {"effusion_presence": float(np.mean([measure(x, "lateral").effusion_present == p
-                                                                  for x, p in zip(r2l, present, strict=True)])),
-                              **{f"all_{k}": v for k, v in lateral_scores(r2l, truths, ctrs).items()}},
-        "frontal_to_lateral": {**f2l_scores, "ceiling_real_pairs": ceiling,
-                               "coherence_vs_ceiling": f2l_scores["coherence"] / max(ceiling["coherence"], 1e-9),
-                               "no_frontal_given": lateral_scores(marginal, truths, ctrs)},
-    }
 
 
 def joint_cost(pipe: MultiViewPipeline, steps: int | None = None, guidance_scale: float | None = None) -> dict[str, Any]:

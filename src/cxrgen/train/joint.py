@@ -16,7 +16,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from diffusers import ConfigMixin
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -39,13 +38,19 @@ log = logging.getLogger(__name__)
 MODEL_DIR = "model"
 METRICS_NAME = "joint_metrics.json"
 LATENT_CACHE = "joint_latents.safetensors"
+REPORT_SIZE_FIELDS = {"report_tokens", "report_dim"}  # init_from may differ in these alone (a new report codec)
 
 
 def load_codecs(cfg: JointStageConfig, train_reports: list[str]) -> tuple[Any, Any]:
     """The frozen image codec (default model's unless given) and report codec (stand-in unless given)."""
     codec = LatentCodec.from_pretrained(cfg.autoencoder or DEFAULT_MODEL / "autoencoder").eval()
     if cfg.report_codec is not None:  # any codec class cxrgen exports (the report AE), named in its config.json
-        name = ConfigMixin.load_config(cfg.report_codec).get("_class_name")
+        config_file = Path(cfg.report_codec) / "config.json"
+        if not config_file.is_file():
+            raise ConfigError(f"joint.report_codec={cfg.report_codec!r} holds no config.json; give the report_ae "
+                              "folder written by `cxrgen train-multiview` (stage report_ae)")
+        name = json.loads(config_file.read_text(encoding="utf-8")).get("_class_name")
+        name = "ReportCodec" if name == "ReportAutoencoder" else name  # the report AE's folder: network + tokenizer
         if name not in cxrgen.__all__:
             raise ConfigError(f"joint.report_codec={cfg.report_codec!r} holds a {name!r}, not a cxrgen report codec")
         report = getattr(cxrgen, name).from_pretrained(cfg.report_codec).eval()
@@ -72,18 +77,32 @@ def encode_triplets(codec: Any, report_codec: Any, table: pd.DataFrame, size: in
 
 def cached_latents(out: Path, codec: LatentCodec, report_codec: Any, table: pd.DataFrame, size: int,
                    progress: bool) -> dict[str, torch.Tensor]:
-    """:func:`encode_triplets`, kept in ``out/joint_latents.safetensors`` and reused while its key matches."""
+    """:func:`encode_triplets`, kept in ``out/joint_latents.safetensors``; the views' and the reports' latents are
+    reused while their own key matches (another report codec re-encodes the reports only)."""
     path = out / LATENT_CACHE
-    key = json.dumps({"studies": list(table["study_id"]), "size": size, "scale": codec.scale, "shift": codec.shift,
-                      "report_codec": {k: v for k, v in dict(report_codec.config).items() if not k.startswith("_")}})
+    studies = list(table["study_id"])
+    keys = {"image_key": json.dumps({"studies": studies, "size": size, "scale": codec.scale, "shift": codec.shift}),
+            "report_key": json.dumps({"studies": studies, "report_codec": {
+                k: v for k, v in dict(report_codec.config).items() if not k.startswith("_")}})}
+    cached: dict[str, torch.Tensor] = {}
     if path.is_file():
         with safe_open(str(path), "pt") as f:
-            if f.metadata().get("key") == key:
-                log.info("reusing the encoded triplets in %s", path)
-                return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    latents = encode_triplets(codec, report_codec, table, size, progress=progress)
+            meta = f.metadata() or {}
+            for key, names in (("image_key", ("frontal", "lateral")), ("report_key", ("report",))):
+                if meta.get(key) == keys[key]:
+                    cached.update({n: f.get_tensor(n) for n in names})
+    if len(cached) == 3:
+        log.info("reusing the encoded triplets in %s", path)
+        return cached
+    if "frontal" in cached:
+        log.info("reusing the encoded views in %s; encoding the reports with the new report codec", path)
+        cached["report"] = torch.cat([report_codec.encode(list(table["report"][i:i + 64]))
+                                      for i in range(0, len(table), 64)])
+        latents = cached
+    else:
+        latents = encode_triplets(codec, report_codec, table, size, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in latents.items()}, str(path), metadata={"key": key})
+    save_file({k: v.contiguous() for k, v in latents.items()}, str(path), metadata=keys)
     return latents
 
 
@@ -137,9 +156,23 @@ def _load_weights(model: torch.nn.Module, source: Path) -> None:
     plain = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 - JSON turns tuples into lists
     differ = sorted(k for k in model.config if not k.startswith("_")
                     and plain(saved.config.get(k)) != plain(model.config.get(k)))
-    if differ:
+    if differ and not set(differ) <= REPORT_SIZE_FIELDS:
         raise ConfigError(f"joint.init_from={str(source)!r} has another architecture (fields {differ}); "
                           "set joint.denoiser and the data sizes to the saved model's")
+    if differ:  # a new report codec: keep the rest, learn the report's in/out maps and positions afresh
+        state, fresh = model.state_dict(), []
+        for name, value in saved.state_dict().items():
+            if state[name].shape == value.shape:
+                state[name] = value
+            elif name == "pos_embed":  # [times, frontal, lateral, report] tokens: all but the report's kept
+                keep = value.shape[1] - saved.config.report_tokens
+                state[name][:, :keep] = value[:, :keep]
+                fresh.append(f"{name}[report]")
+            else:
+                fresh.append(name)
+        model.load_state_dict(state)
+        log.info("joint U-ViT starts from %s; new report latent %s: %s start afresh", folder, differ, fresh)
+        return
     model.load_state_dict(saved.state_dict())
     log.info("joint U-ViT starts from the weights in %s", folder)
 

@@ -87,11 +87,12 @@ def fit_report_ae(codec: ReportCodec, texts: list[str], cfg: MultiviewTrainConfi
         batch_ids, batch_mask = ids[pick, :length], mask[pick, :length]  # (B, l) each
         out = codec.model(batch_ids, batch_mask, generator=generator, word_dropout=stage.word_dropout)
         beta = stage.kl_weight * min(1.0, step / max(1, stage.steps // 3))  # KL annealing
-        loss = out["ce"] + beta * out["kl"]
+        loss = out["ce"] + beta * out["kl"] + stage.bow_weight * out.get("bow", 0.0)
         optimizer_step(optimizer, loss, lr_at(step, stage.steps, stage.lr))
         losses.append(float(out["ce"].detach()))
         if step % 200 == 0:
-            log.info("step %d: ce %.3f kl %.4f", step, float(out["ce"].detach()), float(out["kl"].detach()))
+            log.info("step %d: ce %.3f kl %.4f bow %.3f", step, float(out["ce"].detach()), float(out["kl"].detach()),
+                     float(out.get("bow", torch.tensor(float("nan"))).detach()))
     codec.model.eval()
     return losses
 
@@ -135,7 +136,7 @@ def _codec(cfg: MultiviewTrainConfig, texts: list[str], out: Path, generator: to
     return ReportCodec.build(tokenizer, generator, max_length=stage.max_length, width=stage.width,
                              encoder_depth=stage.encoder_depth, decoder_depth=stage.decoder_depth, heads=stage.heads,
                              mlp_ratio=stage.mlp_ratio, latent_tokens=stage.latent_tokens, latent_dim=stage.latent_dim,
-                             dropout=stage.dropout)
+                             dropout=stage.dropout, bag_of_words=stage.bow_weight > 0)
 
 
 def run_report_ae(cfg: MultiviewTrainConfig, corpora: dict[str, dict[str, list[str]]], out: Path) -> dict:
