@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from cxrgen.config import ImageConfig
 from cxrgen.data.twin_triplets import load_views, read_twin_triplets
-from cxrgen.errors import ConfigError, DataError
+from cxrgen.errors import DataError
 from cxrgen.evaluate.joint_twin import lateral_scores, laterality, to_measured, truth_of
 from cxrgen.evaluate.report import save_sample_grid
 from cxrgen.pipelines import load_multiview_pipeline
