@@ -165,13 +165,17 @@ def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMN
     return "\n".join(lines) + "\n"
 
 
-def best_arms(results: dict[str, list[dict[str, Any]]], n: int = 2) -> list[str]:
+def best_arms(records: dict[str, dict[str, Any]], n: int = 2) -> list[str]:
     """The ``n`` trained arms with the lowest SWD at their last point (C2ST saturates early; SWD still ranks)."""
-    trained = {arm: pts[-1]["swd"] for arm, pts in results.items() if pts and pts[-1].get("cpu_min") is not None}
-    return sorted(trained, key=trained.get)[:n]
+    final = {arm: rec["points"][-1]["swd"] for arm, rec in records.items() if rec["kind"] == "trained" and rec["points"]}
+    return sorted(final, key=final.get)[:n]
 
 
-def plot(results: dict[str, list[dict[str, Any]]], path: Path, arms: list[str]) -> str | None:
+def _minutes(point: dict[str, Any]) -> float:
+    return point["cpu_min"] if point.get("cpu_min") is not None else point["steps"]  # --clock steps: steps
+
+
+def plot(records: dict[str, dict[str, Any]], path: Path, arms: list[str]) -> str | None:
     """C2ST (linear), SWD and conditioning gain against CPU minutes of ``arms``, references as dashed lines.
 
     Returns a note when there is no plot (matplotlib missing, or no trained arm).
@@ -183,8 +187,8 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path, arms: list[str]) 
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed: no plot (pip install matplotlib)"
-    curves = {arm: results[arm] for arm in arms if results.get(arm)}
-    references = {arm: pts[-1] for arm, pts in results.items() if pts and pts[-1].get("cpu_min") is None}
+    curves = {arm: records[arm]["points"] for arm in arms if arm in records and records[arm]["points"]}
+    references = {arm: rec["points"][-1] for arm, rec in records.items() if rec["kind"] == "reference" and rec["points"]}
     if not curves:
         return "no trained arm: no plot"
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -192,7 +196,7 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path, arms: list[str]) 
             "cond_gain": "conditioning gain (higher better)"}
     for ax, (key, title) in zip(axes, keys.items(), strict=True):
         for arm, points in curves.items():
-            ax.plot([p["cpu_min"] for p in points], [p[key] for p in points], marker="o", label=arm)
+            ax.plot([_minutes(p) for p in points], [p[key] for p in points], marker="o", label=arm)
         for name, point in references.items():
             ax.axhline(point[key], linestyle="--", color="gray", linewidth=1, label=name)
         ax.set_xlabel("CPU minutes of training")
@@ -276,8 +280,8 @@ def write_report(run_args: dict[str, str], records: dict[str, dict[str, Any]], o
     results = {arm: rec["points"] for arm, rec in records.items()}
     rows = [{"arm": arm, **points[-1]} for arm, points in results.items() if points]
     every = [{"arm": arm, **p} for arm, points in results.items() for p in points]
-    arms = plot_arms if plot_arms is not None else best_arms(results)
-    note = plot(results, out / "budget.png", arms)
+    arms = plot_arms if plot_arms is not None else best_arms(records)
+    note = plot(records, out / "budget.png", arms)
     table = ("## Last point of each arm\n\n" + markdown_table(rows) + "\n## Every evaluation point\n\n"
              + markdown_table(every, POINT_COLUMNS) + f"\nPlot: {', '.join(arms) or '-'}"
              + (f" ({note})" if note else "") + "\n")
