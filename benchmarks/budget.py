@@ -166,8 +166,14 @@ def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMN
 
 
 def best_arms(records: dict[str, dict[str, Any]], n: int = 2) -> list[str]:
-    """The ``n`` trained arms with the lowest SWD at their last point (C2ST saturates early; SWD still ranks)."""
-    final = {arm: rec["points"][-1]["swd"] for arm, rec in records.items() if rec["kind"] == "trained" and rec["points"]}
+    """The ``n`` trained arms with the lowest SWD at their last point, among the arms trained longest (within 5 %).
+
+    SWD because C2ST saturates early; the longest-trained only, so that a stopped arm is not ranked by an
+    early point against the others' final ones.
+    """
+    last = {arm: rec["points"][-1] for arm, rec in records.items() if rec["kind"] == "trained" and rec["points"]}
+    longest = max((p["clock_s"] for p in last.values()), default=0.0)
+    final = {arm: p["swd"] for arm, p in last.items() if p["clock_s"] >= 0.95 * longest}
     return sorted(final, key=final.get)[:n]
 
 
