@@ -1,5 +1,6 @@
 """The augmentation study's CT-twin task (src/cxrgen/configs/augment-twin.yaml): PA rows only, the twin's own
-patient-level splits, and presence labels that follow the twin's truth columns; flags override the file."""
+patient-level splits, and presence labels that follow the twin's truth columns; flags override the file;
+and the label fidelity of synthetic images (a real-trained classifier reading their prompts' findings)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 import cxrgen
 from cxrgen.cli import build_parser
-from cxrgen.config.augment import augment_study_config
+from cxrgen.config.augment import REAL, AugmentStudyConfig, augment_study_config
 from cxrgen.data.prepare import prepare
 from cxrgen.errors import ConfigError
 from cxrgen.evaluate.augment.data import read_task
+from cxrgen.evaluate.augment.study import label_fidelity
+from cxrgen.evaluate.augment.train import Images, train_arm
 
 TWIN_CONFIG = Path(cxrgen.__file__).parent / "configs" / "augment-twin.yaml"
 # (split, effusion_side, pneumothorax_side, consolidation_lobe, cardiomegaly, nodule_lobe) per case
@@ -69,3 +73,19 @@ def test_twin_config_takes_command_line_overrides(tmp_path: Path) -> None:
     assert cfg.label_columns == ("Pleural Effusion", "Cardiomegaly") and cfg.label_column is None
     with pytest.raises(ConfigError, match="manifest"):
         augment_study_config(None)
+
+
+def test_label_fidelity_ranks_images_that_follow_their_labels_above_shuffled_ones() -> None:
+    """The real-only classifier's AUROC on synthetic images: high when an image shows its label, ~0.5 when not."""
+    g = torch.Generator().manual_seed(0)
+    targets = (torch.rand(96, 2, generator=g) > 0.5).float()
+    images = torch.rand(96, 1, 32, 32, generator=g) * 0.4 - 0.2
+    images[:, :, :, :16] += targets[:, 0, None, None, None] * 0.8  # finding 0: bright image left half
+    images[:, :, :16, :] -= targets[:, 1, None, None, None] * 0.8  # finding 1: dark upper half
+    real, good = Images(images[:48], targets[:48]), Images(images[48:], targets[48:])
+    bad = Images(good.images, good.targets[torch.randperm(48, generator=g)])
+    cfg = AugmentStudyConfig(manifest="x", label_column=None, label_columns=("a", "b"), image_size=32, epochs=8,
+                             batch_size=16, progress=False)
+    net = train_arm(REAL, real, Images(torch.zeros(0, 1, 32, 32), torch.zeros(0, 2)), cfg, False, 0)
+    faithful, shuffled = label_fidelity(net, good, False), label_fidelity(net, bad, False)
+    assert faithful.min() > 0.8 and shuffled.max() < faithful.min() - 0.2
