@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 import cxrgen
+import cxrgen.evaluate.augment.train as augment_train
 from cxrgen.cli import build_parser
-from cxrgen.config.augment import REAL, AugmentStudyConfig, augment_study_config
+from cxrgen.config.augment import ARMS, COMBINED, PRETRAIN, REAL, SYNTHETIC, AugmentStudyConfig, augment_study_config
 from cxrgen.data.prepare import prepare
 from cxrgen.errors import ConfigError
 from cxrgen.evaluate.augment.data import read_task
@@ -89,3 +90,27 @@ def test_label_fidelity_ranks_images_that_follow_their_labels_above_shuffled_one
     net = train_arm(REAL, real, Images(torch.zeros(0, 1, 32, 32), torch.zeros(0, 2)), cfg, False, 0)
     faithful, shuffled = label_fidelity(net, good, False), label_fidelity(net, bad, False)
     assert faithful.min() > 0.8 and shuffled.max() < faithful.min() - 0.2
+
+
+@pytest.mark.parametrize("matched", [False, True])
+def test_matched_steps_gives_every_arm_as_many_steps(monkeypatch, matched: bool) -> None:
+    """With matched_steps the real-only and synthetic-only arms see as many images (to half a pass) as the
+    arms on real + synthetic images; without it every arm makes ``epochs`` passes over its own set."""
+    seen: list[int] = []
+
+    def count(net, data, epochs, *args, **kw):
+        seen.append(epochs * len(data))
+        return net
+
+    monkeypatch.setattr(augment_train, "fit", count)
+    cfg = AugmentStudyConfig(manifest="x", label_column=None, label_columns=("a", "b"), image_size=32, epochs=4,
+                             matched_steps=matched, progress=False)
+    own = {REAL: 30, SYNTHETIC: 10, COMBINED: 40, PRETRAIN: 40}
+    real, synthetic = (Images(torch.zeros(n, 1, 32, 32), torch.zeros(n, 2)) for n in (own[REAL], own[SYNTHETIC]))
+    for arm in ARMS:
+        seen.clear()
+        train_arm(arm, real, synthetic, cfg, False, 0)
+        if matched:
+            assert abs(sum(seen) - 4 * 40) <= own[arm] / 2
+        else:
+            assert sum(seen) == 4 * own[arm]

@@ -492,6 +492,8 @@ def _add_augment_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arms", type=_csv_list, help="comma-separated subset of real,synthetic,real+synthetic,"
                    "synthetic-then-real (default: all)")
     p.add_argument("--epochs", type=int, help="classifier epochs (and fine-tuning epochs; default 20)")
+    p.add_argument("--matched-steps", action="store_true", default=None,
+                   help="real-only and synthetic-only arms train as many steps as the real + synthetic arms")
     p.add_argument("--image-size", type=int, help="classifier input side in pixels (default 64)")
     _add_sampling_args(p, seed_help="generation seed (image k of a prompt gets a fixed seed from it)")
     p.add_argument("--device", help="generation device: cpu | cuda | cuda:N (default: cpu)")
@@ -509,7 +511,8 @@ def _cmd_augment_study(args: argparse.Namespace) -> int:
         label_columns=args.label_columns, classes=args.classes, view=args.view, model=args.model,
         synthetic_csv=args.synthetic_csv, cache_dir=args.cache, model_train_manifests=mtm, n_real=args.n_real,
         n_synthetic=args.n_synthetic, seeds=args.seeds, arms=args.arms, epochs=args.epochs,
-        image_size=args.image_size, steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance_scale,
+        matched_steps=args.matched_steps, image_size=args.image_size, steps=args.steps, sampler=args.sampler,
+        guidance_scale=args.guidance_scale,
         generation_seed=args.seed, device=args.device, progress=False if args.no_progress else None)
     result = run_augment_study(cfg)
     for arm, entry in result["auroc"]["arms"].items():

@@ -56,6 +56,7 @@ class AugmentStudyConfig:
     arch: str = "densenet-tiny"
     image_size: int = 64
     epochs: int = 20
+    matched_steps: bool = False  # real-only and synthetic-only arms train as many steps as the n + m arms
     finetune_epochs: int | None = None  # synthetic-then-real: real epochs after pre-training; None: epochs
     batch_size: int = 32
     lr: float = 1e-3
