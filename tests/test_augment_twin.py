@@ -15,7 +15,9 @@ from PIL import Image
 import cxrgen
 import cxrgen.evaluate.augment.train as augment_train
 from cxrgen.cli import build_parser
+from cxrgen.config import TrainConfig
 from cxrgen.config.augment import ARMS, COMBINED, PRETRAIN, REAL, SYNTHETIC, AugmentStudyConfig, augment_study_config
+from cxrgen.config.base import load_config
 from cxrgen.data.prepare import prepare
 from cxrgen.errors import ConfigError
 from cxrgen.evaluate.augment.data import read_task
@@ -114,3 +116,11 @@ def test_matched_steps_gives_every_arm_as_many_steps(monkeypatch, matched: bool)
             assert abs(sum(seen) - 4 * 40) <= own[arm] / 2
         else:
             assert sum(seen) == 4 * own[arm]
+
+
+def test_twin_generator_config_is_a_pixel_space_model_of_the_twin_train_split() -> None:
+    cfg = load_config(TrainConfig, TWIN_CONFIG.parent / "twin-pixel64.yaml")
+    assert cfg.split == "train" and cfg.model.autoencoder.kind == "identity" and cfg.cache_dir is None
+    assert cfg.model.denoiser.sample_size == cfg.image.size == 64 and cfg.model.denoiser.in_channels == 1
+    assert cfg.model.text_encoder.pooling == "sentences"
+    assert cfg.model.denoiser.context_len == cfg.model.text_encoder.max_sentences
