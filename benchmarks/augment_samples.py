@@ -27,9 +27,18 @@ def tile(path: str, size: int) -> Image.Image:
     return Image.fromarray((unit.clamp(0, 1) * 255).round().byte().numpy(), mode="L")
 
 
+def _rows(table: pd.DataFrame, name: str, cfg: dict) -> pd.DataFrame:
+    """Rows of class ``name``: its value (multi-class), a 1 in its column, or "none": no 1 in any (multi-label)."""
+    if cfg["label_column"] is not None:
+        return table[table[cfg["label_column"]] == name]
+    if name == "none":
+        return table[(table[cfg["label_columns"]] == 0).all(axis=1)]
+    return table[table[name] == 1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", help="augment_study.json of a multi-class study")
+    parser.add_argument("study", help="augment_study.json of a study (multi-class, or multi-label: a row per finding)")
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("-k", type=int, default=4, help="images per class and kind")
     parser.add_argument("--size", type=int, default=80, help="tile side in pixels")
@@ -40,13 +49,17 @@ def main() -> None:
     real = manifest[manifest["split"] == cfg["train_split"]]
     synthetic = pd.read_csv(study["synthetic"]["table"])
     base = Path(study["synthetic"]["table"]).parent
+    if cfg.get("view"):
+        real = real[real["view"].astype(str).str.upper() == cfg["view"].upper()]
+    if cfg["label_column"] is None:  # multi-label (the CT twin): a row per finding, then one with none of them
+        classes = [*classes, "none"]
+        real = real[real[cfg["label_columns"]].isin([0.0, 1.0]).all(axis=1)]
     grid = Image.new("L", (2 * args.k * args.size, len(classes) * args.size))
     for row, name in enumerate(classes):
         root = Path(cfg["image_root"] or Path(cfg["manifest"]).parent)
-        paths = [str(p if Path(p).is_absolute() else root / p)
-                 for p in real[real[cfg["label_column"]] == name]["image_path"][: args.k]]
+        paths = [str(p if Path(p).is_absolute() else root / p) for p in _rows(real, name, cfg)["image_path"][: args.k]]
         paths += [str(p if Path(p).is_absolute() else base / p)
-                  for p in synthetic[synthetic[cfg["label_column"]] == name]["image_path"][: args.k]]
+                  for p in _rows(synthetic, name, cfg)["image_path"][: args.k]]
         for col, path in enumerate(paths):
             grid.paste(tile(path, args.size), (col * args.size, row * args.size))
     grid.save(args.out, optimize=True)

@@ -502,48 +502,56 @@ def _csv_list(text: str) -> tuple[str, ...]:
 def _add_augment_study(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("augment-study", help="classifier AUROC on real test images when trained on real, "
                        "synthetic, real + synthetic, synthetic-then-real images (matched sizes, seeds, bootstrap CIs)")
-    p.add_argument("manifest", help="real manifest from `cxrgen prepare` (image_path, split, patient_id, labels)")
-    p.add_argument("--out", required=True, help="output folder: augment_study.json, .md and .png")
-    p.add_argument("--label-column", default=None, help="multi-class label column (default: finding)")
+    p.add_argument("manifest", nargs="?", help="real manifest from `cxrgen prepare` (image_path, split, patient_id, "
+                   "labels); optional with a --config that names it")
+    p.add_argument("--config", help="YAML AugmentStudyConfig (e.g. src/cxrgen/configs/augment-twin.yaml); "
+                   "options given on the command line override it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set n_real=300")
+    p.add_argument("--out", help="output folder: augment_study.json, .md and .png (default: runs/augment-study)")
+    p.add_argument("--label-column", help="multi-class label column (default: finding)")
     p.add_argument("--label-columns", type=_csv_list, help="multi-label: comma-separated CheXpert columns (1/0)")
-    p.add_argument("--classes", type=_csv_list, default=(), help="multi-class values to keep (default: all)")
+    p.add_argument("--classes", type=_csv_list, help="multi-class values to keep (default: all)")
     p.add_argument("--view", help="keep only rows of this view (e.g. PA)")
     p.add_argument("--model", help="generative model folder or hub id (default: the packaged model)")
     p.add_argument("--synthetic-csv", help="instead of a model: CSV of synthetic images (image_path + labels)")
-    p.add_argument("--cache", default="runs/augment-study/synthetic", help="generated images (reused on rerun)")
-    p.add_argument("--model-train-manifest", action="append", default=[], metavar="MANIFEST",
+    p.add_argument("--cache", help="generated images, reused on rerun (default: runs/augment-study/synthetic)")
+    p.add_argument("--model-train-manifest", action="append", metavar="MANIFEST",
                    help="the generative model's training manifest(s) (default: its train_config.yaml)")
-    p.add_argument("--n-real", type=int, default=150, help="real training images per class (multi-label: in all)")
+    p.add_argument("--n-real", type=int, help="real training images per class (multi-label: in all; default 150)")
     p.add_argument("--n-synthetic", type=int, help="synthetic training images per class (default: --n-real)")
-    p.add_argument("--seeds", type=lambda t: tuple(int(x) for x in _csv_list(t)), default=(0, 1, 2),
+    p.add_argument("--seeds", type=lambda t: tuple(int(x) for x in _csv_list(t)),
                    help="comma-separated classifier seeds (default 0,1,2)")
     p.add_argument("--arms", type=_csv_list, help="comma-separated subset of real,synthetic,real+synthetic,"
                    "synthetic-then-real (default: all)")
-    p.add_argument("--epochs", type=int, default=20, help="classifier epochs (and fine-tuning epochs)")
-    p.add_argument("--image-size", type=int, default=64, help="classifier input side in pixels")
+    p.add_argument("--epochs", type=int, help="classifier epochs (and fine-tuning epochs; default 20)")
+    p.add_argument("--matched-steps", action="store_true", default=None,
+                   help="real-only and synthetic-only arms train as many steps as the real + synthetic arms")
+    p.add_argument("--image-size", type=int, help="classifier input side in pixels (default 64)")
     _add_sampling_args(p, seed_help="generation seed (image k of a prompt gets a fixed seed from it)")
-    p.add_argument("--device", default="cpu", help="generation device: cpu | cuda | cuda:N")
+    p.add_argument("--device", help="generation device: cpu | cuda | cuda:N (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_augment_study)
 
 
 def _cmd_augment_study(args: argparse.Namespace) -> int:
-    from cxrgen.config.augment import ARMS, AugmentStudyConfig
+    from cxrgen.config.augment import augment_study_config
     from cxrgen.evaluate.augment.study import JSON_NAME, run_augment_study
 
-    label_column = None if args.label_columns else (args.label_column or "finding")
-    cfg = AugmentStudyConfig(
-        manifest=args.manifest, out_dir=args.out, label_column=label_column, label_columns=args.label_columns or (),
-        classes=args.classes, view=args.view, model=args.model, synthetic_csv=args.synthetic_csv,
-        cache_dir=args.cache, model_train_manifests=tuple(args.model_train_manifest), n_real=args.n_real,
-        n_synthetic=args.n_synthetic, seeds=args.seeds, arms=args.arms or ARMS, epochs=args.epochs,
-        image_size=args.image_size, steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance_scale,
-        generation_seed=args.seed or 0, device=args.device, progress=not args.no_progress)
+    mtm = tuple(args.model_train_manifest) if args.model_train_manifest else None
+    cfg = augment_study_config(
+        args.config, args.set, manifest=args.manifest, out_dir=args.out, label_column=args.label_column,
+        label_columns=args.label_columns, classes=args.classes, view=args.view, model=args.model,
+        synthetic_csv=args.synthetic_csv, cache_dir=args.cache, model_train_manifests=mtm, n_real=args.n_real,
+        n_synthetic=args.n_synthetic, seeds=args.seeds, arms=args.arms, epochs=args.epochs,
+        matched_steps=args.matched_steps, image_size=args.image_size, steps=args.steps, sampler=args.sampler,
+        guidance_scale=args.guidance_scale,
+        generation_seed=args.seed, device=args.device, progress=False if args.no_progress else None)
     result = run_augment_study(cfg)
     for arm, entry in result["auroc"]["arms"].items():
         low, high = entry["macro"]["ci"]
         print(f"{arm:>20}: macro AUROC {entry['macro']['auroc']:.3f} [{low:.3f}, {high:.3f}]")
-    print(f"wrote {Path(args.out) / JSON_NAME} (+ .md, .png)")
+    print(f"wrote {Path(cfg.out_dir) / JSON_NAME} (+ .md, .png)")
     return 0
 
 

@@ -6,8 +6,10 @@ images at matched sizes over several seeds, and scored on a held-out real test s
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+from cxrgen.config.base import load_config
 from cxrgen.errors import ConfigError
 
 REAL, SYNTHETIC, COMBINED, PRETRAIN = "real", "synthetic", "real+synthetic", "synthetic-then-real"
@@ -54,6 +56,7 @@ class AugmentStudyConfig:
     arch: str = "densenet-tiny"
     image_size: int = 64
     epochs: int = 20
+    matched_steps: bool = False  # real-only and synthetic-only arms train as many steps as the n + m arms
     finetune_epochs: int | None = None  # synthetic-then-real: real epochs after pre-training; None: epochs
     batch_size: int = 32
     lr: float = 1e-3
@@ -94,3 +97,20 @@ class AugmentStudyConfig:
     def synthetic_size(self) -> int:
         """Synthetic images per class (multi-class) or in all (multi-label)."""
         return self.n_real if self.n_synthetic is None else self.n_synthetic
+
+
+def augment_study_config(path: str | None = None, overrides: list[str] | None = None,
+                         **flags: object) -> AugmentStudyConfig:
+    """The study's config: the YAML at ``path`` (or the defaults), then ``key=value`` overrides, then every
+    flag that is not None (command-line options win over the file). A flag naming one kind of label
+    (``label_column`` or ``label_columns``) clears the other."""
+    cfg = load_config(AugmentStudyConfig, path, overrides)
+    given = {k: v for k, v in flags.items() if v is not None}
+    if given.get("label_columns"):
+        given["label_column"] = None
+    elif given.get("label_column"):
+        given["label_columns"] = ()
+    cfg = dataclasses.replace(cfg, **given)
+    if not cfg.manifest:
+        raise ConfigError("no real manifest: give it as the first argument or as `manifest:` in --config")
+    return cfg

@@ -34,6 +34,10 @@ def markdown_table(result: dict) -> str:
             row.append("—" if delta is None else f"{delta['auroc']:+.3f} [{delta['ci'][0]:+.3f}, {delta['ci'][1]:+.3f}]")
         row += [_ci(entry["per_class"][c]) for c in classes]
         lines.append("| " + " | ".join(row) + " |")
+    fidelity = result.get("synthetic_label_fidelity")
+    if fidelity:
+        per = ", ".join(f"{c} {v:.3f}" for c, v in fidelity["per_class"].items())
+        lines += ["", f"Synthetic label fidelity ({fidelity['what']}): macro {fidelity['macro']:.3f}; {per}."]
     return "\n".join(lines) + "\n"
 
 

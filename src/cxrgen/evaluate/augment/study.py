@@ -22,7 +22,7 @@ import torch
 from cxrgen.config.augment import COMBINED, PRETRAIN, REAL, SYNTHETIC, AugmentStudyConfig
 from cxrgen.evaluate.augment.data import PATH, Task, check_generator_unseen, draw_rows, read_task
 from cxrgen.evaluate.augment.report import PLOT_NAME, markdown_table, write_plot
-from cxrgen.evaluate.augment.stats import summarise
+from cxrgen.evaluate.augment.stats import class_aurocs, summarise
 from cxrgen.evaluate.augment.synthetic import generate_synthetic, read_synthetic
 from cxrgen.evaluate.augment.train import Images, predict, train_arm
 from cxrgen.evaluate.suite import load_images
@@ -66,8 +66,11 @@ def _load(paths: list[str], index: set[int], size: int, what: str, progress: boo
 
 
 def run_seeds(task: Task, syn_paths: list[str], syn_targets: np.ndarray, cfg: AugmentStudyConfig,
-              test_images: torch.Tensor) -> dict[str, np.ndarray]:
-    """Test probabilities (seeds, n_test, C) per arm; each seed draws its own training images."""
+              test_images: torch.Tensor, fidelity: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Test probabilities (seeds, n_test, C) per arm; each seed draws its own training images.
+
+    ``fidelity`` (a list) receives per seed the real-only classifier's per-class AUROC on that seed's
+    synthetic images against their prompts' labels: does the generator draw what the prompt says?"""
     draws = {}
     for seed in cfg.seeds:
         rng = np.random.default_rng([seed, DATA_STREAM])
@@ -85,6 +88,8 @@ def run_seeds(task: Task, syn_paths: list[str], syn_targets: np.ndarray, cfg: Au
         for arm in cfg.arms:
             net = train_arm(arm, real, syn, cfg, task.multiclass, seed)
             probs[arm].append(predict(net, test_images, task.multiclass))
+            if fidelity is not None and arm == REAL and syn.images.shape[0]:
+                fidelity.append(label_fidelity(net, syn, task.multiclass))
             log.info("seed %d, %s: trained", seed, arm)
     return {arm: np.stack(p) for arm, p in probs.items()}
 
@@ -96,6 +101,21 @@ def _images(cache: dict[int, torch.Tensor], index, targets: np.ndarray, size: in
     return Images(images, torch.from_numpy(targets[index].astype(np.float32)).reshape(len(index), targets.shape[1]))
 
 
+def label_fidelity(net: torch.nn.Module, synthetic: Images, multiclass: bool) -> np.ndarray:
+    """Per-class AUROC (C,) of a classifier trained on real images, scored on synthetic ones against their prompts' labels."""
+    return class_aurocs(predict(net, synthetic.images, multiclass)[None], synthetic.targets.numpy())[0]
+
+
+def _fidelity(per_seed: list[np.ndarray], classes: tuple[str, ...]) -> dict | None:
+    """Mean over seeds of the real-only classifier's AUROC on the synthetic images (prompt labels); None: no such arm."""
+    if not per_seed:
+        return None
+    mean = np.nanmean(np.stack(per_seed), axis=0)
+    return {"what": "AUROC of the real-only classifier on the synthetic training images, against their prompts' "
+                    "labels (mean over seeds)", "macro": float(np.nanmean(mean)),
+            "per_class": {c: float(v) for c, v in zip(classes, mean, strict=True)}}
+
+
 def run_augment_study(cfg: AugmentStudyConfig) -> dict:
     """Run the study and write its JSON, markdown table and plot to ``cfg.out_dir``; returns the JSON."""
     start = time.perf_counter()
@@ -105,7 +125,8 @@ def run_augment_study(cfg: AugmentStudyConfig) -> dict:
     unseen = check_generator_unseen(task.test, cfg, generator_model) if _needs_synthetic(cfg) else "no synthetic arm"
     syn_paths, syn_targets, syn_info = _synthetic(task, cfg)
     test_images = load_images([Path(p) for p in task.test[PATH]], cfg.image_size, cfg.progress, "reading test images")
-    probs = run_seeds(task, syn_paths, syn_targets, cfg, test_images)
+    fidelity: list[np.ndarray] = []
+    probs = run_seeds(task, syn_paths, syn_targets, cfg, test_images, fidelity)
     reference = REAL if REAL in cfg.arms else None
     stats = summarise(probs, task.test_targets, task.classes, cfg.bootstrap, cfg.confidence,
                       np.random.default_rng(cfg.seeds[0]), reference)
@@ -116,8 +137,10 @@ def run_augment_study(cfg: AugmentStudyConfig) -> dict:
         "sizes": {**sizes(cfg, len(task.classes)), "test": len(task.test),
                   "test_per_class": {c: int(v) for c, v in zip(task.classes, task.test_targets.sum(0), strict=True)},
                   "synthetic_pool": len(syn_paths), "real_pool": len(task.train)},
-        "auroc": stats, "synthetic": syn_info, "test_split_unseen_by_generator": unseen,
+        "auroc": stats, "synthetic": syn_info, "synthetic_label_fidelity": _fidelity(fidelity, task.classes),
+        "test_split_unseen_by_generator": unseen,
         "classifier": {"arch": cfg.arch, "image_size": cfg.image_size, "epochs": cfg.epochs,
+                       "matched_steps": cfg.matched_steps,
                        "finetune_epochs": cfg.finetune_epochs or cfg.epochs, "lr": cfg.lr,
                        "finetune_lr": cfg.finetune_lr or cfg.lr, "batch_size": cfg.batch_size},
         "notes": task.notes, "config": dataclasses.asdict(cfg), "seconds": time.perf_counter() - start,

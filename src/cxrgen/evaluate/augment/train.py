@@ -95,6 +95,14 @@ def predict(net: DenseNet, images: torch.Tensor, multiclass: bool, batch_size: i
     return probs.double().numpy()
 
 
+def arm_epochs(cfg: AugmentStudyConfig, own: int, both: int) -> int:
+    """Epochs of a one-source arm of ``own`` images: ``cfg.epochs``, or with ``matched_steps`` as many as
+    the arms that train on ``both`` (real + synthetic) images take, so that every arm takes as many steps."""
+    if not cfg.matched_steps or own == 0:
+        return cfg.epochs
+    return max(1, round(cfg.epochs * both / own))
+
+
 def train_arm(arm: str, real: Images, synthetic: Images, cfg: AugmentStudyConfig, multiclass: bool,
               seed: int) -> DenseNet:
     """The classifier of one arm and seed (same initialisation for every arm of a seed)."""
@@ -102,9 +110,11 @@ def train_arm(arm: str, real: Images, synthetic: Images, cfg: AugmentStudyConfig
     net = new_classifier(cfg, real.targets.shape[1], generator)
     desc = f"{arm} (seed {seed})"
     if arm == REAL:
-        return fit(net, real, cfg.epochs, cfg.lr, cfg, multiclass, generator, desc)
+        return fit(net, real, arm_epochs(cfg, len(real), len(real) + len(synthetic)), cfg.lr, cfg, multiclass,
+                   generator, desc)
     if arm == SYNTHETIC:
-        return fit(net, synthetic, cfg.epochs, cfg.lr, cfg, multiclass, generator, desc)
+        return fit(net, synthetic, arm_epochs(cfg, len(synthetic), len(real) + len(synthetic)), cfg.lr, cfg,
+                   multiclass, generator, desc)
     if arm == COMBINED:
         return fit(net, Images.join(real, synthetic), cfg.epochs, cfg.lr, cfg, multiclass, generator, desc)
     if arm == PRETRAIN:
