@@ -7,10 +7,11 @@ and ``pipe.image_size`` / ``pipe.modes``. A mode the model does not serve is lef
 
 Scores (the twin's measurers on generated views area-averaged to the twin's side; :mod:`.joint_twin`):
 report -> frontal laterality, report -> lateral effusion presence, frontal -> lateral coherence against the
-real-pair ceiling, frontal -> report labeler finding F1 and side accuracy (and BLEU / ROUGE-L). Each
-deliberate mistake is scored as the mark it must fail: views swapped (the lateral given as the frontal),
-reports shuffled against the cases (report -> frontal; and frontal -> report scored against shuffled
-references), a lateral generated with no frontal given.
+real-pair ceiling, frontal -> report finding F1, side and negation accuracy of the labeler's reading of the
+generated report against the case's truth (:mod:`.twin_report`; the agreement with the reference report's
+reading and BLEU / ROUGE-L beside it). Each deliberate mistake is scored as the mark it must fail: views
+swapped (the lateral given as the frontal), reports shuffled against the cases (report -> frontal; and
+frontal -> report scored against other cases' truth), a lateral generated with no frontal given.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from cxrgen.data.twin_triplets import load_views, read_twin_triplets
 from cxrgen.errors import DataError
 from cxrgen.evaluate.joint_twin import lateral_scores, laterality, to_measured, truth_of
 from cxrgen.evaluate.report import save_sample_grid
+from cxrgen.evaluate.twin_report import truth_findings, truth_report_scores
 from cxrgen.pipelines import load_multiview_pipeline
 from cxrgen.twin.measure import measure
 
@@ -75,12 +77,16 @@ def run_modes(pipe: Any, given: dict[str, Any], generate: list[str], n: int, bat
     return {**{m: torch.cat(v) for m, v in views.items()}, **({"report": reports} if "report" in generate else {})}
 
 
-def _report_scores(generated: list[str], references: list[str]) -> dict[str, Any]:
+def _report_scores(generated: list[str], references: list[str], truths: list[dict]) -> dict[str, Any]:
+    """Findings against the cases' truth (the marks' ``finding_f1``, ``side_accuracy``, ...) and, under
+    ``vs_reference``, the labeler's agreement with the reference reports plus BLEU / ROUGE-L."""
     from cxrgen.text.report_metrics import report_scores
 
     s = report_scores(generated, references)
-    return {"finding_f1": s["finding_f1"], "side_accuracy": s["finding_side_accuracy"],
-            **{k: s[k] for k in ("finding_agreement", "finding_exact", "bleu1", "bleu4", "rougeL") if k in s}}
+    vs_reference = {"finding_f1": s["finding_f1"], "side_accuracy": s["finding_side_accuracy"],
+                    **{k: s[k] for k in ("finding_agreement", "finding_exact") if k in s}}
+    return {**truth_report_scores(generated, truths), "vs_reference": vs_reference,
+            **{k: s[k] for k in ("bleu1", "bleu4", "rougeL") if k in s}}
 
 
 def _lateral_block(images: list[np.ndarray], truths: list, ctrs: list[float], ceiling: dict) -> dict[str, float]:
@@ -142,11 +148,13 @@ def score_multiview(pipe: Any, twin_dir: str | Path, n: int = 60, split: str = "
         grid["no frontal->lateral"] = marginal
     if serves("frontal->report"):
         f2r = gen({"frontal": frontal}, ["report"])["report"]
-        out["frontal_to_report"] = {**_report_scores(f2r, reports), "examples": [
-            {"reference": r, "generated": g} for r, g in zip(reports[:3], f2r[:3], strict=False)]}
-        out["mistakes"]["reports_shuffled_to_report"] = _report_scores(f2r, shuffled)
+        facts = [truth_findings(r) for r in rows]
+        out["frontal_to_report"] = {**_report_scores(f2r, reports, facts), "examples": [
+            {"reference": r, "generated": g} for r, g in zip(reports[:3], f2r[:3], strict=False)],
+            "reference_reports_vs_truth": truth_report_scores(reports, facts)}
+        out["mistakes"]["reports_shuffled_to_report"] = _report_scores(f2r, shuffled, facts[1:] + facts[:1])
         if retrieval is not None:
-            out["frontal_to_report"]["retrieval_baseline"] = _report_scores(retrieval(frontal), reports)
+            out["frontal_to_report"]["retrieval_baseline"] = _report_scores(retrieval(frontal), reports, facts)
     out["skipped"] = skipped
     return out, grid
 
