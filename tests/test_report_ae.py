@@ -111,8 +111,9 @@ def test_new_stage_fields_default_off_validate_and_reach_the_saved_model(codec, 
     codec.save_pretrained(tmp_path / "start")
     stage = ReportAEStageConfig(init_from=str(tmp_path / "start"), steps=4, batch_size=2, eval_reports=2,
                                 encoder_word_dropout=0.1, label_smoothing=0.1, length_groups=2, no_repeat_ngram=4,
-                                warmup_steps=2)
-    corpora = {"toy": {"train": REPORTS, "validate": [], "test": REPORTS[:2]}}
+                                warmup_steps=2, eval_splits=("test", "validate"))
+    corpora = {"toy": {"train": REPORTS, "validate": REPORTS[1:], "test": REPORTS[:2]}}
     metrics = run_report_ae(MultiviewTrainConfig(report_ae=stage, progress=False), corpora, tmp_path / "out")
+    assert set(metrics["eval"]) == {"toy", "toy/validate"} and metrics["eval"]["toy/validate"]["n"] == 2
     assert ReportCodec.from_pretrained(metrics["model"]).config.no_repeat_ngram == 4
     assert ReportCodec.from_pretrained(tmp_path / "start").config.no_repeat_ngram == 0

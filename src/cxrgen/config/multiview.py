@@ -59,6 +59,7 @@ class ReportAEStageConfig:
     bow_weight: float = 0.0  # > 0: add this x the latent's bag-of-words loss (Zhao et al. 2017): the latent must hold the words
     eval_reports: int = 200  # held-out reports decoded for the reconstruction metrics (per corpus)
     beams: int = 1  # 1: greedy decoding in the evaluation
+    eval_splits: tuple[str, ...] = ("test",)  # metrics.json eval: CORPUS for test, CORPUS/SPLIT for the others
     warmup_steps: int = 100  # linear lr warm-up, then cosine decay to min_lr_ratio x lr
     min_lr_ratio: float = 0.1
     label_smoothing: float = 0.0  # of the decoder's next-token cross-entropy

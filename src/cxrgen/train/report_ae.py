@@ -172,9 +172,11 @@ def run_report_ae(cfg: MultiviewTrainConfig, corpora: dict[str, dict[str, list[s
     train_seconds = time.perf_counter() - started
     evaluation = {}
     for name, corpus in corpora.items():
-        texts = corpus["test"][: stage.eval_reports]
-        if texts:
-            evaluation[name] = score_reconstruction(codec, texts, stage.beams, generator)
+        for split in stage.eval_splits:
+            texts = corpus.get(split, [])[: stage.eval_reports]
+            if texts:
+                key = name if split == "test" else f"{name}/{split}"
+                evaluation[key] = score_reconstruction(codec, texts, stage.beams, generator)
     return {"stage": "report_ae", "model": str(out / "report_ae"), "latent_shape": list(codec.latent_shape),
             "latent_scale": scale, "parameters": sum(p.numel() for p in codec.model.parameters()),
             "train_reports": len(train_texts), "vocab_size": len(tokenizer), "train_seconds": round(train_seconds, 1),
