@@ -65,6 +65,20 @@ def test_decoding_with_the_guard_repeats_no_ngram_and_the_default_is_unchanged(c
         codec.model.register_to_config(no_repeat_ngram=0)
 
 
+def test_reranking_picks_the_beam_whose_latent_is_nearest_and_never_an_empty_one(codec):
+    target = codec.encode([REPORTS[1]])
+    assert codec._nearest(list(REPORTS), target, 3) == [REPORTS[1]]
+    assert codec._nearest(["", REPORTS[2]], codec.encode(["."]), 2) == [REPORTS[2]]
+    z = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(4))
+    beams = codec.model.generate(z / codec.latent_scale, beams=3, max_length=20, all_beams=True)
+    assert beams.shape[:2] == (2, 3)
+    assert torch.equal(beams[:, 0], codec.model.generate(z / codec.latent_scale, beams=3, max_length=20))
+    candidates = [codec.tokenizer.batch_decode(b, skip_special_tokens=True) for b in beams]
+    picked = codec.decode(z, beams=3, max_length=20, rerank=True)
+    assert all(p in [c.strip() for c in cands] for p, cands in zip(picked, candidates, strict=True))
+    assert codec.decode(z, beams=3, max_length=20) == codec.decode(z, beams=3, max_length=20, rerank=False)
+
+
 def test_encoder_word_dropout_and_label_smoothing_change_the_loss_and_keep_cls(codec):
     ids, mask = codec.tokenize(REPORTS)
     masked = codec.model.mask_tokens(ids, mask, 0.5, torch.Generator().manual_seed(0))
@@ -111,9 +125,10 @@ def test_new_stage_fields_default_off_validate_and_reach_the_saved_model(codec, 
     codec.save_pretrained(tmp_path / "start")
     stage = ReportAEStageConfig(init_from=str(tmp_path / "start"), steps=4, batch_size=2, eval_reports=2,
                                 encoder_word_dropout=0.1, label_smoothing=0.1, length_groups=2, no_repeat_ngram=4,
-                                warmup_steps=2, eval_splits=("test", "validate"))
+                                warmup_steps=2, eval_splits=("test", "validate"), rerank=True, beams=2)
     corpora = {"toy": {"train": REPORTS, "validate": REPORTS[1:], "test": REPORTS[:2]}}
     metrics = run_report_ae(MultiviewTrainConfig(report_ae=stage, progress=False), corpora, tmp_path / "out")
     assert set(metrics["eval"]) == {"toy", "toy/validate"} and metrics["eval"]["toy/validate"]["n"] == 2
     assert ReportCodec.from_pretrained(metrics["model"]).config.no_repeat_ngram == 4
+    assert ReportCodec.from_pretrained(metrics["model"]).config.rerank
     assert ReportCodec.from_pretrained(tmp_path / "start").config.no_repeat_ngram == 0

@@ -66,6 +66,7 @@ class ReportAEStageConfig:
     encoder_word_dropout: float = 0.0  # share of encoder input tokens replaced by [MASK] (robust to unseen words)
     length_groups: int = 0  # > 1: batches drawn this many at a time and grouped by length (less padding, faster)
     no_repeat_ngram: int = 0  # > 0: decoding never repeats an n-gram within a section (saved in the model's config)
+    rerank: bool = False  # with beams > 1: decode to the beam whose re-encoded latent is nearest (saved in the config)
 
     def __post_init__(self) -> None:
         if min(self.width, self.encoder_depth, self.decoder_depth, self.heads, self.latent_tokens,

@@ -88,7 +88,7 @@ class ReportAutoencoder(ModelMixin, ConfigMixin):
                  decoder_depth: int = 2, heads: int = 4, latent_tokens: int = 8, latent_dim: int = 16,
                  mlp_ratio: float = 2.0, dropout: float = 0.0, pad_token_id: int = 0, bos_token_id: int = 2, eos_token_id: int = 3,
                  mask_token_id: int = 4, latent_scale: float = 1.0, bag_of_words: bool = False,
-                 no_repeat_ngram: int = 0) -> None:
+                 no_repeat_ngram: int = 0, rerank: bool = False) -> None:
         super().__init__()
         text_cfg = TextEncoderConfig(backend="scratch", max_length=max_length, width=width, depth=encoder_depth,
                                      heads=heads, mlp_ratio=mlp_ratio, dropout=dropout)
@@ -185,12 +185,14 @@ class ReportAutoencoder(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def generate(self, latent: torch.Tensor, beams: int = 1, max_length: int | None = None,
-                 no_repeat_ngram: int | None = None, section_token_id: int | None = None) -> torch.Tensor:
+                 no_repeat_ngram: int | None = None, section_token_id: int | None = None,
+                 all_beams: bool = False) -> torch.Tensor:
         """Token ids (B, L) decoded from a raw latent (B, L_r, D_r), starting at [CLS], up to [SEP].
 
         Greedy for ``beams == 1``; otherwise beam search with length-normalised log-probabilities.
         ``no_repeat_ngram`` = n > 0 (None: the config's): no n-gram twice within one section, the sections
         starting at ``section_token_id`` ("impression", whose sentences may repeat the findings').
+        ``all_beams``: every beam (B, beams, L), best first, instead of the best (B, L).
         """
         if beams < 1:
             raise ConfigError(f"beams={beams}: give 1 (greedy) or more")
@@ -199,7 +201,7 @@ class ReportAutoencoder(ModelMixin, ConfigMixin):
                            section_token_id)
         if beams == 1:
             return self._greedy(latent, max_length, guard)
-        return self._beam(latent, beams, max_length, guard)
+        return self._beam(latent, beams, max_length, guard, all_beams)
 
     def _greedy(self, latent: torch.Tensor, max_length: int, guard: NgramGuard | None = None) -> torch.Tensor:
         ids = torch.full((latent.shape[0], 1), self.config.bos_token_id, dtype=torch.long, device=latent.device)
@@ -214,8 +216,8 @@ class ReportAutoencoder(ModelMixin, ConfigMixin):
                 break
         return ids
 
-    def _beam(self, latent: torch.Tensor, beams: int, max_length: int, guard: NgramGuard | None = None
-              ) -> torch.Tensor:
+    def _beam(self, latent: torch.Tensor, beams: int, max_length: int, guard: NgramGuard | None = None,
+              all_beams: bool = False) -> torch.Tensor:
         batch = latent.shape[0]
         memory = latent.repeat_interleave(beams, dim=0)  # (B*k, L_r, D_r)
         ids = torch.full((batch * beams, 1), self.config.bos_token_id, dtype=torch.long, device=latent.device)
@@ -238,8 +240,9 @@ class ReportAutoencoder(ModelMixin, ConfigMixin):
             done = done | (token == self.config.eos_token_id)
             if bool(done.all()):
                 break
-        best = (score.view(-1) / length).view(batch, beams).argmax(-1)  # length-normalised
-        return ids.view(batch, beams, -1)[torch.arange(batch), best]
+        order = (score.view(-1) / length).view(batch, beams).argsort(-1, descending=True)  # length-normalised
+        ranked = ids.view(batch, beams, -1).gather(1, order[:, :, None].expand(-1, -1, ids.shape[1]))
+        return ranked if all_beams else ranked[:, 0]
 
 
 class NgramGuard:
@@ -321,16 +324,28 @@ class ReportCodec(ModelMixin):
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, beams: int = 1, max_length: int | None = None,
-               no_repeat_ngram: int | None = None) -> list[str]:
+               no_repeat_ngram: int | None = None, rerank: bool | None = None) -> list[str]:
         """Report texts of unit-scale latents (B, L_r, D_r) (as ``encode`` returns them); ``no_repeat_ngram``:
-        the repetition guard's n (None: the model's ``config.no_repeat_ngram``, 0: none; ``NgramGuard``)."""
+        the repetition guard's n (None: the model's ``config.no_repeat_ngram``, 0: none; ``NgramGuard``);
+        ``rerank`` (None: the model's ``config.rerank``) with ``beams`` > 1: of the beams, the text whose own
+        latent (re-encoded) is nearest the given one, instead of the likeliest."""
         if latent.dim() != 3 or tuple(latent.shape[1:]) != self.latent_shape:
             raise DataError(f"latent of shape {tuple(latent.shape)}: expected (B, {self.latent_shape[0]}, "
                             f"{self.latent_shape[1]}), as ReportCodec.encode returns")
+        rerank = bool(self.model.config.rerank if rerank is None else rerank) and beams > 1
         section = self.tokenizer(" impression", add_special_tokens=False)["input_ids"]
         ids = self.model.generate(latent.to(self.model.device) / self.latent_scale, beams, max_length,
-                                  no_repeat_ngram, section[-1] if len(section) == 1 else None)
-        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+                                  no_repeat_ngram, section[-1] if len(section) == 1 else None, all_beams=rerank)
+        texts = [t.strip() for t in self.tokenizer.batch_decode(ids.flatten(0, -2), skip_special_tokens=True)]
+        return self._nearest(texts, latent, beams) if rerank else texts
+
+    def _nearest(self, texts: list[str], latent: torch.Tensor, beams: int) -> list[str]:
+        """Per latent (B, L_r, D_r), the one of its ``beams`` candidate texts (B * beams, in order) whose
+        posterior mean is nearest it (round-trip reranking); empty candidates never win."""
+        again = self.encode([t or "." for t in texts]).view(latent.shape[0], beams, -1)  # (B, k, L_r * D_r)
+        dist = (again - latent.to(again.device).flatten(1)[:, None]).pow(2).sum(-1)  # (B, k)
+        dist = dist.masked_fill(torch.tensor([not t for t in texts], device=dist.device).view_as(dist), float("inf"))
+        return [texts[b * beams + int(k)] for b, k in enumerate(dist.argmin(-1))]
 
     def save_pretrained(self, directory: str | Path, **kwargs: object) -> Path:
         """Network (config.json + safetensors) and tokenizer files into one folder (diffusers' saving

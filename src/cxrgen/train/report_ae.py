@@ -166,7 +166,7 @@ def run_report_ae(cfg: MultiviewTrainConfig, corpora: dict[str, dict[str, list[s
     codec = _codec(cfg, train_texts, out, generator)
     tokenizer = codec.tokenizer
     losses = fit_report_ae(codec, train_texts, cfg)
-    codec.model.register_to_config(no_repeat_ngram=stage.no_repeat_ngram)  # the decoding the evaluation uses
+    codec.model.register_to_config(no_repeat_ngram=stage.no_repeat_ngram, rerank=stage.rerank)  # how it decodes
     scale = measure_latent_scale(codec, train_texts, generator)
     codec.save_pretrained(out / "report_ae")
     train_seconds = time.perf_counter() - started
