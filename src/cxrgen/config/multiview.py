@@ -59,6 +59,14 @@ class ReportAEStageConfig:
     bow_weight: float = 0.0  # > 0: add this x the latent's bag-of-words loss (Zhao et al. 2017): the latent must hold the words
     eval_reports: int = 200  # held-out reports decoded for the reconstruction metrics (per corpus)
     beams: int = 1  # 1: greedy decoding in the evaluation
+    eval_splits: tuple[str, ...] = ("test",)  # metrics.json eval: CORPUS for test, CORPUS/SPLIT for the others
+    warmup_steps: int = 100  # linear lr warm-up, then cosine decay to min_lr_ratio x lr
+    min_lr_ratio: float = 0.1
+    label_smoothing: float = 0.0  # of the decoder's next-token cross-entropy
+    encoder_word_dropout: float = 0.0  # share of encoder input tokens replaced by [MASK] (robust to unseen words)
+    length_groups: int = 0  # > 1: batches drawn this many at a time and grouped by length (less padding, faster)
+    no_repeat_ngram: int = 0  # > 0: decoding never repeats an n-gram within a section (saved in the model's config)
+    rerank: bool = False  # with beams > 1: decode to the beam whose re-encoded latent is nearest (saved in the config)
 
     def __post_init__(self) -> None:
         if min(self.width, self.encoder_depth, self.decoder_depth, self.heads, self.latent_tokens,
@@ -68,6 +76,10 @@ class ReportAEStageConfig:
             raise ConfigError(f"report_ae.width={self.width} must be divisible by report_ae.heads={self.heads}")
         if not (0.0 <= self.word_dropout < 1.0 and 0.0 <= self.dropout < 1.0 and self.kl_weight >= 0.0):
             raise ConfigError("report_ae.word_dropout and dropout must be in [0, 1), kl_weight >= 0")
+        if not (0.0 <= self.encoder_word_dropout < 1.0 and 0.0 <= self.label_smoothing < 1.0
+                and 0.0 <= self.min_lr_ratio <= 1.0 and self.warmup_steps >= 0 and self.no_repeat_ngram >= 0):
+            raise ConfigError("report_ae.encoder_word_dropout and label_smoothing must be in [0, 1), min_lr_ratio "
+                              "in [0, 1], warmup_steps and no_repeat_ngram >= 0")
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,8 @@ class ReportAutoencoder(ModelMixin, ConfigMixin):
     def __init__(self, vocab_size: int, max_length: int = 96, width: int = 128, encoder_depth: int = 2,
                  decoder_depth: int = 2, heads: int = 4, latent_tokens: int = 8, latent_dim: int = 16,
                  mlp_ratio: float = 2.0, dropout: float = 0.0, pad_token_id: int = 0, bos_token_id: int = 2, eos_token_id: int = 3,
-                 mask_token_id: int = 4, latent_scale: float = 1.0, bag_of_words: bool = False) -> None:
+                 mask_token_id: int = 4, latent_scale: float = 1.0, bag_of_words: bool = False,
+                 no_repeat_ngram: int = 0, rerank: bool = False) -> None:
         super().__init__()
         text_cfg = TextEncoderConfig(backend="scratch", max_length=max_length, width=width, depth=encoder_depth,
                                      heads=heads, mlp_ratio=mlp_ratio, dropout=dropout)
@@ -140,27 +141,38 @@ class ReportAutoencoder(ModelMixin, ConfigMixin):
         return self.lm_head(self.final_norm(x))
 
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
-                word_dropout: float = 0.0) -> dict[str, torch.Tensor]:
+                word_dropout: float = 0.0, encoder_word_dropout: float = 0.0,
+                label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
         """Training losses of token ids (B, L) = [CLS] report [SEP] [PAD]...: ``loss``, ``ce``, ``kl``.
 
-        ``ce``: mean next-token cross-entropy over real tokens; ``kl``: KL(q(z|x) || N(0, I)) per latent
-        element (Kingma & Welling 2014, appendix B); ``loss = ce + kl_weight * kl`` is formed by the caller.
+        ``ce``: mean next-token cross-entropy over real tokens (``label_smoothing`` as in torch);
+        ``kl``: KL(q(z|x) || N(0, I)) per latent element (Kingma & Welling 2014, appendix B);
+        ``loss = ce + kl_weight * kl`` is formed by the caller. ``word_dropout`` hides decoder inputs,
+        ``encoder_word_dropout`` encoder inputs (a latent that reads findings from partly unseen words).
         """
-        mean, logvar = self.posterior(input_ids, mask)
+        mean, logvar = self.posterior(self.mask_tokens(input_ids, mask, encoder_word_dropout, generator), mask)
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         latent = mean + torch.exp(0.5 * logvar) * eps  # reparameterisation
-        inputs, targets = input_ids[:, :-1], input_ids[:, 1:]  # (B, L-1) each
-        if word_dropout > 0.0:  # Bowman et al. 2016: hide some inputs so the decoder must read the latent
-            drop = torch.rand(inputs.shape, generator=generator, device=inputs.device) < word_dropout
-            drop[:, 0] = False  # keep [CLS]
-            inputs = inputs.masked_fill(drop & mask[:, :-1], self.config.mask_token_id)
+        targets = input_ids[:, 1:]  # (B, L-1)
+        # Bowman et al. 2016: hide some decoder inputs so the decoder must read the latent
+        inputs = self.mask_tokens(input_ids[:, :-1], mask[:, :-1], word_dropout, generator)  # (B, L-1)
         logits = self.logits(latent, inputs)  # (B, L-1, V)
-        ce = F.cross_entropy(logits.transpose(1, 2), targets.masked_fill(~mask[:, 1:], -100), ignore_index=-100)
+        ce = F.cross_entropy(logits.transpose(1, 2), targets.masked_fill(~mask[:, 1:], -100), ignore_index=-100,
+                             label_smoothing=label_smoothing)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         out = {"ce": ce, "kl": kl}
         if self.bow_head is not None:
             out["bow"] = self.bag_of_words_loss(latent, input_ids, mask)
         return out
+
+    def mask_tokens(self, ids: torch.Tensor, mask: torch.Tensor, share: float,
+                    generator: torch.Generator | None) -> torch.Tensor:
+        """``ids`` (B, L) with a random ``share`` of the real tokens after [CLS] replaced by [MASK]."""
+        if share <= 0.0:
+            return ids
+        drop = torch.rand(ids.shape, generator=generator, device=ids.device) < share
+        drop[:, 0] = False  # keep [CLS]
+        return ids.masked_fill(drop & mask, self.config.mask_token_id)
 
     def bag_of_words_loss(self, latent: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood of every real token of (B, L) under one word distribution of the latent
@@ -172,23 +184,31 @@ class ReportAutoencoder(ModelMixin, ConfigMixin):
         return -(token_logp * real).sum() / real.sum().clamp(min=1)
 
     @torch.no_grad()
-    def generate(self, latent: torch.Tensor, beams: int = 1, max_length: int | None = None) -> torch.Tensor:
+    def generate(self, latent: torch.Tensor, beams: int = 1, max_length: int | None = None,
+                 no_repeat_ngram: int | None = None, section_token_id: int | None = None,
+                 all_beams: bool = False) -> torch.Tensor:
         """Token ids (B, L) decoded from a raw latent (B, L_r, D_r), starting at [CLS], up to [SEP].
 
         Greedy for ``beams == 1``; otherwise beam search with length-normalised log-probabilities.
+        ``no_repeat_ngram`` = n > 0 (None: the config's): no n-gram twice within one section, the sections
+        starting at ``section_token_id`` ("impression", whose sentences may repeat the findings').
+        ``all_beams``: every beam (B, beams, L), best first, instead of the best (B, L).
         """
         if beams < 1:
             raise ConfigError(f"beams={beams}: give 1 (greedy) or more")
         max_length = min(max_length or self.config.max_length, self.config.max_length)  # learned positions end there
+        guard = NgramGuard(self.config.no_repeat_ngram if no_repeat_ngram is None else no_repeat_ngram,
+                           section_token_id)
         if beams == 1:
-            return self._greedy(latent, max_length)
-        return self._beam(latent, beams, max_length)
+            return self._greedy(latent, max_length, guard)
+        return self._beam(latent, beams, max_length, guard, all_beams)
 
-    def _greedy(self, latent: torch.Tensor, max_length: int) -> torch.Tensor:
+    def _greedy(self, latent: torch.Tensor, max_length: int, guard: NgramGuard | None = None) -> torch.Tensor:
         ids = torch.full((latent.shape[0], 1), self.config.bos_token_id, dtype=torch.long, device=latent.device)
         done = torch.zeros(latent.shape[0], dtype=torch.bool, device=latent.device)
         for _ in range(max_length - 1):
-            nxt = self.logits(latent, ids)[:, -1].argmax(-1)  # (B,)
+            logits = self.logits(latent, ids)[:, -1]  # (B, V)
+            nxt = (guard.apply(ids, logits) if guard else logits).argmax(-1)  # (B,)
             nxt = nxt.masked_fill(done, self.config.pad_token_id)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             done |= nxt == self.config.eos_token_id
@@ -196,7 +216,8 @@ class ReportAutoencoder(ModelMixin, ConfigMixin):
                 break
         return ids
 
-    def _beam(self, latent: torch.Tensor, beams: int, max_length: int) -> torch.Tensor:
+    def _beam(self, latent: torch.Tensor, beams: int, max_length: int, guard: NgramGuard | None = None,
+              all_beams: bool = False) -> torch.Tensor:
         batch = latent.shape[0]
         memory = latent.repeat_interleave(beams, dim=0)  # (B*k, L_r, D_r)
         ids = torch.full((batch * beams, 1), self.config.bos_token_id, dtype=torch.long, device=latent.device)
@@ -205,7 +226,8 @@ class ReportAutoencoder(ModelMixin, ConfigMixin):
         length = torch.ones(batch * beams, device=latent.device)
         done = torch.zeros(batch * beams, dtype=torch.bool, device=latent.device)
         for _ in range(max_length - 1):
-            logp = self.logits(memory, ids)[:, -1].log_softmax(-1)  # (B*k, V)
+            logits = self.logits(memory, ids)[:, -1]  # (B*k, V)
+            logp = (guard.apply(ids, logits) if guard else logits).log_softmax(-1)
             vocab = logp.shape[-1]
             logp[done] = -1e9
             logp[done, self.config.pad_token_id] = 0.0  # a finished beam only extends with [PAD], at no cost
@@ -218,8 +240,41 @@ class ReportAutoencoder(ModelMixin, ConfigMixin):
             done = done | (token == self.config.eos_token_id)
             if bool(done.all()):
                 break
-        best = (score.view(-1) / length).view(batch, beams).argmax(-1)  # length-normalised
-        return ids.view(batch, beams, -1)[torch.arange(batch), best]
+        order = (score.view(-1) / length).view(batch, beams).argsort(-1, descending=True)  # length-normalised
+        ranked = ids.view(batch, beams, -1).gather(1, order[:, :, None].expand(-1, -1, ids.shape[1]))
+        return ranked if all_beams else ranked[:, 0]
+
+
+class NgramGuard:
+    """Decoding-time repetition guard: forbids the token that would repeat an n-gram of the current section.
+
+    The small decoder tends to write a sentence it has just written again ("heart size and pulmonary
+    vascularity are within normal limits." three times); a report's impression may repeat its findings, so
+    the n-grams seen are forgotten at ``section_token_id``. ``n`` <= 0: no guard (``apply`` returns the logits).
+    """
+
+    def __init__(self, n: int, section_token_id: int | None = None) -> None:
+        self.n, self.section = n, section_token_id
+
+    def banned(self, row: list[int]) -> list[int]:
+        """Tokens that would complete an n-gram already in ``row``'s current section."""
+        if self.section is not None and self.section in row:
+            row = row[len(row) - row[::-1].index(self.section) - 1:]
+        prefix = tuple(row[len(row) - self.n + 1:]) if self.n > 1 else ()
+        if len(row) < self.n:
+            return []
+        return [row[i + self.n - 1] for i in range(len(row) - self.n + 1) if tuple(row[i:i + self.n - 1]) == prefix]
+
+    def apply(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (B, V) of the next token after ``ids`` (B, L) with the banned tokens at -inf."""
+        if self.n <= 0:
+            return logits
+        logits = logits.clone()
+        for b, row in enumerate(ids.tolist()):
+            ban = self.banned(row)
+            if ban:
+                logits[b, ban] = float("-inf")
+        return logits
 
 
 class ReportCodec(ModelMixin):
@@ -268,13 +323,29 @@ class ReportCodec(ModelMixin):
         return mean * self.latent_scale
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor, beams: int = 1, max_length: int | None = None) -> list[str]:
-        """Report texts of unit-scale latents (B, L_r, D_r) (as ``encode`` returns them)."""
+    def decode(self, latent: torch.Tensor, beams: int = 1, max_length: int | None = None,
+               no_repeat_ngram: int | None = None, rerank: bool | None = None) -> list[str]:
+        """Report texts of unit-scale latents (B, L_r, D_r) (as ``encode`` returns them); ``no_repeat_ngram``:
+        the repetition guard's n (None: the model's ``config.no_repeat_ngram``, 0: none; ``NgramGuard``);
+        ``rerank`` (None: the model's ``config.rerank``) with ``beams`` > 1: of the beams, the text whose own
+        latent (re-encoded) is nearest the given one, instead of the likeliest."""
         if latent.dim() != 3 or tuple(latent.shape[1:]) != self.latent_shape:
             raise DataError(f"latent of shape {tuple(latent.shape)}: expected (B, {self.latent_shape[0]}, "
                             f"{self.latent_shape[1]}), as ReportCodec.encode returns")
-        ids = self.model.generate(latent.to(self.model.device) / self.latent_scale, beams, max_length)
-        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        rerank = bool(self.model.config.rerank if rerank is None else rerank) and beams > 1
+        section = self.tokenizer(" impression", add_special_tokens=False)["input_ids"]
+        ids = self.model.generate(latent.to(self.model.device) / self.latent_scale, beams, max_length,
+                                  no_repeat_ngram, section[-1] if len(section) == 1 else None, all_beams=rerank)
+        texts = [t.strip() for t in self.tokenizer.batch_decode(ids.flatten(0, -2), skip_special_tokens=True)]
+        return self._nearest(texts, latent, beams) if rerank else texts
+
+    def _nearest(self, texts: list[str], latent: torch.Tensor, beams: int) -> list[str]:
+        """Per latent (B, L_r, D_r), the one of its ``beams`` candidate texts (B * beams, in order) whose
+        posterior mean is nearest it (round-trip reranking); empty candidates never win."""
+        again = self.encode([t or "." for t in texts]).view(latent.shape[0], beams, -1)  # (B, k, L_r * D_r)
+        dist = (again - latent.to(again.device).flatten(1)[:, None]).pow(2).sum(-1)  # (B, k)
+        dist = dist.masked_fill(torch.tensor([not t for t in texts], device=dist.device).view_as(dist), float("inf"))
+        return [texts[b * beams + int(k)] for b, k in enumerate(dist.argmin(-1))]
 
     def save_pretrained(self, directory: str | Path, **kwargs: object) -> Path:
         """Network (config.json + safetensors) and tokenizer files into one folder (diffusers' saving

@@ -40,12 +40,12 @@ def report_tokenizer(path: str | None, texts: list[str], vocab_size: int, out_di
     return train_tokenizer(texts, vocab_size, out_dir)
 
 
-def lr_at(step: int, steps: int, lr: float, warmup: int = 100) -> float:
-    """Linear warm-up, then cosine decay to 10 % of ``lr``."""
+def lr_at(step: int, steps: int, lr: float, warmup: int = 100, floor: float = 0.1) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` x ``lr``."""
     if step < warmup:
         return lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def budgeted_steps(steps: int, max_minutes: float, desc: str, progress: bool) -> Iterator[int]:
@@ -73,6 +73,20 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: flo
     optimizer.step()
 
 
+def length_grouped_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator,
+                           group: int = 0) -> Iterator[torch.Tensor]:
+    """Endless random batches of indices (batch_size,). ``group`` > 1: draw ``group`` batches at once, sort them by
+    length and hand them out in random order (Hugging Face's group_by_length megabatches): every report is drawn
+    as often, and a batch pads to a length near its own reports' rather than the longest of the corpus's."""
+    while True:
+        if group <= 1:
+            yield torch.randint(0, len(lengths), (batch_size,), generator=generator)
+            continue
+        mega = torch.randint(0, len(lengths), (batch_size * group,), generator=generator)
+        chunks = mega[lengths[mega].argsort()].view(group, batch_size)
+        yield from chunks[torch.randperm(group, generator=generator)]
+
+
 def fit_report_ae(codec: ReportCodec, texts: list[str], cfg: MultiviewTrainConfig) -> list[float]:
     """Train ``codec`` on ``texts`` for ``cfg.report_ae.steps`` steps; the per-step losses."""
     stage = cfg.report_ae
@@ -81,14 +95,16 @@ def fit_report_ae(codec: ReportCodec, texts: list[str], cfg: MultiviewTrainConfi
     optimizer = torch.optim.AdamW(codec.model.parameters(), lr=stage.lr, weight_decay=0.01)
     codec.model.train()
     losses: list[float] = []
+    batches = length_grouped_batches(mask.sum(1), stage.batch_size, generator, stage.length_groups)
     for step in budgeted_steps(stage.steps, cfg.max_minutes, "report autoencoder", cfg.progress):
-        pick = torch.randint(0, len(texts), (stage.batch_size,), generator=generator)
+        pick = next(batches)
         length = int(mask[pick].sum(1).max())
         batch_ids, batch_mask = ids[pick, :length], mask[pick, :length]  # (B, l) each
-        out = codec.model(batch_ids, batch_mask, generator=generator, word_dropout=stage.word_dropout)
+        out = codec.model(batch_ids, batch_mask, generator=generator, word_dropout=stage.word_dropout,
+                          encoder_word_dropout=stage.encoder_word_dropout, label_smoothing=stage.label_smoothing)
         beta = stage.kl_weight * min(1.0, step / max(1, stage.steps // 3))  # KL annealing
         loss = out["ce"] + beta * out["kl"] + stage.bow_weight * out.get("bow", 0.0)
-        optimizer_step(optimizer, loss, lr_at(step, stage.steps, stage.lr))
+        optimizer_step(optimizer, loss, lr_at(step, stage.steps, stage.lr, stage.warmup_steps, stage.min_lr_ratio))
         losses.append(float(out["ce"].detach()))
         if step % 200 == 0:
             log.info("step %d: ce %.3f kl %.4f bow %.3f", step, float(out["ce"].detach()), float(out["kl"].detach()),
@@ -150,14 +166,17 @@ def run_report_ae(cfg: MultiviewTrainConfig, corpora: dict[str, dict[str, list[s
     codec = _codec(cfg, train_texts, out, generator)
     tokenizer = codec.tokenizer
     losses = fit_report_ae(codec, train_texts, cfg)
+    codec.model.register_to_config(no_repeat_ngram=stage.no_repeat_ngram, rerank=stage.rerank)  # how it decodes
     scale = measure_latent_scale(codec, train_texts, generator)
     codec.save_pretrained(out / "report_ae")
     train_seconds = time.perf_counter() - started
     evaluation = {}
     for name, corpus in corpora.items():
-        texts = corpus["test"][: stage.eval_reports]
-        if texts:
-            evaluation[name] = score_reconstruction(codec, texts, stage.beams, generator)
+        for split in stage.eval_splits:
+            texts = corpus.get(split, [])[: stage.eval_reports]
+            if texts:
+                key = name if split == "test" else f"{name}/{split}"
+                evaluation[key] = score_reconstruction(codec, texts, stage.beams, generator)
     return {"stage": "report_ae", "model": str(out / "report_ae"), "latent_shape": list(codec.latent_shape),
             "latent_scale": scale, "parameters": sum(p.numel() for p in codec.model.parameters()),
             "train_reports": len(train_texts), "vocab_size": len(tokenizer), "train_seconds": round(train_seconds, 1),
