@@ -119,3 +119,26 @@ def test_the_packaged_recipe_config_and_its_checks() -> None:
                        (["codi.report_condition=text", "codi.text.pooling=tokens"], "sentences")):
         with pytest.raises(ConfigError, match=match):
             load_config(MultiviewTrainConfig, None, bad)
+
+
+@pytest.mark.slow
+def test_the_recipe_trains_from_scratch_end_to_end(minilm, tmp_path: Path) -> None:
+    pytest.importorskip("nibabel", reason="the twin extra is not installed (pip install -e '.[twin]')")
+    from cxrgen.cli import main
+    from cxrgen.twin import write_twin_set
+
+    write_twin_set(8, 32, tmp_path / "twin", seed=3, progress=False)
+    overrides = [f"data.twin_dirs=[{tmp_path / 'twin'}]", "data.image_size=32", "codi.denoiser=codi-tiny",
+                 "codi.model_image_size=32", "codi.report_codec=null", "codi.report_tokens=2", "codi.report_dim=8",
+                 "codi.steps=2", "codi.batch_size=4", "codi.log_every=1", "codi.text.max_sentences=3"]
+    config = str(Path(__file__).parents[1] / "src" / "cxrgen" / "configs" / "multiview-codi-pixel64.yaml")
+    args = ["train-multiview", config, "--out", str(tmp_path / "run")] + [a for o in overrides for a in ("--set", o)]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "run" / "codi_metrics.json").read_text())
+    assert metrics["trained_params"] == metrics["params"], "denoisers and bridges train together"
+    assert (tmp_path / "run" / "codi_context.safetensors").is_file()
+    pipe = load_multiview_pipeline(tmp_path / "run" / "model")
+    assert pipe.text_encoder is not None and pipe.scheduler.config.prediction_type == "sample"
+    assert pipe.denoiser.config.context_dim == 384 and "frontal->lateral" in pipe.modes
+    out = pipe(report=REPORTS, generate="frontal,lateral", num_inference_steps=2, progress=False)
+    assert out.frontal.shape == (2, 1, 32, 32)
