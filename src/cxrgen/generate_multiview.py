@@ -64,8 +64,9 @@ def run_generate_multiview(reports: Sequence[str], out_dir: str | Path, model: s
     out = check_writable(out_dir)
     pipe = load_multiview_pipeline(model)  # either arm: MultiViewPipeline or CodiPipeline
     if device != "auto":
-        for part in (pipe.denoiser, pipe.autoencoder):
-            part.to(device)
+        for part in (pipe.denoiser, pipe.autoencoder, getattr(pipe, "text_encoder", None)):
+            if part is not None:
+                part.to(device)
     cfg = ImageConfig(size=pipe.image_size)
     given: dict[str, object] = {}
     for name, path in (("frontal", frontal), ("lateral", lateral)):

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cxrgen.config.models import TextEncoderConfig
 from cxrgen.config.sampling import SamplingConfig
 from cxrgen.config.training import ScheduleConfig, check_rates
 from cxrgen.errors import ConfigError
 
+#: Targets a CoDi denoiser can be trained to predict (diffusers' ``prediction_type``).
+CODI_PREDICTIONS: tuple[str, ...] = ("epsilon", "sample")
 #: Stages this module knows how to configure; ``cxrgen.train.multiview.STAGES`` runs them.
 MULTIVIEW_STAGES: tuple[str, ...] = ("report_ae", "aligned", "joint", "codi_single", "codi_bridge")
 
@@ -118,7 +121,7 @@ class JointStageConfig:
     """The joint U-ViT over frontal, lateral and report latents: parts, per-modality roles, optimiser."""
 
     denoiser: str = "joint-uvit-xs"  # a cxrgen.denoisers.registry.JOINT_DENOISERS preset
-    autoencoder: str | None = None  # image codec folder (None: the packaged default model's)
+    autoencoder: str | None = None  # image codec folder (None: the packaged default model's; "identity": pixel space)
     model_image_size: int = 128  # views are resized to this side for the codec (64 px twin -> 128: 16x16 latents)
     init_from: str | None = None  # start from a saved joint model (its folder or its denoiser/ folder): fine-tuning
     report_codec: str | None = None  # report codec folder (report AE); None: the hashed stand-in below
@@ -161,13 +164,28 @@ class CodiStageConfig(JointStageConfig):
 
     denoiser: str = "codi-xs"  # a cxrgen.denoisers.codi.CODI_DENOISERS preset
     cond_drop_prob: float = 0.1  # stage codi_single: share of image samples trained with the null report
-    trunk_lr_scale: float = 0.0  # stage codi_bridge: 0 freezes the per-modality denoisers
+    trunk_lr_scale: float = 0.0  # stage codi_bridge: 0 freezes the per-modality denoisers (> 0 allows no init_from)
+    prediction_type: str = "epsilon"  # what the denoisers predict: epsilon (noise) | sample (x0)
+    lr_schedule: str = "constant"  # after the linear warm-up: constant | cosine (to 0 at `steps`)
+    # How the image denoisers read a given report: "latent" (the report codec's latent tokens) or "text"
+    # (the frozen sentence encoder `text`, one vector per sentence, as CoDi's prompt encoders)
+    report_condition: str = "latent"
+    text: TextEncoderConfig = field(default_factory=lambda: TextEncoderConfig(
+        backend="minilm", pooling="sentences", max_sentences=8, max_length=48))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.cond_drop_prob < 1 or self.trunk_lr_scale < 0:
             raise ConfigError(f"codi.cond_drop_prob={self.cond_drop_prob} must be in [0, 1) and "
                               f"codi.trunk_lr_scale={self.trunk_lr_scale} >= 0")
+        for name, value, valid in (("prediction_type", self.prediction_type, CODI_PREDICTIONS),
+                                   ("lr_schedule", self.lr_schedule, ("constant", "cosine")),
+                                   ("report_condition", self.report_condition, ("latent", "text"))):
+            if value not in valid:
+                raise ConfigError(f"codi.{name}={value!r}: use one of {list(valid)}")
+        if self.report_condition == "text" and (self.text.pooling != "sentences" or self.text.trainable):
+            raise ConfigError("codi.report_condition=text reads a frozen sentence encoder: set codi.text.pooling to "
+                              "'sentences' and codi.text.trainable to false")
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,13 @@ from cxrgen.errors import ConfigError
 CODI_DENOISERS: dict[str, dict] = {
     "codi-tiny": dict(hidden_size=32, depth=3, num_heads=2, patch_size=2, env_dim=16, env_patch=4),  # tests
     "codi-xs": dict(hidden_size=128, depth=7, num_heads=4, patch_size=4, env_dim=64, env_patch=8),  # CPU twin
+    # pixel space at 64 px (identity codec), the twin-pixel64 trunk (uvit-mini, 128 x 3, patch 8: 64 tokens)
+    "codi-pixel64": dict(hidden_size=128, depth=3, num_heads=4, patch_size=8, env_dim=64, env_patch=8),
 }
-BRIDGE_PREFIXES = ("env.", "bridges.", "null_env")  # parameter names of stage 2 (the rest: the per-modality LDMs)
+BRIDGE_PREFIXES = ("env.", "bridges.", "null_env")
+#: Key of the latents dict holding the given report's text-encoder context (B, S, context_dim), when the model
+#: has ``context_dim``: the image denoisers read it (the report latent still feeds the report denoiser and bridges).
+CONTEXT = "report_context"  # parameter names of stage 2 (the rest: the per-modality LDMs)
 
 
 class _Trunk(nn.Module):
@@ -60,9 +65,12 @@ class _Trunk(nn.Module):
             self.embed, self.head, n_own = nn.Conv2d(c, dim, patch, stride=patch), nn.Linear(dim, patch * patch * c), \
                 self.grid ** 2
             self.final_layer = nn.Conv2d(c, c, 3, padding=1)
-        n_ctx = cfg["report_tokens"] if report_context else 0
+        # the report as this trunk reads it: the report latent's tokens, or the sentence vectors of a frozen
+        # text encoder (``context_dim``: CoDi's prompt encoders); the generated report stays the latent
+        self.text_context = report_context and cfg.get("context_dim") is not None
+        n_ctx = 0 if not report_context else cfg["context_tokens"] if self.text_context else cfg["report_tokens"]
         if report_context:
-            self.context_embed = nn.Linear(cfg["report_dim"], dim)
+            self.context_embed = nn.Linear(cfg["context_dim"] if self.text_context else cfg["report_dim"], dim)
             self.null_report = nn.Parameter(torch.zeros(1, n_ctx, dim))  # the "no report" condition (CFG)
         self.n_lead = 1 + n_ctx  # time token + context tokens before the own tokens
         self.pos_embed = nn.Parameter(torch.zeros(1, self.n_lead + n_own, dim))
@@ -72,12 +80,20 @@ class _Trunk(nn.Module):
 
     def tokens(self, x: torch.Tensor, t: torch.Tensor, report: torch.Tensor | None,
                report_given: torch.Tensor | None) -> torch.Tensor:
-        """(B, n_lead + N, D): time token, the report (or the null report), own latent tokens."""
+        """(B, n_lead + N, D): time token, the report (or the null report), own latent tokens.
+
+        ``report``: the report latent (B, L_r, D_r), or for a text-context trunk the sentence vectors
+        (B, S, context_dim), None when no report text was given (then the null report everywhere).
+        """
         dim = self.pos_embed.shape[-1]
         parts = [timestep_embedding(t, dim).to(self.pos_embed.dtype)[:, None]]  # (B, 1, D)
         if self.report_context:
-            ctx = self.context_embed(report.to(self.pos_embed.dtype))  # (B, L_r, D)
-            parts.append(torch.where(report_given.view(-1, 1, 1), ctx, self.null_report.expand_as(ctx)))
+            null = self.null_report.expand(x.shape[0], -1, -1)  # (B, L_ctx, D)
+            if report is None:
+                parts.append(null)
+            else:
+                ctx = self.context_embed(report.to(self.pos_embed.dtype))  # (B, L_ctx, D)
+                parts.append(torch.where(report_given.view(-1, 1, 1), ctx, null))
         own = self.embed(x.to(self.pos_embed.dtype))
         parts.append(own if self.modality == "report" else own.flatten(2).transpose(1, 2))  # (B, N, D)
         return torch.cat(parts, dim=1) + self.pos_embed
@@ -155,13 +171,18 @@ class CodiXR(ModelMixin, ConfigMixin):
         qkv_bias: bool = False,
         env_dim: int = 64,
         env_patch: int = 8,
+        context_dim: int | None = None,
+        context_tokens: int = 8,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.modalities = check_modalities(modalities)
-        JointUViT._validate(self)
+        JointUViT._validate(self, ("epsilon", "sample"))  # x0 too: guidance is linear in either output
         if env_patch < 1 or sample_size % env_patch or env_dim % 2:
             raise ConfigError(f"env_patch={env_patch} must divide sample_size={sample_size}; env_dim even")
+        if context_dim is not None and (context_dim < 1 or context_tokens < 1):
+            raise ConfigError(f"context_dim={context_dim}, context_tokens={context_tokens}: give positive sizes "
+                              "(the text encoder's width and its max_sentences), or context_dim=None")
         cfg = dict(self.config)
         with_report = "report" in self.modalities
         self.trunks = nn.ModuleDict({m: _Trunk(m, cfg, with_report and m != "report") for m in self.modalities})
@@ -205,7 +226,7 @@ class CodiXR(ModelMixin, ConfigMixin):
         device = latents[self.modalities[0]].device
         times = {m: prepare_timesteps(timesteps[m], b, device) for m in self.modalities}  # (B,) each
         outputs = self.modalities if outputs is None else check_modalities(outputs, self.modalities)
-        report = latents.get("report")
+        report = latents.get(CONTEXT) if self.config.context_dim is not None else latents.get("report")
         report_given = times["report"] == GIVEN_TIME if "report" in times else None  # (B,)
         env = self._environments(latents, times) if bridge else None
         out = {}

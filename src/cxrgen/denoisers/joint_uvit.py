@@ -88,11 +88,11 @@ class JointUViT(ModelMixin, ConfigMixin):
         self.norm = nn.LayerNorm(dim)
         UViT.reset_parameters(self, generator)  # the U-ViT reference init (truncated normal, zero biases)
 
-    def _validate(self) -> None:
+    def _validate(self, predictions: tuple[str, ...] = ("epsilon",)) -> None:
         cfg = self.config
-        if cfg.prediction_type != "epsilon":
-            raise ConfigError(f"prediction_type={cfg.prediction_type!r}: the joint U-ViT predicts 'epsilon' "
-                              "(the noise of every modality, as UniDiffuser)")
+        if cfg.prediction_type not in predictions:
+            raise ConfigError(f"prediction_type={cfg.prediction_type!r}: this denoiser predicts one of "
+                              f"{list(predictions)} (the joint U-ViT the noise of every modality, as UniDiffuser)")
         if cfg.depth < 1 or cfg.depth % 2 == 0:
             raise ConfigError(f"depth={cfg.depth}: give an odd block count (in + mid + out), e.g. 9")
         if cfg.hidden_size % cfg.num_heads:

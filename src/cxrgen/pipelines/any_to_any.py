@@ -193,7 +193,7 @@ class MultiViewPipeline(SamplingDefaults, DiffusionPipeline):
         n = next(iter(variants[0][0].values())).shape[0]
         names = self.denoiser.modalities
         device = self.device
-        lat = {m: torch.cat([v[0][m] for v in variants]) for m in names}
+        lat = {m: torch.cat([v[0][m] for v in variants]) for m in variants[0][0]}  # modalities (+ a report context)
         tim = {m: torch.cat([torch.as_tensor(v[1][m], device=device).expand(n) for v in variants]) for m in names}
         pred = self._predict(lat, tim, outputs)
         return [{m: p[k * n:(k + 1) * n] for m, p in pred.items()} for k in range(len(variants))]

@@ -14,11 +14,21 @@ the null condition (Ho & Salimans 2022, eq. 6, per input as Composable Diffusion
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import diffusers
 import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from torch import nn
 
+from cxrgen.config import SamplingConfig
+from cxrgen.denoisers.codi import CONTEXT
+from cxrgen.errors import ConfigError
+from cxrgen.integrity import record_weights
+from cxrgen.pipeline import register_cxrgen_classes
 from cxrgen.pipelines.any_to_any import MultiViewPipeline
 
 #: Modes a stage-1 model serves (no bridge trained yet): views from the report or from nothing, the report alone.
@@ -27,7 +37,52 @@ SINGLE_MODES: tuple[str, ...] = ("->frontal", "->lateral", "->report", "report->
 
 
 class CodiPipeline(MultiViewPipeline):
-    """Per-modality denoisers with cross-modal bridges + image codec + report codec + training schedule."""
+    """Per-modality denoisers with cross-modal bridges + image codec + report codec + training schedule.
+
+    ``text_encoder`` (optional): a frozen sentence encoder through which the image denoisers read a given
+    report (a denoiser with ``context_dim``), as CoDi conditions through its prompt encoders; the report
+    denoiser and the bridges keep the report codec's latent. Saved by reference when it is a frozen
+    packaged encoder (MiniLM), like the default report -> CXR model's.
+    """
+
+    _optional_components = ["text_encoder"]
+
+    def __init__(self, denoiser: nn.Module, autoencoder: nn.Module, report_codec: nn.Module,
+                 scheduler: SchedulerMixin, image_size: int = 128, modes: Sequence[str] | None = None,
+                 sampling: SamplingConfig | dict[str, Any] | None = None, text_encoder: nn.Module | None = None) -> None:
+        super().__init__(denoiser, autoencoder, report_codec, scheduler, image_size=image_size, modes=modes,
+                         sampling=sampling)
+        self.register_modules(text_encoder=text_encoder)
+        if text_encoder is not None:
+            register_cxrgen_classes(self, ("text_encoder",))
+        want = getattr(denoiser.config, "context_dim", None)
+        if (want is None) != (text_encoder is None):
+            raise ConfigError("the denoiser reads the report through a text encoder (context_dim) exactly when the "
+                              "pipeline has one: load the folder written by `cxrgen train-multiview` as a whole")
+        if text_encoder is not None and (text_encoder.hidden_size != want
+                                         or text_encoder.config.max_sentences != denoiser.config.context_tokens):
+            raise ConfigError(f"text encoder of width {text_encoder.hidden_size} and {text_encoder.config.max_sentences} "
+                              f"sentences; the denoiser reads {denoiser.config.context_tokens} x {want}")
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> Path:
+        """diffusers' save; a frozen packaged text encoder is written by reference (its config only)."""
+        directory = Path(save_directory)
+        super().save_pretrained(directory, **kwargs)
+        enc = self.text_encoder
+        if enc is not None and not enc.trainable and enc.backend != "scratch":
+            shutil.rmtree(directory / "text_encoder")
+            enc.save_pretrained(directory / "text_encoder", weights=False)
+        record_weights(directory)
+        return directory
+
+    def _encode(self, given: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The given latents; with a text encoder, also the report's sentence vectors under ``CONTEXT``."""
+        out = super()._encode(given)
+        if self.text_encoder is not None and "report" in given:
+            reports = [given["report"]] if isinstance(given["report"], str) else list(given["report"])
+            context, _ = self.text_encoder.encode_sentences(reports, pad_to_max=True)  # (B, S, D), zeros past the end
+            out[CONTEXT] = context.to(self.device, out["report"].dtype)
+        return out
 
     def _predict(self, latents: dict[str, torch.Tensor], times: dict[str, torch.Tensor],
                  outputs: Sequence[str] | None) -> dict[str, torch.Tensor]:

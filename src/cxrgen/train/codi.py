@@ -12,6 +12,7 @@ The data, latent cache, codecs, optimiser and EMA are the joint stage's (:mod:`c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -22,25 +23,30 @@ from typing import Any
 import pandas as pd
 import torch
 from diffusers import DDPMScheduler
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from cxrgen.config.multiview import CodiStageConfig, MultiviewTrainConfig
 from cxrgen.data.twin_triplets import read_twin_triplets
-from cxrgen.denoisers.codi import CodiXR, build_codi_denoiser
+from cxrgen.denoisers.codi import CONTEXT, CodiXR, build_codi_denoiser
 from cxrgen.errors import ConfigError
 from cxrgen.pipelines.codi import SINGLE_MODES, CodiPipeline
 from cxrgen.samplers import training_scheduler
+from cxrgen.text import TextEncoder, build_text_encoder
 from cxrgen.train.joint import _fit_codec_scale, _train, cached_latents, load_codecs
+from cxrgen.train.joint_loss import prediction_target
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
 METRICS_NAME = "codi_metrics.json"
+CONTEXT_CACHE = "codi_context.safetensors"
 CODI_STAGES = ("codi_single", "codi_bridge")
 
 
 def single_loss(model: CodiXR, scheduler: DDPMScheduler, clean: Mapping[str, torch.Tensor], cond_drop_prob: float,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Stage 1: the sum of each modality's own noise-prediction MSE (DDPM eq. 14), bridges off.
+    """Stage 1: the sum of each modality's own prediction MSE (DDPM eq. 14; x0 for ``sample``), bridges off.
 
     The image denoisers see the clean report (model time 0) or, with probability ``cond_drop_prob``, the
     null report (time T); the report denoiser sees only its own noisy latent.
@@ -63,24 +69,46 @@ def single_loss(model: CodiXR, scheduler: DDPMScheduler, clean: Mapping[str, tor
         lat = {**clean, "report": noisy["report"]}
         times = {**{m: model.absent_time for m in images}, "report": model.time_of(step["report"])}
         preds.update(model(lat, times, outputs=["report"], bridge=False))
-    per = {m: (preds[m].float() - noise[m].float()).pow(2).mean() for m in names}
+    target = {m: prediction_target(scheduler, clean[m], noise[m], step[m]) for m in names}  # noise, or x0
+    per = {m: (preds[m].float() - target[m].float()).pow(2).mean() for m in names}
     return sum(per.values()), {m: float(v.detach()) for m, v in per.items()}
 
 
-def _model_and_codecs(cc: CodiStageConfig, stage: str, train: pd.DataFrame) -> tuple[CodiXR | None, Any, Any]:
-    """From ``init_from`` (a CodiPipeline folder: its denoiser and codecs), or new (stage codi_single only)."""
+def _model_and_codecs(cc: CodiStageConfig, stage: str,
+                      train: pd.DataFrame) -> tuple[CodiXR | None, Any, Any, TextEncoder | None]:
+    """From ``init_from`` (a CodiPipeline folder: its denoiser, codecs and text encoder), or new (codi_single, or
+    codi_bridge with the denoisers trained too); the text encoder only for ``report_condition: text``."""
     if cc.init_from is not None:
         base = CodiPipeline.from_pretrained(cc.init_from)
         if cc.autoencoder is not None or cc.report_codec is not None:
             log.warning("codi.autoencoder / codi.report_codec are ignored: the codecs come with codi.init_from")
         log.info("CoDi model, image and report codecs from %s", cc.init_from)
-        return base.denoiser, base.autoencoder, base.report_codec
-    if stage == "codi_bridge":
-        raise ConfigError("stage codi_bridge trains the bridges of a codi_single model: set codi.init_from "
-                          "to its model folder (OUT/model)")
+        return base.denoiser, base.autoencoder, base.report_codec, base.text_encoder
+    if stage == "codi_bridge" and cc.trunk_lr_scale == 0:
+        raise ConfigError("stage codi_bridge with frozen denoisers (codi.trunk_lr_scale: 0) trains the bridges of a "
+                          "codi_single model: set codi.init_from to its model folder (OUT/model), or train "
+                          "denoisers and bridges together from scratch with codi.trunk_lr_scale > 0")
     codec, report_codec = load_codecs(cc, list(train["report"]))
     _fit_codec_scale(codec, train, cc.model_image_size)
-    return None, codec, report_codec
+    text = build_text_encoder(cc.text).eval() if cc.report_condition == "text" else None
+    return None, codec, report_codec, text
+
+
+def cached_context(out: Path, text_encoder: TextEncoder, table: pd.DataFrame) -> torch.Tensor:
+    """Sentence vectors (N, S, D) of every study's report (zeros past its last sentence), kept in
+    ``out/codi_context.safetensors`` while the studies and the text encoder's config match."""
+    path = out / CONTEXT_CACHE
+    key = json.dumps({"studies": list(table["study_id"]), "text": dataclasses.asdict(text_encoder.config)})
+    if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                log.info("reusing the report sentence vectors in %s", path)
+                return f.get_tensor(CONTEXT)
+    log.info("encoding %d reports with the frozen %s sentence encoder", len(table), text_encoder.backend)
+    context, _ = text_encoder.encode_all(list(table["report"]), batch_size=64)  # (N, S, D), zeros where masked
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({CONTEXT: context.contiguous()}, str(path), metadata={"key": key})
+    return context
 
 
 def _trainable(model: CodiXR, cc: CodiStageConfig, stage: str) -> list[dict[str, Any]]:
@@ -108,29 +136,35 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     table = pd.concat([read_twin_triplets(d) for d in cfg.data.twin_dirs], ignore_index=True)
     train = table[table["split"] == "train"].reset_index(drop=True).iloc[:cc.max_train_studies]
-    model, codec, report_codec = _model_and_codecs(cc, stage, train)
+    model, codec, report_codec, text = _model_and_codecs(cc, stage, train)
     out = Path(cfg.out_dir)
     start = time.perf_counter()
     latents = cached_latents(out, codec, report_codec, train, cc.model_image_size, cfg.progress)
+    if text is not None:
+        latents[CONTEXT] = cached_context(out, text, train)
     encode_s = time.perf_counter() - start
     gen = torch.Generator().manual_seed(cfg.seed)
     if model is None:
         f = latents["frontal"]
+        context = dict(context_dim=text.hidden_size, context_tokens=text.config.max_sentences) if text else {}
         model = build_codi_denoiser(cc.denoiser, generator=gen, in_channels=f.shape[1], sample_size=f.shape[-1],
                                     report_tokens=latents["report"].shape[1], report_dim=latents["report"].shape[2],
-                                    num_train_timesteps=cc.schedule.num_train_timesteps)
-    scheduler = training_scheduler(cc.schedule, "epsilon")
+                                    num_train_timesteps=cc.schedule.num_train_timesteps,
+                                    prediction_type=cc.prediction_type, **context)
+    scheduler = training_scheduler(cc.schedule, model.config.prediction_type)
     loss_fn = None
     if stage == "codi_single":
         def loss_fn(net: CodiXR, batch: dict, g: torch.Generator) -> tuple[torch.Tensor, dict]:
             return single_loss(net, scheduler, batch, cc.cond_drop_prob, g)
     groups = _trainable(model, cc, stage)
     cpu0 = time.process_time()
-    ema, history, train_s = _train(model, scheduler, latents, cc, gen, cfg.progress, loss_fn, groups)
+    ema, history, train_s = _train(model, scheduler, latents, cc, gen, cfg.progress, loss_fn, groups,
+                                   cosine=cc.lr_schedule == "cosine")
     cpu_s = time.process_time() - cpu0
     final = (ema.model if cc.ema_decay > 0 else model).requires_grad_(False)
     pipe = CodiPipeline(final, codec, report_codec, scheduler, image_size=cc.model_image_size,
-                        modes=SINGLE_MODES if stage == "codi_single" else None, sampling=cc.sampling)
+                        modes=SINGLE_MODES if stage == "codi_single" else None, sampling=cc.sampling,
+                        text_encoder=text)
     pipe.save_pretrained(out / MODEL_DIR)
     metrics = {"stage": stage, "train_studies": len(train), "steps": cc.steps, "batch_size": cc.batch_size,
                "params": sum(p.numel() for p in model.parameters()),

@@ -16,12 +16,13 @@ from typing import Any
 
 import pandas as pd
 import torch
+from diffusers.optimization import get_cosine_schedule_with_warmup
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 import cxrgen
-from cxrgen.autoencoder import LatentCodec, measure_scale
+from cxrgen.autoencoder import IdentityCodec, LatentCodec, measure_scale
 from cxrgen.config.multiview import JointStageConfig, MultiviewTrainConfig
 from cxrgen.data.twin_triplets import load_views, read_twin_triplets
 from cxrgen.denoisers.registry import build_joint_denoiser, load_denoiser
@@ -42,8 +43,11 @@ REPORT_SIZE_FIELDS = {"report_tokens", "report_dim"}  # init_from may differ in 
 
 
 def load_codecs(cfg: JointStageConfig, train_reports: list[str]) -> tuple[Any, Any]:
-    """The frozen image codec (default model's unless given) and report codec (stand-in unless given)."""
-    codec = LatentCodec.from_pretrained(cfg.autoencoder or DEFAULT_MODEL / "autoencoder").eval()
+    """The frozen image codec (default model's unless given; "identity": pixels) and report codec (stand-in unless given)."""
+    if cfg.autoencoder == "identity":  # pixel space (the phantom / twin-pixel64 recipe): no codec to load
+        codec = IdentityCodec()
+    else:
+        codec = LatentCodec.from_pretrained(cfg.autoencoder or DEFAULT_MODEL / "autoencoder").eval()
     if cfg.report_codec is not None:  # any codec class cxrgen exports (the report AE), named in its config.json
         config_file = Path(cfg.report_codec) / "config.json"
         if not config_file.is_file():
@@ -107,7 +111,12 @@ def cached_latents(out: Path, codec: LatentCodec, report_codec: Any, table: pd.D
 
 
 def _fit_codec_scale(codec: LatentCodec, table: pd.DataFrame, size: int) -> None:
-    """Refit the codec's latent scale / shift to these images (LDM app. G), so latents have unit variance."""
+    """Refit the codec's latent scale / shift to these images (LDM app. G), so latents have unit variance.
+
+    Pixel space (the identity codec) keeps its scale: pixels in [-1, 1], as the single-view pixel recipe.
+    """
+    if isinstance(codec, IdentityCodec):
+        return
     frontal, lateral = load_views(table.iloc[:128], size)
     scale, shift = measure_scale(codec, torch.cat([frontal, lateral]))
     codec.set_scale(scale, shift)
@@ -179,17 +188,19 @@ def _load_weights(model: torch.nn.Module, source: Path) -> None:
 
 def _train(model: torch.nn.Module, scheduler: Any, latents: dict[str, torch.Tensor], jc: JointStageConfig,
            gen: torch.Generator, progress: bool, loss_fn: Callable | None = None,
-           params: Iterable | None = None) -> tuple[EMA, list[dict[str, float]], float]:
+           params: Iterable | None = None, cosine: bool = False) -> tuple[EMA, list[dict[str, float]], float]:
     """AdamW with linear warm-up on random batches of the cached latents; EMA after every step.
 
     ``loss_fn(model, batch, generator) -> (loss, per-modality)`` (default: :func:`joint_loss`); ``params``:
-    what AdamW updates (parameters or groups; default all).
+    what AdamW updates (parameters or groups; default all); ``cosine``: half-cosine decay to 0 at ``jc.steps``
+    after the warm-up (diffusers' schedule), else a constant rate.
     """
     if loss_fn is None:
         def loss_fn(net: torch.nn.Module, batch: dict, g: torch.Generator) -> tuple[torch.Tensor, dict]:
             return joint_loss(net, scheduler, batch, jc.given_prob, jc.absent_prob, g)
     opt = torch.optim.AdamW(model.parameters() if params is None else params, lr=jc.lr, weight_decay=jc.weight_decay)
-    warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(jc.warmup_steps, 1)))
+    warm = (get_cosine_schedule_with_warmup(opt, jc.warmup_steps, jc.steps) if cosine else
+            torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(jc.warmup_steps, 1))))
     ema = EMA(model, jc.ema_decay, warmup=True)
     n = latents["frontal"].shape[0]
     history, running, start = [], [], time.perf_counter()

@@ -46,14 +46,29 @@ def draw_roles(batch: int, n_modalities: int, num_train_timesteps: int, given_pr
     return Roles(role, step)
 
 
+def prediction_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor,
+                      step: torch.Tensor) -> torch.Tensor:
+    """What the denoiser regresses, by the scheduler's ``prediction_type``: the noise, x0 or v (Salimans & Ho 2022)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "sample":
+        return x0
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, step)
+    raise ConfigError(f"prediction_type={kind!r}: use epsilon, sample or v_prediction")
+
+
 def joint_loss(model: JointUViT, scheduler: DDPMScheduler, clean: Mapping[str, torch.Tensor], given_prob: float,
                absent_prob: float, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Noise-prediction MSE of ``model`` on clean latents of every modality; also the per-modality MSEs."""
+    """Prediction MSE (noise, or x0 / v by the scheduler's prediction_type) of ``model`` on clean latents of
+    every modality; also the per-modality MSEs. Keys of ``clean`` that are no modality pass to the model as is."""
     names = model.modalities
     b = clean[names[0]].shape[0]
     device = clean[names[0]].device
     roles = draw_roles(b, len(names), scheduler.config.num_train_timesteps, given_prob, absent_prob, generator)
-    inputs, times, noises = {}, {}, {}
+    # inputs the model reads beside the modalities (a report's text context) pass through unchanged
+    inputs, times, targets = {k: v for k, v in clean.items() if k not in names}, {}, {}
     for j, m in enumerate(names):
         x0 = clean[m]
         noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
@@ -64,12 +79,12 @@ def joint_loss(model: JointUViT, scheduler: DDPMScheduler, clean: Mapping[str, t
         inputs[m] = torch.where((role == GIVEN).view(shape), x0, torch.where((role == ABSENT).view(shape), noise, noisy))
         times[m] = torch.where(role == GIVEN, GIVEN_TIME,
                                torch.where(role == ABSENT, model.absent_time, model.time_of(step)))
-        noises[m] = noise
+        targets[m] = prediction_target(scheduler, x0, noise, step)
     pred = model(inputs, times)
     total, count, per = 0.0, 0, {}
     for j, m in enumerate(names):
         noised = (roles.role[:, j] == NOISED).to(device)  # (B,)
-        err = (pred[m].float() - noises[m].float()).pow(2).flatten(1).mean(dim=1)  # (B,)
+        err = (pred[m].float() - targets[m].float()).pow(2).flatten(1).mean(dim=1)  # (B,)
         total = total + (err * noised).sum()
         count += int(noised.sum())
         if noised.any():
