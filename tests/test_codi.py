@@ -166,3 +166,22 @@ def test_packaged_configs_and_bad_settings() -> None:
         build_codi_denoiser("codi-huge")
     with pytest.raises(ConfigError, match="env_patch"):
         build_codi_denoiser("codi-tiny", sample_size=6, patch_size=2)
+
+
+def test_sincos_positions_are_fixed_and_survive_save_load(tmp_path: Path) -> None:
+    model = build_codi_denoiser("codi-tiny", generator=torch.Generator().manual_seed(0), in_channels=1,
+                                sample_size=SIZE, patch_size=4, report_tokens=2, report_dim=8, num_train_timesteps=T,
+                                pos_embed_type="sincos")
+    trunk, learned = model.trunks["frontal"], tiny_model().trunks["frontal"]
+    grid = (SIZE // 4) ** 2
+    assert trunk.patch_pos.shape == (1, grid, 32) and learned.patch_pos is None
+    assert trunk.pos_embed.shape[1] == learned.pos_embed.shape[1] - grid  # only time + report tokens learned
+    assert model.trunks["report"].patch_pos is None  # the report's tokens have no 2-D grid
+    assert "trunks.frontal.patch_pos" not in model.state_dict()  # recomputed, not saved
+    model.save_pretrained(tmp_path)
+    loaded = CodiXR.from_pretrained(tmp_path)
+    lat, times = latents(), {m: torch.full((2,), 10) for m in ("frontal", "lateral", "report")}
+    with torch.no_grad():
+        assert all(torch.equal(model(lat, times)[m], loaded(lat, times)[m]) for m in lat)
+    with pytest.raises(ConfigError, match="pos_embed_type"):
+        build_codi_denoiser("codi-tiny", pos_embed_type="rope")

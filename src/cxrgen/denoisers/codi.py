@@ -34,7 +34,16 @@ from torch import nn
 
 from cxrgen.denoisers.base import prepare_timesteps
 from cxrgen.denoisers.joint_uvit import GIVEN_TIME, MODALITIES, JointUViT, check_modalities
-from cxrgen.denoisers.uvit import INIT_STD, UViT, long_skip_blocks, run_long_skips, timestep_embedding, unpatchify
+from cxrgen.denoisers.uvit import (
+    INIT_STD,
+    POS_EMBEDS,
+    UViT,
+    long_skip_blocks,
+    run_long_skips,
+    sincos_2d,
+    timestep_embedding,
+    unpatchify,
+)
 from cxrgen.errors import ConfigError
 
 #: Size presets (kwargs of CodiXR) by name.
@@ -43,6 +52,9 @@ CODI_DENOISERS: dict[str, dict] = {
     "codi-xs": dict(hidden_size=128, depth=7, num_heads=4, patch_size=4, env_dim=64, env_patch=8),  # CPU twin
     # pixel space at 64 px (identity codec), the twin-pixel64 trunk (uvit-mini, 128 x 3, patch 8: 64 tokens)
     "codi-pixel64": dict(hidden_size=128, depth=3, num_heads=4, patch_size=8, env_dim=64, env_patch=8),
+    # the same with the single-view recipe's fixed sin-cos patch positions (uvit-mini pos_embed_type: sincos)
+    "codi-pixel64-sincos": dict(hidden_size=128, depth=3, num_heads=4, patch_size=8, env_dim=64, env_patch=8,
+                                pos_embed_type="sincos"),
 }
 BRIDGE_PREFIXES = ("env.", "bridges.", "null_env")
 #: Key of the latents dict holding the given report's text-encoder context (B, S, context_dim), when the model
@@ -73,7 +85,10 @@ class _Trunk(nn.Module):
             self.context_embed = nn.Linear(cfg["context_dim"] if self.text_context else cfg["report_dim"], dim)
             self.null_report = nn.Parameter(torch.zeros(1, n_ctx, dim))  # the "no report" condition (CFG)
         self.n_lead = 1 + n_ctx  # time token + context tokens before the own tokens
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.n_lead + n_own, dim))
+        # an image trunk with pos_embed_type=sincos: fixed 2-D sine-cosine patch positions (a buffer, recomputed)
+        sincos = cfg.get("pos_embed_type", "learned") == "sincos" and modality != "report"
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.n_lead + (0 if sincos else n_own), dim))
+        self.register_buffer("patch_pos", sincos_2d(self.grid, dim)[None] if sincos else None, persistent=False)
         self.in_blocks, self.mid_block, self.out_blocks = long_skip_blocks(
             cfg["depth"], dim, cfg["num_heads"], cfg["mlp_ratio"], cfg["qkv_bias"])
         self.norm = nn.LayerNorm(dim)
@@ -96,7 +111,8 @@ class _Trunk(nn.Module):
                 parts.append(torch.where(report_given.view(-1, 1, 1), ctx, null))
         own = self.embed(x.to(self.pos_embed.dtype))
         parts.append(own if self.modality == "report" else own.flatten(2).transpose(1, 2))  # (B, N, D)
-        return torch.cat(parts, dim=1) + self.pos_embed
+        pos = self.pos_embed if self.patch_pos is None else torch.cat([self.pos_embed, self.patch_pos.to(own.dtype)], 1)
+        return torch.cat(parts, dim=1) + pos
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
         """Own tokens (B, N, D) -> the predicted noise in this modality's latent shape."""
@@ -173,6 +189,7 @@ class CodiXR(ModelMixin, ConfigMixin):
         env_patch: int = 8,
         context_dim: int | None = None,
         context_tokens: int = 8,
+        pos_embed_type: str = "learned",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -183,6 +200,9 @@ class CodiXR(ModelMixin, ConfigMixin):
         if context_dim is not None and (context_dim < 1 or context_tokens < 1):
             raise ConfigError(f"context_dim={context_dim}, context_tokens={context_tokens}: give positive sizes "
                               "(the text encoder's width and its max_sentences), or context_dim=None")
+        if pos_embed_type not in POS_EMBEDS or (pos_embed_type == "sincos" and hidden_size % 4):
+            raise ConfigError(f"pos_embed_type={pos_embed_type!r}: use one of {list(POS_EMBEDS)} (sincos needs "
+                              f"hidden_size divisible by 4, got {hidden_size})")
         cfg = dict(self.config)
         with_report = "report" in self.modalities
         self.trunks = nn.ModuleDict({m: _Trunk(m, cfg, with_report and m != "report") for m in self.modalities})
