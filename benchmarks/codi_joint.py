@@ -14,27 +14,17 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cxrgen.data.twin_triplets import read_twin_triplets
-from cxrgen.evaluate.joint_twin import lateral_scores, laterality, to_measured, truth_of
+from cxrgen.evaluate.joint_twin import joint_pair_scores, truth_of
 from cxrgen.evaluate.multiview import run_modes
 from cxrgen.pipelines import load_multiview_pipeline
-from cxrgen.twin.measure import measure
 
 
 def pair_scores(frontal: torch.Tensor, lateral: torch.Tensor, rows: list[dict], size: int) -> dict[str, float]:
     """Laterality of the frontals, the laterals' agreement with the truth, and the views' agreement."""
-    truths, ctrs = [truth_of(r) for r in rows], [float(r["ctr"]) for r in rows]
-    f, lat = to_measured(frontal, size), to_measured(lateral, size)
-    front_effusion = [measure(x, "pa").effusion_side != "none" for x in f]
-    side_effusion = [measure(x, "lateral").effusion_present for x in lat]
-    present = [t.effusion_side != "none" for t in truths]
-    return {"frontal_laterality": laterality(f, truths),
-            "lateral_effusion_presence": float(np.mean([a == b for a, b in zip(side_effusion, present, strict=True)])),
-            "lateral_coherence": lateral_scores(lat, truths, ctrs)["coherence"],
-            "views_agree": float(np.mean([a == b for a, b in zip(front_effusion, side_effusion, strict=True)]))}
+    return joint_pair_scores(frontal, lateral, [truth_of(r) for r in rows], [float(r["ctr"]) for r in rows], size)
 
 
 def main() -> None:

@@ -30,7 +30,8 @@ class NearestTriplets:
     """Known good, with the multi-view pipeline's call interface: whatever is given picks the training triplet
     it matches (the same report; the nearest frontal view); a case with nothing given, a seeded random one."""
 
-    modes = ("report->frontal", "report->lateral", "frontal->lateral", "->lateral", "frontal->report")
+    modes = ("report->frontal", "report->lateral", "report->frontal+lateral", "frontal->lateral", "->lateral",
+             "frontal->report")
 
     def __init__(self, twin: Path, size: int) -> None:
         table = read_twin_triplets(str(twin)).query("split == 'train'")
@@ -123,6 +124,26 @@ def test_known_good_passes_every_mark_and_each_deliberate_mistake_fails(tiny: di
     for name, check in checked["mistake_checks"].items():
         assert check["fails_mark"] and check["below_model"], (name, check)
     assert grid["frontal->lateral"].shape == (CASES, 1, SIZE, SIZE)
+    joint = scores["report_to_frontal_lateral"]  # each report picks its own triplet: the pair is the real pair
+    assert joint["together"] == joint["separately"] == joint["real_pairs"]
+    assert joint["together"]["views_agree"] > 0.8 and joint["together"]["lateral_effusion_presence"] == 1.0
+
+
+@pytest.mark.slow
+def test_alignment_scores_generated_views_beside_real_and_shuffled_pairs(tiny: dict[str, Path]) -> None:
+    from cxrgen.multiview.aligned import AlignedEncoders, AlignedModel
+
+    tok = ReportCodec.from_pretrained(tiny["root"] / "ae" / "report_ae").tokenizer
+    torch.manual_seed(0)
+    enc = AlignedModel(AlignedEncoders(len(tok), image_size=SIZE, embed_dim=8, image_width=4, text_width=16,
+                                       text_depth=1, heads=2), tok)
+    scores, _ = score_multiview(NearestTriplets(tiny["twin"], SIZE), tiny["twin"], n=CASES, split="train",
+                                batch=CASES, progress=False, aligned=enc)
+    for view in ("frontal", "lateral"):  # the known-good model returns the real views: same score as real pairs
+        block = scores["alignment"][f"report_to_{view}"]
+        assert block["generated"] == pytest.approx(block["real_pairs"]) and -1 <= block["real_shuffled"] <= 1
+    retrieved = scores["frontal_to_report"]["retrieval_baseline"]
+    assert 0 <= retrieved["finding_f1"] <= 1 and "side_accuracy" in retrieved
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ of a joint model. Scores, each a mean of 0/1 items:
 - frontal -> lateral ``coherence``: the mean of the lateral measurer's agreements with the truth
   (effusion presence, effusion size, consolidation zone, cardiomegaly; :func:`cxrgen.twin.measure.compare`),
   reported with the same score of the real lateral views (the ceiling) and their ratio;
+- report -> frontal + lateral (joint): the same per view, and ``views_agree`` of the two generated views;
 - the deliberate mistakes that must score lower (:data:`cxrgen.evaluate.multiview.MISTAKES`).
 """
 
@@ -64,6 +65,21 @@ def lateral_scores(images: list[np.ndarray], truths: list[TwinFindings], ctrs: l
     rows = [compare(measure(img, "lateral"), t, c) for img, t, c in zip(images, truths, ctrs, strict=True)]
     scores = {k: float(np.mean([r[k] for r in rows])) for k in LATERAL_FIELDS}
     return {**scores, "coherence": float(np.mean([scores[k] for k in LATERAL_FIELDS]))}
+
+
+def joint_pair_scores(frontal: torch.Tensor, lateral: torch.Tensor, truths: list[TwinFindings], ctrs: list[float],
+                      size: int) -> dict[str, float]:
+    """A generated frontal + lateral pair per case: the frontals' laterality, the laterals' effusion presence
+    and per-field coherence with the truth, and ``views_agree``: the share of cases whose two views state the
+    same effusion presence (the pair is coherent with itself)."""
+    f, lat = to_measured(frontal, size), to_measured(lateral, size)
+    front_effusion = [measure(x, "pa").effusion_side != "none" for x in f]
+    side_effusion = [measure(x, "lateral").effusion_present for x in lat]
+    present = [t.effusion_side != "none" for t in truths]
+    return {"frontal_laterality": laterality(f, truths),
+            "lateral_effusion_presence": float(np.mean([a == b for a, b in zip(side_effusion, present, strict=True)])),
+            "lateral_coherence": lateral_scores(lat, truths, ctrs)["coherence"],
+            "views_agree": float(np.mean([a == b for a, b in zip(front_effusion, side_effusion, strict=True)]))}
 
 
 def joint_cost(pipe: MultiViewPipeline, steps: int | None = None, guidance_scale: float | None = None) -> dict[str, Any]:

@@ -7,11 +7,15 @@ and ``pipe.image_size`` / ``pipe.modes``. A mode the model does not serve is lef
 
 Scores (the twin's measurers on generated views area-averaged to the twin's side; :mod:`.joint_twin`):
 report -> frontal laterality, report -> lateral effusion presence, frontal -> lateral coherence against the
-real-pair ceiling, frontal -> report finding F1, side and negation accuracy of the labeler's reading of the
+real-pair ceiling, report -> frontal + lateral generated together (each view against the truth, and the two
+views against each other), frontal -> report finding F1, side and negation accuracy of the labeler's reading of the
 generated report against the case's truth (:mod:`.twin_report`; the agreement with the reference report's
 reading and BLEU / ROUGE-L beside it). Each deliberate mistake is scored as the mark it must fail: views
 swapped (the lateral given as the frontal), reports shuffled against the cases (report -> frontal; and
 frontal -> report scored against other cases' truth), a lateral generated with no frontal given.
+With the aligned encoders (``--aligned``): the retrieval baseline of frontal -> report, and the alignment score
+(mean cosine in the aligned space) of generated views with the reports they were generated from, beside the
+real views with their own reports and with other cases' reports.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ from tqdm.auto import tqdm
 from cxrgen.config import ImageConfig
 from cxrgen.data.twin_triplets import load_views, read_twin_triplets
 from cxrgen.errors import DataError
-from cxrgen.evaluate.joint_twin import lateral_scores, laterality, to_measured, truth_of
+from cxrgen.evaluate.joint_twin import joint_pair_scores, lateral_scores, laterality, to_measured, truth_of
 from cxrgen.evaluate.report import save_sample_grid
 from cxrgen.evaluate.twin_report import truth_findings, truth_report_scores
 from cxrgen.pipelines import load_multiview_pipeline
@@ -94,12 +97,28 @@ def _lateral_block(images: list[np.ndarray], truths: list, ctrs: list[float], ce
     return {**scores, "coherence_vs_ceiling": scores["coherence"] / max(ceiling["coherence"], 1e-9)}
 
 
+def _alignment(aligned: Any, view: str, generated: torch.Tensor, real: torch.Tensor, reports: list[str],
+               shuffled: list[str]) -> dict[str, float]:
+    """Mean cosine in the aligned space of generated views with their reports, and of real views with their own
+    reports (the level to reach) and with other cases' reports (the floor)."""
+    from cxrgen.multiview.contrastive import alignment_score
+
+    side = int(aligned.encoders.config.image_size)
+    embed = lambda x: aligned.embed_images(F.interpolate(x.float(), size=(side, side), mode="area"), view)  # noqa: E731
+    with torch.no_grad():
+        z_gen, z_real = embed(generated), embed(real)
+        z_rep, z_shuf = aligned.embed_reports(reports), aligned.embed_reports(shuffled)
+    return {"generated": alignment_score(z_gen, z_rep), "real_pairs": alignment_score(z_real, z_rep),
+            "real_shuffled": alignment_score(z_real, z_shuf)}
+
+
 def score_multiview(pipe: Any, twin_dir: str | Path, n: int = 60, split: str = "test", batch: int = 16,
-                    seed: int = 0, progress: bool = True, retrieval: Callable[[torch.Tensor], list[str]] | None = None
+                    seed: int = 0, progress: bool = True, aligned: Any = None
                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Every score of the module docstring on the first ``n`` cases of ``split``, and the views for the grid.
 
-    ``retrieval``: frontal views (N, 1, S, S) -> reports, a baseline scored beside frontal -> report.
+    ``aligned``: an :class:`~cxrgen.multiview.aligned.AlignedModel` for the retrieval baseline of frontal ->
+    report (the nearest of the twin's training reports) and the alignment scores of generated views.
     """
     table = read_twin_triplets(str(twin_dir))
     cases = table[table["split"] == split].reset_index(drop=True).iloc[:n]
@@ -112,8 +131,8 @@ def score_multiview(pipe: Any, twin_dir: str | Path, n: int = 60, split: str = "
     reports = list(cases["report"])
     shuffled = reports[1:] + reports[:1]  # every case gets another case's report
     modes = set(getattr(pipe, "modes", ()))
-    skipped = [m for m in ("report->frontal", "report->lateral", "frontal->lateral", "->lateral", "frontal->report")
-               if m not in modes]
+    skipped = [m for m in ("report->frontal", "report->lateral", "report->frontal+lateral", "frontal->lateral",
+                           "->lateral", "frontal->report") if m not in modes]
     serves = lambda mode: mode not in skipped  # noqa: E731
     gen = lambda given, to: run_modes(pipe, given, to, n, batch, seed, progress)  # noqa: E731
     real_lat = to_measured(lateral, size)
@@ -135,6 +154,18 @@ def score_multiview(pipe: Any, twin_dir: str | Path, n: int = 60, split: str = "
                                                 for x, p in zip(to_measured(r2l, size), present, strict=True)])),
             **{f"all_{k}": v for k, v in lateral_scores(to_measured(r2l, size), truths, ctrs).items()}}
         grid["report->lateral"] = r2l
+    if serves("report->frontal+lateral"):
+        pair = gen({"report": reports}, ["frontal", "lateral"])
+        out["report_to_frontal_lateral"] = {"together": joint_pair_scores(pair["frontal"], pair["lateral"], truths, ctrs,
+                                                                          size)}
+        if serves("report->frontal") and serves("report->lateral"):  # the same views from two separate calls
+            out["report_to_frontal_lateral"]["separately"] = joint_pair_scores(r2f, r2l, truths, ctrs, size)
+        out["report_to_frontal_lateral"]["real_pairs"] = joint_pair_scores(frontal, lateral, truths, ctrs, size)
+    if aligned is not None:
+        out["alignment"] = {f"report_to_{view}": _alignment(aligned, view, grid[f"report->{view}"], real, reports,
+                                                            shuffled)
+                            for view, real in (("frontal", frontal), ("lateral", lateral))
+                            if f"report->{view}" in grid}
     if serves("frontal->lateral"):
         f2l = gen({"frontal": frontal}, ["lateral"])["lateral"]
         swapped = gen({"frontal": lateral}, ["lateral"])["lateral"]  # the lateral view given in the frontal's place
@@ -153,8 +184,12 @@ def score_multiview(pipe: Any, twin_dir: str | Path, n: int = 60, split: str = "
             {"reference": r, "generated": g} for r, g in zip(reports[:3], f2r[:3], strict=False)],
             "reference_reports_vs_truth": truth_report_scores(reports, facts)}
         out["mistakes"]["reports_shuffled_to_report"] = _report_scores(f2r, shuffled, facts[1:] + facts[:1])
-        if retrieval is not None:
-            out["frontal_to_report"]["retrieval_baseline"] = _report_scores(retrieval(frontal), reports, facts)
+        if aligned is not None:
+            gallery = list(read_twin_triplets(str(twin_dir)).query("split == 'train'")["report"])
+            side = int(aligned.encoders.config.image_size)
+            retrieved = aligned.retrieve_reports(F.interpolate(frontal, size=(side, side), mode="area"), "frontal",
+                                                 gallery)
+            out["frontal_to_report"]["retrieval_baseline"] = _report_scores(retrieved, reports, facts)
     out["skipped"] = skipped
     return out, grid
 
@@ -233,17 +268,13 @@ def evaluate_multiview(model: str | Path, twin_dir: str | Path, out_dir: str | P
                  if v is not None}
     if overrides:
         pipe.sampling = dataclasses.replace(pipe.sampling, **overrides)
-    retrieval = None
+    encoders = None
     if aligned:
         from cxrgen.multiview.aligned import AlignedModel
 
-        gallery = list(read_twin_triplets(str(twin_dir)).query("split == 'train'")["report"])
-        enc = AlignedModel.from_pretrained(aligned)
-        side = int(enc.encoders.config.image_size)
-        retrieval = lambda x: enc.retrieve_reports(F.interpolate(x, size=(side, side), mode="area"),  # noqa: E731
-                                                   "frontal", gallery)
+        encoders = AlignedModel.from_pretrained(aligned)
     scores, grid = score_multiview(pipe, twin_dir, n=n, split=split, batch=batch, seed=seed, progress=progress,
-                                   retrieval=retrieval)
+                                   aligned=encoders)
     settings = getattr(pipe, "sampling", None)
     result = {"model": str(Path(model).resolve()), "pipeline": type(pipe).__name__,
               "settings": dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {},
