@@ -167,6 +167,9 @@ class CodiStageConfig(JointStageConfig):
     trunk_lr_scale: float = 0.0  # stage codi_bridge: 0 freezes the per-modality denoisers (> 0 allows no init_from)
     prediction_type: str = "epsilon"  # what the denoisers predict: epsilon (noise) | sample (x0)
     lr_schedule: str = "constant"  # after the linear warm-up: constant | cosine (to 0 at `steps`)
+    # clip each per-modality denoiser's gradient (and the bridges') to norm 1 on its own, as `cxrgen train` clips
+    # its one U-ViT; off: one norm over all of them, so a large report-trunk gradient shrinks the frontal's step
+    clip_per_trunk: bool = False
     # How the image denoisers read a given report: "latent" (the report codec's latent tokens) or "text"
     # (the frozen sentence encoder `text`, one vector per sentence, as CoDi's prompt encoders)
     report_condition: str = "latent"

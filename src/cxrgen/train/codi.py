@@ -126,6 +126,11 @@ def _trainable(model: CodiXR, cc: CodiStageConfig, stage: str) -> list[dict[str,
     return groups
 
 
+def clip_groups(model: CodiXR) -> list[list[torch.nn.Parameter]]:
+    """``codi.clip_per_trunk``: each per-modality denoiser's parameters, then the bridges', clipped apart."""
+    return [list(trunk.parameters()) for trunk in model.trunks.values()] + [model.bridge_parameters()]
+
+
 def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
     """Train ``stage`` (codi_single | codi_bridge) of ``cfg.codi``; returns (and writes) the training metrics."""
     cc = cfg.codi
@@ -159,7 +164,8 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
     groups = _trainable(model, cc, stage)
     cpu0 = time.process_time()
     ema, history, train_s = _train(model, scheduler, latents, cc, gen, cfg.progress, loss_fn, groups,
-                                   cosine=cc.lr_schedule == "cosine")
+                                   cosine=cc.lr_schedule == "cosine",
+                                   clip_groups=clip_groups(model) if cc.clip_per_trunk else None)
     cpu_s = time.process_time() - cpu0
     final = (ema.model if cc.ema_decay > 0 else model).requires_grad_(False)
     pipe = CodiPipeline(final, codec, report_codec, scheduler, image_size=cc.model_image_size,

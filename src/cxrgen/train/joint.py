@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,14 +186,22 @@ def _load_weights(model: torch.nn.Module, source: Path) -> None:
     log.info("joint U-ViT starts from the weights in %s", folder)
 
 
+def clip_gradients(model: torch.nn.Module, groups: Sequence[Sequence[torch.nn.Parameter]] | None = None) -> None:
+    """Clip the gradient to norm 1: of all ``model``'s parameters together, or of each of ``groups`` on its own."""
+    for group in [list(model.parameters())] if groups is None else groups:
+        torch.nn.utils.clip_grad_norm_(group, 1.0)
+
+
 def _train(model: torch.nn.Module, scheduler: Any, latents: dict[str, torch.Tensor], jc: JointStageConfig,
            gen: torch.Generator, progress: bool, loss_fn: Callable | None = None,
-           params: Iterable | None = None, cosine: bool = False) -> tuple[EMA, list[dict[str, float]], float]:
+           params: Iterable | None = None, cosine: bool = False,
+           clip_groups: Sequence[Sequence[torch.nn.Parameter]] | None = None,
+           ) -> tuple[EMA, list[dict[str, float]], float]:
     """AdamW with linear warm-up on random batches of the cached latents; EMA after every step.
 
     ``loss_fn(model, batch, generator) -> (loss, per-modality)`` (default: :func:`joint_loss`); ``params``:
     what AdamW updates (parameters or groups; default all); ``cosine``: half-cosine decay to 0 at ``jc.steps``
-    after the warm-up (diffusers' schedule), else a constant rate.
+    after the warm-up (diffusers' schedule), else a constant rate; ``clip_groups``: see :func:`clip_gradients`.
     """
     if loss_fn is None:
         def loss_fn(net: torch.nn.Module, batch: dict, g: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -210,7 +218,7 @@ def _train(model: torch.nn.Module, scheduler: Any, latents: dict[str, torch.Tens
         loss, per = loss_fn(model, {m: z[idx] for m, z in latents.items()}, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        clip_gradients(model, clip_groups)
         opt.step()
         warm.step()
         ema.update(model)
