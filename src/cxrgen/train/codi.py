@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from cxrgen.config.multiview import CodiStageConfig, MultiviewTrainConfig
 from cxrgen.data.twin_triplets import read_twin_triplets
 from cxrgen.denoisers.codi import CONTEXT, CodiXR, build_codi_denoiser
+from cxrgen.denoisers.codi_init import load_uvit_trunk
 from cxrgen.errors import ConfigError
 from cxrgen.pipelines.codi import SINGLE_MODES, CodiPipeline
 from cxrgen.samplers import training_scheduler
@@ -117,7 +118,9 @@ def _trainable(model: CodiXR, cc: CodiStageConfig, stage: str) -> list[dict[str,
         model.requires_grad_(True)
         for p in model.bridge_parameters():
             p.requires_grad_(False)  # zero-initialised bridges stay the identity while the LDMs learn alone
-        return [{"params": model.trunk_parameters()}]
+        if cc.freeze_frontal:
+            model.trunks["frontal"].requires_grad_(False)
+        return [{"params": [p for p in model.trunk_parameters() if p.requires_grad]}]
     groups = [{"params": model.bridge_parameters()}]
     for p in model.trunk_parameters():
         p.requires_grad_(cc.trunk_lr_scale > 0)
@@ -150,7 +153,12 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
         model = build_codi_denoiser(cc.denoiser, generator=gen, in_channels=f.shape[1], sample_size=f.shape[-1],
                                     report_tokens=latents["report"].shape[1], report_dim=latents["report"].shape[2],
                                     num_train_timesteps=cc.schedule.num_train_timesteps,
-                                    prediction_type=cc.prediction_type, **context)
+                                    prediction_type=cc.prediction_type,
+                                    **({**context, "context_mask": True} if cc.context_mask else context))
+        if cc.frontal_init_from is not None:
+            null, null_mask = text.encode_null(1)  # the single-view model's null prompt: (1, S, D), (1, S)
+            load_uvit_trunk(model, "frontal", cc.frontal_init_from, null[0][null_mask[0]])
+            log.info("frontal trunk from the single-view U-ViT in %s", cc.frontal_init_from)
     scheduler = training_scheduler(cc.schedule, model.config.prediction_type)
     loss_fn = None
     if stage == "codi_single":
