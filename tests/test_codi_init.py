@@ -97,7 +97,7 @@ def test_mismatches_fail_with_what_to_do(tmp_path: Path) -> None:
         load_uvit_trunk(codi(), "frontal", uvit(), torch.zeros(2, CTX))
     with pytest.raises(ConfigError, match="CXRPipeline folder"):
         load_uvit_trunk(codi(), "frontal", tmp_path, null_context)
-    with pytest.raises(ConfigError, match="context_mask"):
+    with pytest.raises(ConfigError, match="report_condition"):
         CodiStageConfig(frontal_init_from="x")
     with pytest.raises(ConfigError, match="frontal_init_from"):
         CodiStageConfig(freeze_frontal=True)
@@ -131,3 +131,16 @@ def test_codi_single_starts_and_keeps_a_frontal_trunk_from_a_uvit(tmp_path: Path
     assert trunk.context_mask and metrics["trained_params"] < metrics["params"]
     torch.testing.assert_close(trunk.embed.weight, source.patch_embed.weight)  # frozen: the U-ViT's weights
     torch.testing.assert_close(trunk.out_blocks[0].mlp[0].weight, source.out_blocks[0].mlp[0].weight)
+    # onto a trained model without the mask: its frontal trunk is replaced, the others keep theirs, unmasked
+    other = uvit(seed=8, in_channels=1, sample_size=32, context_dim=384, patch_size=2, pos_embed_type="learned")
+    other.save_pretrained(tmp_path / "other")
+    plain = [o for o in overrides if not o.startswith(("codi.context_mask", "codi.frontal_init_from", "codi.freeze"))]
+    args = ["train-multiview", config, "--out", str(tmp_path / "plain")] + [a for o in plain for a in ("--set", o)]
+    assert main(args) == 0
+    graft = plain + [f"codi.init_from={tmp_path / 'plain' / 'model'}", f"codi.frontal_init_from={tmp_path / 'other'}",
+                     "codi.freeze_frontal=true"]
+    args = ["train-multiview", config, "--out", str(tmp_path / "graft")] + [a for o in graft for a in ("--set", o)]
+    assert main(args) == 0
+    model = load_multiview_pipeline(tmp_path / "graft" / "model").denoiser
+    assert list(model.config.context_mask) == ["frontal"] and not model.trunks["lateral"].context_mask
+    torch.testing.assert_close(model.trunks["frontal"].embed.weight, other.patch_embed.weight)

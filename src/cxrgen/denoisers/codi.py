@@ -82,7 +82,9 @@ class _Trunk(nn.Module):
         self.text_context = report_context and cfg.get("context_dim") is not None
         # context_mask: padded sentence slots (all-zero vectors) are masked out of attention, and the null
         # report is its first token alone, as the single-view U-ViT reads a report and its null prompt ""
-        self.context_mask = self.text_context and bool(cfg.get("context_mask", False))
+        # (True: every image trunk; a list: the trunks of those modalities)
+        mask = cfg.get("context_mask", False)
+        self.context_mask = self.text_context and (mask is True or (not isinstance(mask, bool) and modality in mask))
         n_ctx = 0 if not report_context else cfg["context_tokens"] if self.text_context else cfg["report_tokens"]
         if report_context:
             self.context_embed = nn.Linear(cfg["context_dim"] if self.text_context else cfg["report_dim"], dim)
@@ -211,7 +213,7 @@ class CodiXR(ModelMixin, ConfigMixin):
         context_dim: int | None = None,
         context_tokens: int = 8,
         pos_embed_type: str = "learned",
-        context_mask: bool = False,
+        context_mask: bool | Sequence[str] = False,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
