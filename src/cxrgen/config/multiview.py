@@ -175,9 +175,25 @@ class CodiStageConfig(JointStageConfig):
     report_condition: str = "latent"
     text: TextEncoderConfig = field(default_factory=lambda: TextEncoderConfig(
         backend="minilm", pooling="sentences", max_sentences=8, max_length=48))
+    # report_condition text: mask padded sentence slots out of the image trunks' attention and make the null
+    # report one token, as the single-view U-ViT reads a report (new models only; off keeps older ones)
+    context_mask: bool = False
+    # stage codi_single: start the frontal trunk from a trained single-view U-ViT (a `cxrgen train` model folder,
+    # e.g. twin-pixel64): CoDi XR's stage 1, one LDM per modality trained on its own. That trunk reads the report
+    # as the U-ViT (context_mask for it alone unless codi.context_mask); with codi.init_from it replaces the
+    # loaded model's frontal trunk (the other trunks are kept)
+    frontal_init_from: str | None = None
+    freeze_frontal: bool = False  # with frontal_init_from: keep that trunk as trained (only the others learn)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.frontal_init_from is not None and self.report_condition != "text":
+            raise ConfigError("codi.frontal_init_from reads the report as the single-view U-ViT does: set "
+                              "codi.report_condition: text")
+        if self.freeze_frontal and self.frontal_init_from is None:
+            raise ConfigError("codi.freeze_frontal keeps a frontal trunk trained elsewhere: set codi.frontal_init_from")
+        if self.context_mask and self.report_condition != "text":
+            raise ConfigError("codi.context_mask masks padded sentence vectors: it needs codi.report_condition: text")
         if not 0 <= self.cond_drop_prob < 1 or self.trunk_lr_scale < 0:
             raise ConfigError(f"codi.cond_drop_prob={self.cond_drop_prob} must be in [0, 1) and "
                               f"codi.trunk_lr_scale={self.trunk_lr_scale} >= 0")

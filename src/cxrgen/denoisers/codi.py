@@ -80,6 +80,11 @@ class _Trunk(nn.Module):
         # the report as this trunk reads it: the report latent's tokens, or the sentence vectors of a frozen
         # text encoder (``context_dim``: CoDi's prompt encoders); the generated report stays the latent
         self.text_context = report_context and cfg.get("context_dim") is not None
+        # context_mask: padded sentence slots (all-zero vectors) are masked out of attention, and the null
+        # report is its first token alone, as the single-view U-ViT reads a report and its null prompt ""
+        # (True: every image trunk; a list: the trunks of those modalities)
+        mask = cfg.get("context_mask", False)
+        self.context_mask = self.text_context and (mask is True or (not isinstance(mask, bool) and modality in mask))
         n_ctx = 0 if not report_context else cfg["context_tokens"] if self.text_context else cfg["report_tokens"]
         if report_context:
             self.context_embed = nn.Linear(cfg["context_dim"] if self.text_context else cfg["report_dim"], dim)
@@ -113,6 +118,24 @@ class _Trunk(nn.Module):
         parts.append(own if self.modality == "report" else own.flatten(2).transpose(1, 2))  # (B, N, D)
         pos = self.pos_embed if self.patch_pos is None else torch.cat([self.pos_embed, self.patch_pos.to(own.dtype)], 1)
         return torch.cat(parts, dim=1) + pos
+
+    def attention_mask(self, report: torch.Tensor | None, report_given: torch.Tensor | None,
+                       n_tokens: int, b: int) -> torch.Tensor | None:
+        """Key mask (B, 1, 1, n_tokens), True = attended, with ``context_mask``; else None (all attended).
+
+        A given report keeps its real sentences (non-zero vectors); the null report keeps its first token.
+        """
+        if not self.context_mask:
+            return None
+        n_ctx = self.n_lead - 1
+        device = self.pos_embed.device
+        null = torch.zeros(b, n_ctx, dtype=torch.bool, device=device)
+        null[:, 0] = True
+        ctx = null if report is None else torch.where(
+            report_given.view(-1, 1), report.abs().sum(-1) > 0, null)  # (B, L_ctx)
+        keep = torch.ones(b, n_tokens, dtype=torch.bool, device=device)
+        keep[:, 1:self.n_lead] = ctx
+        return keep[:, None, None, :]
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
         """Own tokens (B, N, D) -> the predicted noise in this modality's latent shape."""
@@ -190,6 +213,7 @@ class CodiXR(ModelMixin, ConfigMixin):
         context_dim: int | None = None,
         context_tokens: int = 8,
         pos_embed_type: str = "learned",
+        context_mask: bool | Sequence[str] = False,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -256,7 +280,7 @@ class CodiXR(ModelMixin, ConfigMixin):
             if env is not None:
                 keys, pad = self._others(env, m, b)
                 h = self.bridges[f"{m}_in"](h, keys, pad)
-            h = run_long_skips(trunk, h, None)
+            h = run_long_skips(trunk, h, trunk.attention_mask(report, report_given, h.shape[1], b))
             if env is not None:
                 h = self.bridges[f"{m}_out"](h, keys, pad)
             out[m] = trunk.output(trunk.norm(h)[:, trunk.n_lead:])

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from cxrgen.config.multiview import CodiStageConfig, MultiviewTrainConfig
 from cxrgen.data.twin_triplets import read_twin_triplets
 from cxrgen.denoisers.codi import CONTEXT, CodiXR, build_codi_denoiser
+from cxrgen.denoisers.codi_init import load_uvit_trunk
 from cxrgen.errors import ConfigError
 from cxrgen.pipelines.codi import SINGLE_MODES, CodiPipeline
 from cxrgen.samplers import training_scheduler
@@ -111,13 +112,30 @@ def cached_context(out: Path, text_encoder: TextEncoder, table: pd.DataFrame) ->
     return context
 
 
+def _frontal_from_uvit(model: CodiXR, source: str, text: TextEncoder) -> CodiXR:
+    """``model`` with its frontal trunk copied from the single-view U-ViT in ``source``; that trunk masks padded
+    sentences (the model is rebuilt with ``context_mask`` extended to it when it lacked it)."""
+    mask = model.config.context_mask
+    if mask is not True and "frontal" not in (mask or ()):
+        config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+        rebuilt = CodiXR(**{**config, "context_mask": ["frontal", *(mask or ())]})
+        rebuilt.load_state_dict(model.state_dict())
+        model = rebuilt
+    null, null_mask = text.encode_null(1)  # the single-view model's null prompt: (1, S, D), (1, S)
+    load_uvit_trunk(model, "frontal", source, null[0][null_mask[0]])
+    log.info("frontal trunk from the single-view U-ViT in %s", source)
+    return model
+
+
 def _trainable(model: CodiXR, cc: CodiStageConfig, stage: str) -> list[dict[str, Any]]:
     """AdamW groups: stage 1 the denoisers; stage 2 the bridges, the denoisers frozen or at lr x trunk_lr_scale."""
     if stage == "codi_single":
         model.requires_grad_(True)
         for p in model.bridge_parameters():
             p.requires_grad_(False)  # zero-initialised bridges stay the identity while the LDMs learn alone
-        return [{"params": model.trunk_parameters()}]
+        if cc.freeze_frontal:
+            model.trunks["frontal"].requires_grad_(False)
+        return [{"params": [p for p in model.trunk_parameters() if p.requires_grad]}]
     groups = [{"params": model.bridge_parameters()}]
     for p in model.trunk_parameters():
         p.requires_grad_(cc.trunk_lr_scale > 0)
@@ -155,7 +173,9 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
         model = build_codi_denoiser(cc.denoiser, generator=gen, in_channels=f.shape[1], sample_size=f.shape[-1],
                                     report_tokens=latents["report"].shape[1], report_dim=latents["report"].shape[2],
                                     num_train_timesteps=cc.schedule.num_train_timesteps,
-                                    prediction_type=cc.prediction_type, **context)
+                                    prediction_type=cc.prediction_type, context_mask=cc.context_mask, **context)
+    if cc.frontal_init_from is not None:
+        model = _frontal_from_uvit(model, cc.frontal_init_from, text)
     scheduler = training_scheduler(cc.schedule, model.config.prediction_type)
     loss_fn = None
     if stage == "codi_single":
