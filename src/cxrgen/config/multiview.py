@@ -173,6 +173,10 @@ class CodiStageConfig(JointStageConfig):
     # How the image denoisers read a given report: "latent" (the report codec's latent tokens) or "text"
     # (the frozen sentence encoder `text`, one vector per sentence, as CoDi's prompt encoders)
     report_condition: str = "latent"
+    # CoDi's prompt encoders for the views: 0 = off; g > 0 = each given view reaches the other trunks as g x g
+    # tokens of a small CNN (the lateral trunk reads the frontal, the frontal the lateral, the report both)
+    view_prompt_grid: int = 0
+    view_given_prob: float = 0.5  # stage codi_single with view prompts: share of samples each other view is given
     text: TextEncoderConfig = field(default_factory=lambda: TextEncoderConfig(
         backend="minilm", pooling="sentences", max_sentences=8, max_length=48))
     # report_condition text: mask padded sentence slots out of the image trunks' attention and make the null
@@ -197,6 +201,9 @@ class CodiStageConfig(JointStageConfig):
         if not 0 <= self.cond_drop_prob < 1 or self.trunk_lr_scale < 0:
             raise ConfigError(f"codi.cond_drop_prob={self.cond_drop_prob} must be in [0, 1) and "
                               f"codi.trunk_lr_scale={self.trunk_lr_scale} >= 0")
+        if self.view_prompt_grid < 0 or not 0 <= self.view_given_prob <= 1:
+            raise ConfigError(f"codi.view_prompt_grid={self.view_prompt_grid} must be >= 0 (0: no view prompts) and "
+                              f"codi.view_given_prob={self.view_given_prob} in [0, 1]")
         for name, value, valid in (("prediction_type", self.prediction_type, CODI_PREDICTIONS),
                                    ("lr_schedule", self.lr_schedule, ("constant", "cosine")),
                                    ("report_condition", self.report_condition, ("latent", "text"))):

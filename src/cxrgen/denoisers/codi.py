@@ -60,12 +60,15 @@ BRIDGE_PREFIXES = ("env.", "bridges.", "null_env")
 #: Key of the latents dict holding the given report's text-encoder context (B, S, context_dim), when the model
 #: has ``context_dim``: the image denoisers read it (the report latent still feeds the report denoiser and bridges).
 CONTEXT = "report_context"  # parameter names of stage 2 (the rest: the per-modality LDMs)
+#: With ``view_prompt_grid``: which given views each trunk reads through the views' prompt encoders.
+PROMPTED_BY: dict[str, tuple[str, ...]] = {"frontal": ("lateral",), "lateral": ("frontal",),
+                                           "report": ("frontal", "lateral")}
 
 
 class _Trunk(nn.Module):
     """One modality's U-ViT: [time, (report context), own tokens] -> blocks with long skips -> own tokens."""
 
-    def __init__(self, modality: str, cfg: Mapping, report_context: bool) -> None:
+    def __init__(self, modality: str, cfg: Mapping, report_context: bool, n_prompt: int = 0) -> None:
         super().__init__()
         dim, patch, c = cfg["hidden_size"], cfg["patch_size"], cfg["in_channels"]
         self.modality, self.report_context = modality, report_context
@@ -89,7 +92,8 @@ class _Trunk(nn.Module):
         if report_context:
             self.context_embed = nn.Linear(cfg["context_dim"] if self.text_context else cfg["report_dim"], dim)
             self.null_report = nn.Parameter(torch.zeros(1, n_ctx, dim))  # the "no report" condition (CFG)
-        self.n_lead = 1 + n_ctx  # time token + context tokens before the own tokens
+        # time token + report context + the given views' prompt tokens (``view_prompt_grid``) before the own tokens
+        self.n_ctx, self.n_lead = n_ctx, 1 + n_ctx + n_prompt
         # an image trunk with pos_embed_type=sincos: fixed 2-D sine-cosine patch positions (a buffer, recomputed)
         sincos = cfg.get("pos_embed_type", "learned") == "sincos" and modality != "report"
         self.pos_embed = nn.Parameter(torch.zeros(1, self.n_lead + (0 if sincos else n_own), dim))
@@ -99,8 +103,8 @@ class _Trunk(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def tokens(self, x: torch.Tensor, t: torch.Tensor, report: torch.Tensor | None,
-               report_given: torch.Tensor | None) -> torch.Tensor:
-        """(B, n_lead + N, D): time token, the report (or the null report), own latent tokens.
+               report_given: torch.Tensor | None, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n_lead + N, D): time token, the report (or the null report), view prompts, own latent tokens.
 
         ``report``: the report latent (B, L_r, D_r), or for a text-context trunk the sentence vectors
         (B, S, context_dim), None when no report text was given (then the null report everywhere).
@@ -114,6 +118,8 @@ class _Trunk(nn.Module):
             else:
                 ctx = self.context_embed(report.to(self.pos_embed.dtype))  # (B, L_ctx, D)
                 parts.append(torch.where(report_given.view(-1, 1, 1), ctx, null))
+        if prompts is not None:
+            parts.append(prompts.to(self.pos_embed.dtype))  # (B, n_prompt, D)
         own = self.embed(x.to(self.pos_embed.dtype))
         parts.append(own if self.modality == "report" else own.flatten(2).transpose(1, 2))  # (B, N, D)
         pos = self.pos_embed if self.patch_pos is None else torch.cat([self.pos_embed, self.patch_pos.to(own.dtype)], 1)
@@ -123,18 +129,19 @@ class _Trunk(nn.Module):
                        n_tokens: int, b: int) -> torch.Tensor | None:
         """Key mask (B, 1, 1, n_tokens), True = attended, with ``context_mask``; else None (all attended).
 
-        A given report keeps its real sentences (non-zero vectors); the null report keeps its first token.
+        A given report keeps its real sentences (non-zero vectors); the null report keeps its first token; view
+        prompt tokens after the report are always attended (an absent view is its learned null tokens).
         """
         if not self.context_mask:
             return None
-        n_ctx = self.n_lead - 1
+        n_ctx = self.n_ctx
         device = self.pos_embed.device
         null = torch.zeros(b, n_ctx, dtype=torch.bool, device=device)
         null[:, 0] = True
         ctx = null if report is None else torch.where(
             report_given.view(-1, 1), report.abs().sum(-1) > 0, null)  # (B, L_ctx)
         keep = torch.ones(b, n_tokens, dtype=torch.bool, device=device)
-        keep[:, 1:self.n_lead] = ctx
+        keep[:, 1:1 + n_ctx] = ctx
         return keep[:, None, None, :]
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
@@ -144,6 +151,31 @@ class _Trunk(nn.Module):
             return out  # (B, L_r, D_r)
         c = self.final_layer.in_channels
         return self.final_layer(unpatchify(out, c, self.embed.stride[0], self.grid))  # (B, C, h, w)
+
+
+class _ViewPrompt(nn.Module):
+    """CoDi's prompt encoder for a given view: the clean view (B, C, H, W) -> g x g tokens (B, g^2, D) with
+    positions; samples where the view is absent get the learned null tokens (and cost no convolution)."""
+
+    def __init__(self, cfg: Mapping) -> None:
+        super().__init__()
+        c, dim, g = cfg["in_channels"], cfg["hidden_size"], cfg["view_prompt_grid"]
+        w = max(dim // 4, 8)
+        self.net = nn.Sequential(nn.Conv2d(c, w, 3, 2, 1), nn.GELU(), nn.Conv2d(w, 2 * w, 3, 2, 1), nn.GELU(),
+                                 nn.Conv2d(2 * w, dim, 3, 2, 1), nn.GELU(), nn.AdaptiveAvgPool2d(g))
+        self.proj = nn.Linear(dim, dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, g * g, dim))
+        self.null = nn.Parameter(torch.zeros(1, g * g, dim))  # the "view not given" condition (CFG)
+
+    def forward(self, x: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+        """Prompt tokens (B, g^2, D): the view's where ``given`` (B,) is True, the null tokens elsewhere."""
+        out = self.null.expand(x.shape[0], -1, -1)
+        if not bool(given.any()):
+            return out
+        z = self.net(x[given].to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)  # (B_given, g^2, D)
+        out = out.clone()
+        out[given] = self.proj(z) + self.pos_embed
+        return out
 
 
 class _Environment(nn.Module):
@@ -214,6 +246,7 @@ class CodiXR(ModelMixin, ConfigMixin):
         context_tokens: int = 8,
         pos_embed_type: str = "learned",
         context_mask: bool | Sequence[str] = False,
+        view_prompt_grid: int = 0,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -227,9 +260,19 @@ class CodiXR(ModelMixin, ConfigMixin):
         if pos_embed_type not in POS_EMBEDS or (pos_embed_type == "sincos" and hidden_size % 4):
             raise ConfigError(f"pos_embed_type={pos_embed_type!r}: use one of {list(POS_EMBEDS)} (sincos needs "
                               f"hidden_size divisible by 4, got {hidden_size})")
+        if view_prompt_grid < 0 or view_prompt_grid > sample_size:
+            raise ConfigError(f"view_prompt_grid={view_prompt_grid}: give 0 (no view prompts) or a grid side of at "
+                              f"most sample_size={sample_size} (e.g. 4: 16 prompt tokens per given view)")
         cfg = dict(self.config)
         with_report = "report" in self.modalities
-        self.trunks = nn.ModuleDict({m: _Trunk(m, cfg, with_report and m != "report") for m in self.modalities})
+        # CoDi's prompt encoders for the views: a given view reaches the other trunks as tokens in their sequence
+        self.prompted_by = {m: tuple(v for v in PROMPTED_BY[m] if v in self.modalities) if view_prompt_grid else ()
+                            for m in self.modalities}
+        self.prompts = nn.ModuleDict({v: _ViewPrompt(cfg) for v in sorted({v for vs in self.prompted_by.values()
+                                                                            for v in vs})})
+        self.trunks = nn.ModuleDict({m: _Trunk(m, cfg, with_report and m != "report",
+                                               len(self.prompted_by[m]) * view_prompt_grid ** 2)
+                                     for m in self.modalities})
         self.env = nn.ModuleDict({m: _Environment(m, cfg) for m in self.modalities})
         self.null_env = nn.Parameter(torch.zeros(1, 1, env_dim))  # always attendable: no NaN when all are absent
         self.bridges = nn.ModuleDict({f"{m}_{where}": _Bridge(hidden_size, env_dim, num_heads)
@@ -241,6 +284,8 @@ class CodiXR(ModelMixin, ConfigMixin):
         """The U-ViT reference init (truncated normal, zero biases) everywhere; bridge outputs at zero."""
         for trunk in self.trunks.values():
             UViT.reset_parameters(trunk, generator)
+        for prompt in self.prompts.values():
+            UViT.reset_parameters(prompt, generator)
         for part in (self.env, self.bridges):  # no positions of their own: the null token takes their place
             UViT.reset_parameters(SimpleNamespace(pos_embed=self.null_env, modules=part.modules), generator)
         for name, p in self.bridges.named_parameters():
@@ -273,10 +318,13 @@ class CodiXR(ModelMixin, ConfigMixin):
         report = latents.get(CONTEXT) if self.config.context_dim is not None else latents.get("report")
         report_given = times["report"] == GIVEN_TIME if "report" in times else None  # (B,)
         env = self._environments(latents, times) if bridge else None
+        prompts = self._prompts(latents, times, outputs)
         out = {}
         for m in outputs:
             trunk = self.trunks[m]
-            h = trunk.tokens(latents[m], times[m], report, report_given)  # (B, n_lead + N, D)
+            given_views = [prompts[v] for v in self.prompted_by[m]]
+            h = trunk.tokens(latents[m], times[m], report, report_given,
+                             torch.cat(given_views, 1) if given_views else None)  # (B, n_lead + N, D)
             if env is not None:
                 keys, pad = self._others(env, m, b)
                 h = self.bridges[f"{m}_in"](h, keys, pad)
@@ -285,6 +333,13 @@ class CodiXR(ModelMixin, ConfigMixin):
                 h = self.bridges[f"{m}_out"](h, keys, pad)
             out[m] = trunk.output(trunk.norm(h)[:, trunk.n_lead:])
         return out
+
+    def _prompts(self, latents: Mapping[str, torch.Tensor], times: Mapping[str, torch.Tensor],
+                 outputs: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Prompt tokens (B, g^2, D) of each view read by an ``outputs`` trunk: its encoding where it is given
+        (model time 0), the null tokens where it is noised or absent."""
+        views = {v for m in outputs for v in self.prompted_by[m]}
+        return {v: self.prompts[v](latents[v], times[v] == GIVEN_TIME) for v in sorted(views)}
 
     def _environments(self, latents: Mapping[str, torch.Tensor],
                       times: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -46,13 +46,18 @@ CODI_STAGES = ("codi_single", "codi_bridge")
 
 
 def single_loss(model: CodiXR, scheduler: DDPMScheduler, clean: Mapping[str, torch.Tensor], cond_drop_prob: float,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                generator: torch.Generator | None = None,
+                view_given_prob: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage 1: the sum of each modality's own prediction MSE (DDPM eq. 14; x0 for ``sample``), bridges off.
 
     The image denoisers see the clean report (model time 0) or, with probability ``cond_drop_prob``, the
-    null report (time T); the report denoiser sees only its own noisy latent.
+    null report (time T); the report denoiser sees only its own noisy latent. A model with view prompts
+    (``view_prompt_grid``) trains each trunk on its own call, every other view given clean with probability
+    ``view_given_prob`` (per sample and view), else absent (its null prompt tokens).
     """
     names = model.modalities
+    if model.config.view_prompt_grid:
+        return _prompted_single_loss(model, scheduler, clean, cond_drop_prob, view_given_prob, generator)
     b, device = clean[names[0]].shape[0], clean[names[0]].device
     noise = {m: torch.randn(clean[m].shape, generator=generator).to(device, clean[m].dtype) for m in names}
     step = {m: torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
@@ -72,6 +77,27 @@ def single_loss(model: CodiXR, scheduler: DDPMScheduler, clean: Mapping[str, tor
         preds.update(model(lat, times, outputs=["report"], bridge=False))
     target = {m: prediction_target(scheduler, clean[m], noise[m], step[m]) for m in names}  # noise, or x0
     per = {m: (preds[m].float() - target[m].float()).pow(2).mean() for m in names}
+    return sum(per.values()), {m: float(v.detach()) for m, v in per.items()}
+
+
+def _prompted_single_loss(model: CodiXR, scheduler: DDPMScheduler, clean: Mapping[str, torch.Tensor],
+                          cond_drop_prob: float, view_given_prob: float,
+                          generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """:func:`single_loss` for a model with view prompts: per trunk, the report and the other views given or absent."""
+    names = model.modalities
+    b, device = clean[names[0]].shape[0], clean[names[0]].device
+    given = lambda p: (torch.rand(b, generator=generator) < p).to(device)  # noqa: E731  (B,) bool
+    per: dict[str, torch.Tensor] = {}
+    for m in names:
+        noise = torch.randn(clean[m].shape, generator=generator).to(device, clean[m].dtype)
+        step = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
+        lat = {**clean, m: scheduler.add_noise(clean[m], noise, step)}  # DDPM eq. 4
+        times = {o: torch.where(given(view_given_prob), 0, model.absent_time) for o in names if o not in (m, "report")}
+        times[m] = model.time_of(step)
+        if m != "report" and "report" in names:
+            times["report"] = torch.where(given(1 - cond_drop_prob), 0, model.absent_time)
+        pred = model(lat, times, outputs=[m], bridge=False)[m]
+        per[m] = (pred.float() - prediction_target(scheduler, clean[m], noise, step).float()).pow(2).mean()
     return sum(per.values()), {m: float(v.detach()) for m, v in per.items()}
 
 
@@ -170,6 +196,8 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
     if model is None:
         f = latents["frontal"]
         context = dict(context_dim=text.hidden_size, context_tokens=text.config.max_sentences) if text else {}
+        if cc.view_prompt_grid:
+            context["view_prompt_grid"] = cc.view_prompt_grid
         model = build_codi_denoiser(cc.denoiser, generator=gen, in_channels=f.shape[1], sample_size=f.shape[-1],
                                     report_tokens=latents["report"].shape[1], report_dim=latents["report"].shape[2],
                                     num_train_timesteps=cc.schedule.num_train_timesteps,
@@ -180,7 +208,7 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
     loss_fn = None
     if stage == "codi_single":
         def loss_fn(net: CodiXR, batch: dict, g: torch.Generator) -> tuple[torch.Tensor, dict]:
-            return single_loss(net, scheduler, batch, cc.cond_drop_prob, g)
+            return single_loss(net, scheduler, batch, cc.cond_drop_prob, g, cc.view_given_prob)
     groups = _trainable(model, cc, stage)
     cpu0 = time.process_time()
     ema, history, train_s = _train(model, scheduler, latents, cc, gen, cfg.progress, loss_fn, groups,
@@ -189,7 +217,7 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
     cpu_s = time.process_time() - cpu0
     final = (ema.model if cc.ema_decay > 0 else model).requires_grad_(False)
     pipe = CodiPipeline(final, codec, report_codec, scheduler, image_size=cc.model_image_size,
-                        modes=SINGLE_MODES if stage == "codi_single" else None, sampling=cc.sampling,
+                        modes=SINGLE_MODES if stage == "codi_single" and not final.config.view_prompt_grid else None, sampling=cc.sampling,
                         text_encoder=text)
     pipe.save_pretrained(out / MODEL_DIR)
     metrics = {"stage": stage, "train_studies": len(train), "steps": cc.steps, "batch_size": cc.batch_size,
