@@ -37,7 +37,8 @@ def trained(twin_dir: Path, tmp_path_factory) -> dict:
     base = {"data": {"twin_dirs": [str(twin_dir)], "image_size": 32}, "progress": False}
     stages = {"report_ae": {"report_ae": {"vocab_size": 300, "width": 32, "encoder_depth": 1, "decoder_depth": 1,
                                           "heads": 2, "latent_tokens": 2, "latent_dim": 4, "steps": 150,
-                                          "batch_size": 8, "lr": 3e-3, "eval_reports": 8, "beams": 2}},
+                                          "batch_size": 8, "lr": 3e-3, "eval_reports": 8, "beams": 2,
+                                          "eval_truth": True}},
               "aligned": {"aligned": {"vocab_size": 300, "embed_dim": 16, "image_width": 4, "text_width": 16,
                                       "text_depth": 1, "heads": 2, "steps": 60, "batch_size": 16, "lr": 3e-3}}}
     out = {}
@@ -192,6 +193,20 @@ def test_report_ae_stage_trains_scales_and_reconstructs(trained):
     decoded = [e["decoded"] for e in metrics["eval"]["twin"]["examples"]]
     assert len(set(decoded)) > 1, f"the decoder ignores the latent (posterior collapse): {decoded}"
     assert metrics["eval"]["twin"]["bleu4"] is None or metrics["eval"]["twin"]["bleu4"] > 20
+
+
+def test_report_ae_stage_scores_reconstructions_against_the_twin_truth(trained, twin_dir):
+    from cxrgen.evaluate.report_ae import twin_reports_and_truths
+    from cxrgen.evaluate.twin_report import truth_report_scores
+
+    vs_truth = trained["report_ae"]["eval"]["twin"]["vs_truth"]
+    assert vs_truth["n"] == 8 and vs_truth["references_vs_truth"]["finding_f1"] == 1.0
+    codec = ReportCodec.from_pretrained(trained["report_ae"]["model"])
+    reports, truths = twin_reports_and_truths([twin_dir], "test", 8)
+    decoded = codec.decode(codec.encode(reports), beams=2)
+    assert vs_truth["finding_f1"] == truth_report_scores(decoded, truths)["finding_f1"]
+    flipped = [{**t, "effusion": {"left": "right", "right": "left"}.get(t["effusion"], t["effusion"])} for t in truths]
+    assert truth_report_scores(reports, flipped)["side_accuracy"] < 0.5  # the references' sides are read
 
 
 @pytest.mark.slow

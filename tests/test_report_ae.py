@@ -11,7 +11,7 @@ from cxrgen.config.multiview import MultiviewTrainConfig, ReportAEStageConfig
 from cxrgen.errors import ConfigError
 from cxrgen.text.report_ae import NgramGuard, ReportCodec
 from cxrgen.text.scratch import train_tokenizer
-from cxrgen.train.report_ae import length_grouped_batches, lr_at, run_report_ae
+from cxrgen.train.report_ae import length_grouped_batches, lr_at, run_report_ae, word_dropout_at
 
 REPORTS = ["FINDINGS: Left pleural effusion. Heart size is normal.\nIMPRESSION: Left pleural effusion.",
            "FINDINGS: Right pneumothorax. The heart is enlarged.\nIMPRESSION: Right pneumothorax.",
@@ -132,3 +132,31 @@ def test_new_stage_fields_default_off_validate_and_reach_the_saved_model(codec, 
     assert ReportCodec.from_pretrained(metrics["model"]).config.no_repeat_ngram == 4
     assert ReportCodec.from_pretrained(metrics["model"]).config.rerank
     assert ReportCodec.from_pretrained(tmp_path / "start").config.no_repeat_ngram == 0
+
+
+def test_word_dropout_schedule_holds_then_falls_to_its_final_value():
+    assert [word_dropout_at(s, 30, 0.3, None) for s in (0, 29)] == [0.3, 0.3]
+    held = [word_dropout_at(s, 30, 0.3, 0.0) for s in range(30)]
+    assert held[:20] == [0.3] * 20 and held[-1] == 0.0
+    assert all(a >= b for a, b in zip(held, held[1:], strict=False))
+
+
+def test_qformer_pooling_is_an_option_whose_default_keeps_the_old_network(codec, tmp_path):
+    assert any(k.startswith("pool.") for k in codec.model.state_dict())
+    assert not any(k.startswith("pool_layers.") for k in codec.model.state_dict())
+    deep = ReportCodec.build(codec.tokenizer, torch.Generator().manual_seed(0), max_length=40, width=16,
+                             encoder_depth=1, decoder_depth=1, heads=2, latent_tokens=3, latent_dim=4, pool_depth=2)
+    assert any(k.startswith("pool_layers.") for k in deep.model.state_dict())
+    latent = deep.encode(REPORTS)
+    assert latent.shape == (3, 3, 4) and not torch.allclose(latent[0], latent[1])  # the latent reads the report
+    ids, mask = deep.tokenize(REPORTS)
+    ids2 = ids.clone()
+    ids2[0, 1:][mask[0, 1:]] = deep.tokenizer.mask_token_id
+    assert not torch.allclose(deep.model.posterior(ids, mask)[0][0], deep.model.posterior(ids2, mask)[0][0])
+    deep.save_pretrained(tmp_path / "deep")
+    assert torch.allclose(ReportCodec.from_pretrained(tmp_path / "deep").encode(REPORTS), latent)
+    for bad in ("pool_depth=-1", "word_dropout_final=1.0"):
+        with pytest.raises(ConfigError, match="report_ae"):
+            load_config(MultiviewTrainConfig, None, [f"report_ae.{bad}"])
+    stage = ReportAEStageConfig()
+    assert (stage.pool_depth, stage.word_dropout_final, stage.eval_truth) == (0, None, False)

@@ -183,6 +183,13 @@ def _cmd_train_multiview(args: argparse.Namespace) -> int:
     from cxrgen.train.multiview import run_train_multiview
 
     metrics = run_train_multiview(args.config, args.overrides, args.out)
+    if metrics.get("stage") == "report_ae":
+        from cxrgen.evaluate.report_ae import add_truth_scores, wants_truth_scores
+
+        run_dir = Path(metrics["model"]).parent
+        if wants_truth_scores(run_dir):  # report_ae.eval_truth on twin reports: scores against the cases' truth
+            add_truth_scores(run_dir)
+            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     print(json.dumps({k: v for k, v in metrics.items() if k != "loss_history"}, indent=2, default=str))
     return 0
 

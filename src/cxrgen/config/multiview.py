@@ -70,6 +70,9 @@ class ReportAEStageConfig:
     length_groups: int = 0  # > 1: batches drawn this many at a time and grouped by length (less padding, faster)
     no_repeat_ngram: int = 0  # > 0: decoding never repeats an n-gram within a section (saved in the model's config)
     rerank: bool = False  # with beams > 1: decode to the beam whose re-encoded latent is nearest (saved in the config)
+    pool_depth: int = 0  # > 0: the latent queries pass this many Q-former layers (self-attn, cross-attn, MLP); 0: one cross-attn
+    word_dropout_final: float | None = None  # set: word_dropout falls linearly to this over the last third of the steps
+    eval_truth: bool = False  # twin corpora: also score the reconstructions against the cases' truth (metrics.json vs_truth)
 
     def __post_init__(self) -> None:
         if min(self.width, self.encoder_depth, self.decoder_depth, self.heads, self.latent_tokens,
@@ -80,9 +83,11 @@ class ReportAEStageConfig:
         if not (0.0 <= self.word_dropout < 1.0 and 0.0 <= self.dropout < 1.0 and self.kl_weight >= 0.0):
             raise ConfigError("report_ae.word_dropout and dropout must be in [0, 1), kl_weight >= 0")
         if not (0.0 <= self.encoder_word_dropout < 1.0 and 0.0 <= self.label_smoothing < 1.0
-                and 0.0 <= self.min_lr_ratio <= 1.0 and self.warmup_steps >= 0 and self.no_repeat_ngram >= 0):
+                and 0.0 <= self.min_lr_ratio <= 1.0 and self.warmup_steps >= 0 and self.no_repeat_ngram >= 0
+                and self.pool_depth >= 0 and (self.word_dropout_final is None or 0.0 <= self.word_dropout_final < 1.0)):
             raise ConfigError("report_ae.encoder_word_dropout and label_smoothing must be in [0, 1), min_lr_ratio "
-                              "in [0, 1], warmup_steps and no_repeat_ngram >= 0")
+                              "in [0, 1], warmup_steps, no_repeat_ngram and pool_depth >= 0, word_dropout_final "
+                              "None or in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ The interface the report diffusion models use (``ReportCodec``; shapes with the 
   the network (``config.json`` + safetensors, diffusers format) and the tokenizer files in one folder.
 
 Network: a pre-norm transformer encoder (``ScratchTransformer``) over the BPE tokens, L_r learned
-queries cross-attending to its token features, a linear map to the mean and log-variance of a
+queries cross-attending to its token features (``pool_depth`` > 0: that many Q-former-style layers of
+query self-attention, cross-attention and MLP instead of one cross-attention), a linear map to the mean and log-variance of a
 diagonal Gaussian (KL-regularised towards N(0, I) with a small beta); a pre-norm causal transformer
 decoder that cross-attends to the latent (projected to its width) and predicts the next token.
 """
@@ -88,13 +89,18 @@ class ReportAutoencoder(ModelMixin, ConfigMixin):
                  decoder_depth: int = 2, heads: int = 4, latent_tokens: int = 8, latent_dim: int = 16,
                  mlp_ratio: float = 2.0, dropout: float = 0.0, pad_token_id: int = 0, bos_token_id: int = 2, eos_token_id: int = 3,
                  mask_token_id: int = 4, latent_scale: float = 1.0, bag_of_words: bool = False,
-                 no_repeat_ngram: int = 0, rerank: bool = False) -> None:
+                 no_repeat_ngram: int = 0, rerank: bool = False, pool_depth: int = 0) -> None:
         super().__init__()
         text_cfg = TextEncoderConfig(backend="scratch", max_length=max_length, width=width, depth=encoder_depth,
                                      heads=heads, mlp_ratio=mlp_ratio, dropout=dropout)
         self.encoder = ScratchTransformer(vocab_size, text_cfg)
         self.queries = nn.Parameter(torch.randn(latent_tokens, width) * 0.02)
-        self.pool = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+        if pool_depth > 0:  # Q-former-style: the queries attend to each other and the tokens, with MLPs, per layer
+            pool_layer = nn.TransformerDecoderLayer(width, heads, int(mlp_ratio * width), dropout, activation="gelu",
+                                                    batch_first=True, norm_first=True)
+            self.pool_layers = nn.TransformerDecoder(pool_layer, pool_depth, norm=nn.LayerNorm(width))
+        else:  # one cross-attention of the queries to the tokens (the original network)
+            self.pool = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.to_moments = nn.Linear(width, 2 * latent_dim)
         self.from_latent = nn.Linear(latent_dim, width)
         self.latent_position = nn.Parameter(torch.randn(latent_tokens, width) * 0.02)
@@ -126,7 +132,10 @@ class ReportAutoencoder(ModelMixin, ConfigMixin):
         """Mean and log-variance (B, L_r, D_r) each of the latent of tokens (B, L); ``mask`` True = token."""
         tokens = self.encoder(input_ids, mask)  # (B, L, W)
         queries = self.queries.unsqueeze(0).expand(input_ids.shape[0], -1, -1)  # (B, L_r, W)
-        pooled, _ = self.pool(queries, tokens, tokens, key_padding_mask=~mask, need_weights=False)  # (B, L_r, W)
+        if self.config.pool_depth > 0:
+            pooled = self.pool_layers(queries, tokens, memory_key_padding_mask=~mask)  # (B, L_r, W)
+        else:
+            pooled, _ = self.pool(queries, tokens, tokens, key_padding_mask=~mask, need_weights=False)  # (B, L_r, W)
         mean, logvar = self.to_moments(pooled).chunk(2, dim=-1)  # (B, L_r, D_r) x 2
         return mean, logvar.clamp(-12.0, 6.0)
 

@@ -48,6 +48,14 @@ def lr_at(step: int, steps: int, lr: float, warmup: int = 100, floor: float = 0.
     return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def word_dropout_at(step: int, steps: int, start: float, final: float | None) -> float:
+    """``start`` for the first two thirds of the steps, then linear to ``final`` at the last (None: ``start``)."""
+    if final is None:
+        return start
+    begin = 2 * steps // 3
+    return start if step < begin else start + (final - start) * (step - begin) / max(1, steps - 1 - begin)
+
+
 def budgeted_steps(steps: int, max_minutes: float, desc: str, progress: bool) -> Iterator[int]:
     """Step indices 0..steps-1 with a progress bar, stopping early (with a warning) after ``max_minutes`` > 0."""
     deadline = time.perf_counter() + 60.0 * max_minutes if max_minutes > 0 else math.inf
@@ -100,7 +108,8 @@ def fit_report_ae(codec: ReportCodec, texts: list[str], cfg: MultiviewTrainConfi
         pick = next(batches)
         length = int(mask[pick].sum(1).max())
         batch_ids, batch_mask = ids[pick, :length], mask[pick, :length]  # (B, l) each
-        out = codec.model(batch_ids, batch_mask, generator=generator, word_dropout=stage.word_dropout,
+        dropout = word_dropout_at(step, stage.steps, stage.word_dropout, stage.word_dropout_final)
+        out = codec.model(batch_ids, batch_mask, generator=generator, word_dropout=dropout,
                           encoder_word_dropout=stage.encoder_word_dropout, label_smoothing=stage.label_smoothing)
         beta = stage.kl_weight * min(1.0, step / max(1, stage.steps // 3))  # KL annealing
         loss = out["ce"] + beta * out["kl"] + stage.bow_weight * out.get("bow", 0.0)
@@ -152,7 +161,7 @@ def _codec(cfg: MultiviewTrainConfig, texts: list[str], out: Path, generator: to
     return ReportCodec.build(tokenizer, generator, max_length=stage.max_length, width=stage.width,
                              encoder_depth=stage.encoder_depth, decoder_depth=stage.decoder_depth, heads=stage.heads,
                              mlp_ratio=stage.mlp_ratio, latent_tokens=stage.latent_tokens, latent_dim=stage.latent_dim,
-                             dropout=stage.dropout, bag_of_words=stage.bow_weight > 0)
+                             dropout=stage.dropout, bag_of_words=stage.bow_weight > 0, pool_depth=stage.pool_depth)
 
 
 def run_report_ae(cfg: MultiviewTrainConfig, corpora: dict[str, dict[str, list[str]]], out: Path) -> dict:
