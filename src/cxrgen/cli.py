@@ -270,7 +270,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     _add_sampling_args(p, seed_help="seed of the first image; image g gets seed + g")
     p.add_argument("-n", type=int, help="images per prompt (default: the model's sampling settings)")
     p.add_argument("--negative-prompt", help="replaces the null prompt of guidance")
-    p.add_argument("--model", help="model directory or hub id (default: the packaged model)")
+    p.add_argument("--model", help="model directory or hub id (default: the packaged model; with --views / --to / "
+                   "--frontal / --lateral: the packaged any-to-any model twin-codi)")
     p.add_argument("--out", required=True, help="output folder (existing images are kept and skipped)")
     p.add_argument("--dicom", action="store_true", help="write DICOM Secondary Capture instead of PNG")
     p.add_argument("--batch-size", type=int, help="images of one prompt sampled together (default 4)")

@@ -14,6 +14,7 @@ from cxrgen.dicom import synthetic_dataset, to_uint16
 from cxrgen.errors import ConfigError
 from cxrgen.outputs import check_writable
 from cxrgen.pipelines import load_multiview_pipeline
+from cxrgen.pipelines.loader import multiview_model_path
 from cxrgen.pipelines.multiview_output import MultiViewOutput
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,7 @@ def run_generate_multiview(reports: Sequence[str], out_dir: str | Path, model: s
 
     Given images are read, made grayscale and resized to the model's side (logged); nothing is flipped.
     """
-    if model is None:
-        raise ConfigError("any-to-any generation needs --model DIR (a MultiViewPipeline folder written by "
-                          "`cxrgen train-multiview` with stage joint or codi_bridge)")
+    model = multiview_model_path(model)  # None: the shipped twin-codi model
     out = check_writable(out_dir)
     pipe = load_multiview_pipeline(model)  # either arm: MultiViewPipeline or CodiPipeline
     if device != "auto":
