@@ -1,0 +1,76 @@
+"""Copy a trained any-to-any model folder into the package as ``twin-codi``, with a training record.
+
+    .venv/bin/python tools/ship_multiview.py RUN [EARLIER_RUN ...] --report-ae AE_RUN --aligned ALIGNED_RUN \
+        --eval EVAL/metrics.json --recipe "..." [--dest src/cxrgen/models/twin-codi]
+
+RUN is the last `cxrgen train-multiview` stage (holds model/, metrics.json and config.yaml); EARLIER_RUN are the
+stages it started from (``codi.init_from``), oldest first. The weights are stored as float16 (half the bytes in
+git; the pipeline loads them back as float32). DEST/training.json records the recipe, the hardware, every stage's
+steps and CPU seconds (the report autoencoder's and the aligned encoders' included) and the evaluation it shipped
+with (`cxrgen evaluate-multiview` on the shipped folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from cxrgen.integrity import record_weights
+
+
+def halve_weights(folder: Path) -> None:
+    """Rewrite every safetensors file under ``folder`` with its float32 tensors as float16."""
+    for path in folder.rglob("*.safetensors"):
+        state = load_file(str(path))
+        save_file({k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}, str(path))
+
+
+def stage_record(run: Path) -> dict:
+    """The stage's name, steps, batch size, training CPU / wall seconds and threads (its metrics.json)."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    keys = ("stage", "steps", "batch_size", "train_studies", "train_reports", "parameters", "params", "train_seconds",
+            "train_cpu_seconds", "threads")
+    return {"run": run.name, **{k: metrics[k] for k in keys if k in metrics}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="the CoDi stages, oldest first; the last one's model/ is shipped")
+    parser.add_argument("--report-ae", required=True, help="the report autoencoder's `train-multiview` folder")
+    parser.add_argument("--aligned", required=True, help="the aligned encoders' `train-multiview` folder")
+    parser.add_argument("--eval", required=True, help="metrics.json of `cxrgen evaluate-multiview` on the result")
+    parser.add_argument("--recipe", required=True, help="the configs and commands that made it")
+    parser.add_argument("--dest", default="src/cxrgen/models/twin-codi")
+    args = parser.parse_args()
+    runs, dest = [Path(r) for r in args.runs], Path(args.dest)
+    for run in runs:
+        if not (run / "metrics.json").is_file():
+            parser.error(f"{run}: no metrics.json; give finished `cxrgen train-multiview` folders")
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(runs[-1] / "model", dest)
+    halve_weights(dest)
+    record_weights(dest)  # the sha256 of the weights as shipped
+    evaluation = json.loads(Path(args.eval).read_text())
+    record = {
+        "recipe": args.recipe,
+        "hardware": {"device": "cpu", "cores": os.cpu_count(), "torch": torch.__version__},
+        "stages": [stage_record(Path(args.report_ae)), stage_record(Path(args.aligned))] + [stage_record(r) for r in runs],
+        "weights_dtype": "float16",
+        "weights_bytes": sum(p.stat().st_size for p in dest.rglob("*.safetensors")),
+        "evaluation": {k: evaluation[k] for k in ("split", "n", "settings", "marks", "all_marks_passed",
+                                                  "all_mistakes_fail") if k in evaluation},
+    }
+    record["codi_train_cpu_seconds"] = sum(s.get("train_cpu_seconds", 0.0) for s in record["stages"])
+    (dest / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k: v for k, v in record.items() if k != "evaluation"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
