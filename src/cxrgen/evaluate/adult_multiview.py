@@ -254,7 +254,7 @@ def adult_report_lines(block: dict[str, Any]) -> list[str]:
         lines += [f"### {view}: {b['n_generated']} per row against {b['n_reference']} real reference images", "",
                   "| row | n | FID_cxr | KID | precision | recall | density | coverage | SWD |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {name} | {r['n']} | {_fmt(r['fid'], 1)} | {_fmt(r['kid'], 4)} | {_fmt(r['precision'])} | "
+        lines += [f"| {name} | {r['n']} | {_fmt(r['fid'], 2)} | {_fmt(r['kid'], 4)} | {_fmt(r['precision'])} | "
                   f"{_fmt(r['recall'])} | {_fmt(r['density'])} | {_fmt(r['coverage'])} | {_fmt(r['swd'], 1)} |"
                   for name in REALISM_ROWS if (r := b["rows"].get(name))]
         lines.append("")
