@@ -190,3 +190,21 @@ def test_evaluate_multiview_cli_adds_real_data(adult: Path, tmp_path: Path, caps
     assert "## Real data: the adult set" in report and "| noise |" in report
     assert (tmp_path / "ev" / "adult_grid.png").is_file()
     assert "adult lateral FID_cxr" in capsys.readouterr().out
+
+
+def test_retrieval_baseline_takes_the_training_patients_notes(adult: Path, extractor, tmp_path: Path) -> None:
+    from cxrgen.multiview.aligned import AlignedEncoders, AlignedModel
+    from cxrgen.text.scratch import train_tokenizer
+
+    table = read_adult_views(adult)
+    train_notes = set(table.loc[(table["split"] == "train") & (table["report"] != ""), "report"])
+    tok = train_tokenizer(sorted(set(table["report"]) - {""}) * 2, 300, tmp_path)
+    torch.manual_seed(0)
+    aligned = AlignedModel(AlignedEncoders(len(tok), image_size=16, embed_dim=8, image_width=4, text_width=16,
+                                           text_depth=1, heads=2), tok)
+    model = RowsModel(table)
+    model.modes = ("frontal->report",)
+    block, _ = score_adult(model, table, extractor, n=100, batch=4, progress=False, aligned=aligned)
+    baseline = block["frontal_to_report"]["retrieval_baseline"]
+    assert baseline["gallery"] == len(train_notes) and baseline["n"] == block["frontal_to_report"]["n"]
+    assert 0.0 <= baseline["finding_agreement"] <= 1.0 and baseline["bleu4"] is not None
