@@ -140,6 +140,7 @@ def test_real_floor_ranks_below_noise_and_known_good_scores_as_the_floor(adult: 
     report = block["frontal_to_report"]  # the known good returns each held-out image's own note
     assert report["n"] == len(adult_report_rows(table, 100)) and report["bleu4"] == pytest.approx(100.0)
     assert report["finding_agreement"] == 1.0 and report["shuffled_notes"]["bleu4"] < 100.0
+    assert report["other_notes"] == report["shuffled_notes"]  # the known good's reports are the notes themselves
     assert block["skipped"] == [] and set(block["cpu_seconds"]) == {"frontal", "lateral", "frontal_to_report"}
 
 
