@@ -183,6 +183,8 @@ def test_evaluate_multiview_cli_adds_real_data(adult: Path, tmp_path: Path, caps
     assert main([*args, "--adult", str(tmp_path / "nowhere")]) == 2
     assert "give --adult" in one_error_line(capsys)
     assert not (tmp_path / "ev" / "metrics.json").exists()  # failed before any sampling
+    assert main([*args, "--adult", str(adult), "--evaluator", str(tmp_path)]) == 2
+    assert "train-evaluator" in one_error_line(capsys)  # a folder that holds no evaluator
     assert main([*args, "--adult", str(adult)]) == 0
     real = json.loads((tmp_path / "ev" / "metrics.json").read_text())["real_data"]
     assert real["frontal"]["n_generated"] <= 8 and set(real["frontal"]["rows"]) == {"real_other_half", "generated",

@@ -271,20 +271,25 @@ def write_multiview_report(result: dict[str, Any], grid: dict[str, torch.Tensor]
     return path
 
 
-def _adult_block(pipe: Any, adult: str | Path, twin_dir: str | Path, split: str, adult_n: int, evaluator: str | None,
-                 batch: int, seed: int, progress: bool, aligned: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The ``real_data`` block (:mod:`.adult_multiview`) with ``cxrgen evaluate``'s evaluator as the feature space."""
+def _adult_inputs(adult: str | Path, evaluator: str | None) -> tuple[Any, Any, str]:
+    """The adult set's table, ``cxrgen evaluate``'s evaluator as a feature extractor and its folder, read before
+    any sampling so that a wrong folder fails first."""
     from cxrgen.evaluate.evaluator import CXREvaluator
     from cxrgen.evaluate.extractors import CXREvaluatorExtractor
     from cxrgen.evaluate.run import DEFAULT_EVALUATOR
 
-    extractor = CXREvaluatorExtractor(CXREvaluator.from_pretrained(evaluator or DEFAULT_EVALUATOR))
+    table, folder = read_adult_views(adult), evaluator or DEFAULT_EVALUATOR
+    return table, CXREvaluatorExtractor(CXREvaluator.from_pretrained(folder)), str(folder)
+
+
+def _adult_block(pipe: Any, table: Any, extractor: Any, twin_dir: str | Path, split: str, adult_n: int, batch: int,
+                 seed: int, progress: bool, aligned: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The ``real_data`` block (:mod:`.adult_multiview`), with the twin's DRRs of ``split`` as a reference row."""
     cases = read_twin_triplets(str(twin_dir)).query("split == @split").iloc[:adult_n]
     twin_views = dict(zip(("frontal", "lateral"), load_views(cases, pipe.image_size), strict=True))
-    block, grid = score_adult(pipe, read_adult_views(adult), extractor, n=adult_n, batch=batch, seed=seed,
-                              progress=progress, aligned=aligned, twin_views=twin_views)
-    return {"root": str(Path(adult).resolve()), "evaluator": str(evaluator or DEFAULT_EVALUATOR),
-            "twin_drr_split": split, **block, "grid_columns": list(grid)}, grid
+    block, grid = score_adult(pipe, table, extractor, n=adult_n, batch=batch, seed=seed, progress=progress,
+                              aligned=aligned, twin_views=twin_views)
+    return {"twin_drr_split": split, **block, "grid_columns": list(grid)}, grid
 
 
 def evaluate_multiview(model: str | Path, twin_dir: str | Path, out_dir: str | Path, json_path: str | Path | None = None,
@@ -299,8 +304,7 @@ def evaluate_multiview(model: str | Path, twin_dir: str | Path, out_dir: str | P
     at most ``adult_n`` images per view and held-out notes; FID_cxr in ``evaluator``'s space, default the
     shipped cxrgen-evaluator) and ``adult_grid.png``.
     """
-    if adult is not None:
-        read_adult_views(adult)  # a wrong folder fails before any sampling
+    adult_inputs = _adult_inputs(adult, evaluator) if adult is not None else None  # fails before any sampling
     pipe = load_multiview_pipeline(model)
     overrides = {k: v for k, v in (("steps", steps), ("sampler", sampler), ("guidance_scale", guidance_scale))
                  if v is not None}
@@ -314,9 +318,11 @@ def evaluate_multiview(model: str | Path, twin_dir: str | Path, out_dir: str | P
     scores, grid = score_multiview(pipe, twin_dir, n=n, split=split, batch=batch, seed=seed, progress=progress,
                                    aligned=encoders)
     adult_grid: dict[str, torch.Tensor] = {}
-    if adult is not None:
-        scores["real_data"], adult_grid = _adult_block(pipe, adult, twin_dir, split, adult_n, evaluator, batch, seed,
-                                                       progress, encoders)
+    if adult_inputs is not None:
+        table, extractor, folder = adult_inputs
+        block, adult_grid = _adult_block(pipe, table, extractor, twin_dir, split, adult_n, batch, seed, progress,
+                                         encoders)
+        scores["real_data"] = {"root": str(Path(adult).resolve()), "evaluator": folder, **block}
     settings = getattr(pipe, "sampling", None)
     result = {"model": str(Path(model).resolve()), "pipeline": type(pipe).__name__,
               "settings": dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {},
