@@ -482,6 +482,11 @@ def _add_evaluate_multiview(sub: argparse._SubParsersAction) -> None:
     _add_sampling_args(p, seed_help="seed of the sampling noise (default 0)")
     p.add_argument("--batch-size", type=int, default=16, help="cases sampled together")
     p.add_argument("--aligned", help="aligned encoders folder: adds the retrieval baseline of frontal -> report")
+    p.add_argument("--adult", metavar="ROOT", help="the adult set's folder (covid-cxr-256): adds real_data, FID_cxr / "
+                   "realism per view and frontal -> report on held-out adult notes")
+    p.add_argument("--adult-n", type=int, default=100, help="with --adult: at most this many generated images per "
+                   "view and held-out notes (default 100)")
+    p.add_argument("--evaluator", help="with --adult: evaluator folder for FID_cxr (default: the shipped one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_evaluate_multiview)
 
@@ -492,12 +497,17 @@ def _cmd_evaluate_multiview(args: argparse.Namespace) -> int:
     result = evaluate_multiview(args.model, args.twin, args.out, json_path=args.json_out, n=args.n, split=args.split,
                                 steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance_scale,
                                 batch=args.batch_size, seed=args.seed or 0, aligned=args.aligned,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, adult=args.adult, adult_n=args.adult_n,
+                                evaluator=args.evaluator)
     for key, m in result["marks"].items():
         value = "-" if m["value"] is None else f"{m['value']:.3f}"
         print(f"{key}: {value} (mark >= {m['mark']}: {'pass' if m['passed'] else 'fail'})")
     for key, c in result["mistake_checks"].items():
         print(f"mistake {key}: {c['value']:.3f} ({'fails' if c['fails_mark'] else 'PASSES'} {c['scored_as']})")
+    for view in ("frontal", "lateral") if "real_data" in result else ():
+        rows = result["real_data"][view]["rows"]
+        print(f"adult {view} FID_cxr: " + ", ".join(f"{k} {r['fid']:.1f}" for k, r in rows.items()
+                                                    if r["fid"] is not None))
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 

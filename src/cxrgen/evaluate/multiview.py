@@ -16,6 +16,8 @@ frontal -> report scored against other cases' truth), a lateral generated with n
 With the aligned encoders (``--aligned``): the retrieval baseline of frontal -> report, and the alignment score
 (mean cosine in the aligned space) of generated views with the reports they were generated from, beside the
 real views with their own reports and with other cases' reports.
+With the adult set (``--adult``): the ``real_data`` block of :mod:`.adult_multiview` (FID_cxr / KID / PRDC / SWD
+per view against real adult images, frontal -> report on held-out adult notes).
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ from tqdm.auto import tqdm
 from cxrgen.config import ImageConfig
 from cxrgen.data.twin_triplets import load_views, read_twin_triplets
 from cxrgen.errors import DataError
+from cxrgen.evaluate.adult_multiview import (
+    ADULT_GRID_CASES,
+    DEFAULT_ADULT_N,
+    adult_report_lines,
+    read_adult_views,
+    score_adult,
+)
 from cxrgen.evaluate.joint_twin import joint_pair_scores, lateral_scores, laterality, to_measured, truth_of
 from cxrgen.evaluate.report import save_sample_grid
 from cxrgen.evaluate.twin_report import truth_findings, truth_report_scores
@@ -249,6 +258,11 @@ def write_multiview_report(result: dict[str, Any], grid: dict[str, torch.Tensor]
               f"{c['below_model']} |" for k, c in result["mistake_checks"].items()]
     if result["skipped"]:
         lines += ["", f"Modes this model does not serve (not scored): {', '.join(result['skipped'])}."]
+    if "real_data" in result:
+        columns = result["real_data"].get("grid_columns", [])
+        lines += ["", *adult_report_lines(result["real_data"])]
+        lines += [f"![adult samples](adult_grid.png) Columns: {' | '.join(columns)}; rows: the first images."] \
+            if columns else []
     lines += ["", f"![samples](grid.png) Columns: {' | '.join(cols)}; rows: the first cases.", "",
               "All scores:", "", "```json", json.dumps({k: v for k, v in result.items() if k not in ("marks",
                                                         "mistake_checks")}, indent=2, default=str), "```", ""]
@@ -257,12 +271,40 @@ def write_multiview_report(result: dict[str, Any], grid: dict[str, torch.Tensor]
     return path
 
 
+def _adult_inputs(adult: str | Path, evaluator: str | None) -> tuple[Any, Any, str]:
+    """The adult set's table, ``cxrgen evaluate``'s evaluator as a feature extractor and its folder, read before
+    any sampling so that a wrong folder fails first."""
+    from cxrgen.evaluate.evaluator import CXREvaluator
+    from cxrgen.evaluate.extractors import CXREvaluatorExtractor
+    from cxrgen.evaluate.run import DEFAULT_EVALUATOR
+
+    table, folder = read_adult_views(adult), evaluator or DEFAULT_EVALUATOR
+    return table, CXREvaluatorExtractor(CXREvaluator.from_pretrained(folder)), str(folder)
+
+
+def _adult_block(pipe: Any, table: Any, extractor: Any, twin_dir: str | Path, split: str, adult_n: int, batch: int,
+                 seed: int, progress: bool, aligned: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The ``real_data`` block (:mod:`.adult_multiview`), with the twin's DRRs of ``split`` as a reference row."""
+    cases = read_twin_triplets(str(twin_dir)).query("split == @split").iloc[:adult_n]
+    twin_views = dict(zip(("frontal", "lateral"), load_views(cases, pipe.image_size), strict=True))
+    block, grid = score_adult(pipe, table, extractor, n=adult_n, batch=batch, seed=seed, progress=progress,
+                              aligned=aligned, twin_views=twin_views)
+    return {"twin_drr_split": split, **block, "grid_columns": list(grid)}, grid
+
+
 def evaluate_multiview(model: str | Path, twin_dir: str | Path, out_dir: str | Path, json_path: str | Path | None = None,
                        n: int = 60, split: str = "test", steps: int | None = None, sampler: str | None = None,
                        guidance_scale: float | None = None, batch: int = 16, seed: int = 0, aligned: str | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, adult: str | Path | None = None, adult_n: int = DEFAULT_ADULT_N,
+                       evaluator: str | None = None) -> dict[str, Any]:
     """Load ``model``, score it on the twin (:func:`score_multiview`), check the marks and the mistakes;
-    write the JSON (default ``out_dir/metrics.json``), ``report.md`` and ``grid.png``; return the JSON's dict."""
+    write the JSON (default ``out_dir/metrics.json``), ``report.md`` and ``grid.png``; return the JSON's dict.
+
+    ``adult``: the adult set's folder (covid-cxr-256): adds the ``real_data`` block (:mod:`.adult_multiview`,
+    at most ``adult_n`` images per view and held-out notes; FID_cxr in ``evaluator``'s space, default the
+    shipped cxrgen-evaluator) and ``adult_grid.png``.
+    """
+    adult_inputs = _adult_inputs(adult, evaluator) if adult is not None else None  # fails before any sampling
     pipe = load_multiview_pipeline(model)
     overrides = {k: v for k, v in (("steps", steps), ("sampler", sampler), ("guidance_scale", guidance_scale))
                  if v is not None}
@@ -275,12 +317,23 @@ def evaluate_multiview(model: str | Path, twin_dir: str | Path, out_dir: str | P
         encoders = AlignedModel.from_pretrained(aligned)
     scores, grid = score_multiview(pipe, twin_dir, n=n, split=split, batch=batch, seed=seed, progress=progress,
                                    aligned=encoders)
+    adult_grid: dict[str, torch.Tensor] = {}
+    if adult_inputs is not None:
+        table, extractor, folder = adult_inputs
+        block, adult_grid = _adult_block(pipe, table, extractor, twin_dir, split, adult_n, batch, seed, progress,
+                                         encoders)
+        scores["real_data"] = {"root": str(Path(adult).resolve()), "evaluator": folder, **block}
     settings = getattr(pipe, "sampling", None)
     result = {"model": str(Path(model).resolve()), "pipeline": type(pipe).__name__,
               "settings": dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {},
               **scores, **check_marks(scores)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if adult_grid:
+        cols = list(adult_grid)
+        cases = min(ADULT_GRID_CASES, *(len(v) for v in adult_grid.values()))
+        save_sample_grid([[adult_grid[c][i] for c in cols] for i in range(cases)], out / "adult_grid.png",
+                         ImageConfig(size=int(pipe.image_size)))
     json_path = Path(json_path) if json_path else out / "metrics.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
