@@ -182,6 +182,12 @@ class CodiStageConfig(JointStageConfig):
     # tokens of a small CNN (the lateral trunk reads the frontal, the frontal the lateral, the report both)
     view_prompt_grid: int = 0
     view_given_prob: float = 0.5  # stage codi_single with view prompts: share of samples each other view is given
+    # the view prompt encoders: "cnn" (trained from scratch by the diffusion loss) or "aligned": a FROZEN copy of the
+    # aligned encoders' tower of that view (`view_prompt_from`: an aligned model folder; pixel space at its image
+    # size), its last feature map pooled to view_prompt_grid^2 tokens (+ its global embedding with view_prompt_global)
+    view_prompt_encoder: str = "cnn"
+    view_prompt_from: str | None = None
+    view_prompt_global: bool = False
     text: TextEncoderConfig = field(default_factory=lambda: TextEncoderConfig(
         backend="minilm", pooling="sentences", max_sentences=8, max_length=48))
     # report_condition text: mask padded sentence slots out of the image trunks' attention and make the null
@@ -209,6 +215,16 @@ class CodiStageConfig(JointStageConfig):
         if self.view_prompt_grid < 0 or not 0 <= self.view_given_prob <= 1:
             raise ConfigError(f"codi.view_prompt_grid={self.view_prompt_grid} must be >= 0 (0: no view prompts) and "
                               f"codi.view_given_prob={self.view_given_prob} in [0, 1]")
+        if self.view_prompt_encoder not in ("cnn", "aligned"):
+            raise ConfigError(f"codi.view_prompt_encoder={self.view_prompt_encoder!r}: use one of ['cnn', 'aligned']")
+        aligned = self.view_prompt_encoder == "aligned"
+        if aligned and (not self.view_prompt_grid or (self.view_prompt_from is None and self.init_from is None)):
+            raise ConfigError("codi.view_prompt_encoder: aligned copies the aligned encoders' towers into the view "
+                              "prompts: set codi.view_prompt_grid > 0 (e.g. 4) and codi.view_prompt_from to the aligned "
+                              "model folder (stage aligned's OUT/aligned)")
+        if not aligned and (self.view_prompt_from is not None or self.view_prompt_global):
+            raise ConfigError("codi.view_prompt_from / codi.view_prompt_global are for aligned view prompts: set "
+                              "codi.view_prompt_encoder: aligned")
         for name, value, valid in (("prediction_type", self.prediction_type, CODI_PREDICTIONS),
                                    ("lr_schedule", self.lr_schedule, ("constant", "cosine")),
                                    ("report_condition", self.report_condition, ("latent", "text"))):

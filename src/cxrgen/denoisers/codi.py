@@ -31,6 +31,7 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
+from torch.nn import functional as F
 
 from cxrgen.denoisers.base import prepare_timesteps
 from cxrgen.denoisers.joint_uvit import GIVEN_TIME, MODALITIES, JointUViT, check_modalities
@@ -45,6 +46,7 @@ from cxrgen.denoisers.uvit import (
     unpatchify,
 )
 from cxrgen.errors import ConfigError
+from cxrgen.multiview.aligned import AlignedEncoders, ImageTower
 
 #: Size presets (kwargs of CodiXR) by name.
 CODI_DENOISERS: dict[str, dict] = {
@@ -63,6 +65,11 @@ CONTEXT = "report_context"  # parameter names of stage 2 (the rest: the per-moda
 #: With ``view_prompt_grid``: which given views each trunk reads through the views' prompt encoders.
 PROMPTED_BY: dict[str, tuple[str, ...]] = {"frontal": ("lateral",), "lateral": ("frontal",),
                                            "report": ("frontal", "lateral")}
+#: ``view_prompt_encoder``: "cnn", a small CNN trained from scratch by the diffusion loss; "aligned", a frozen copy of
+#: the aligned encoders' tower of that view (CoDi's prompt encoders are its aligned CLIP-style encoders)
+VIEW_PROMPT_ENCODERS = ("cnn", "aligned")
+#: The frozen part of an aligned view prompt encoder (parameter names contain it): never trained, never clipped.
+FROZEN_TOWER = ".tower."
 
 
 class _Trunk(nn.Module):
@@ -178,6 +185,51 @@ class _ViewPrompt(nn.Module):
         return out
 
 
+class _AlignedViewPrompt(nn.Module):
+    """CoDi's prompt encoder as published: the aligned encoders' tower of the view, FROZEN (weights copied in with
+    :meth:`CodiXR.copy_aligned_towers`), read as its last feature map pooled to g x g tokens (+ with
+    ``view_prompt_global`` its normalised global embedding as one more token), then a trainable LayerNorm + linear
+    map to the trunk width, learned positions, and learned null tokens where the view is not given."""
+
+    def __init__(self, cfg: Mapping) -> None:
+        super().__init__()
+        dim, g = cfg["hidden_size"], cfg["view_prompt_grid"]
+        self.grid, self.global_token = g, bool(cfg["view_prompt_global"])
+        # the given view is a latent z = (pixels - shift) * scale; the tower reads pixels in [-1, 1]
+        self.scale, self.shift = float(cfg["view_prompt_scale"]), float(cfg["view_prompt_shift"])
+        self.tower = ImageTower(cfg["view_prompt_width"], cfg["view_prompt_embed_dim"]).requires_grad_(False).eval()
+        channels = self.tower.head.in_features  # 8 x width: the last stage's feature map
+        self.proj = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, dim))
+        self.global_proj = nn.Linear(cfg["view_prompt_embed_dim"], dim) if self.global_token else None
+        n = g * g + int(self.global_token)
+        self.pos_embed = nn.Parameter(torch.zeros(1, n, dim))
+        self.null = nn.Parameter(torch.zeros(1, n, dim))  # the "view not given" condition (CFG)
+
+    def train(self, mode: bool = True) -> _AlignedViewPrompt:
+        """As nn.Module.train, but the frozen tower stays in eval mode."""
+        super().train(mode)
+        self.tower.eval()
+        return self
+
+    def forward(self, x: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+        """Prompt tokens (B, n, D): the view's where ``given`` (B,) is True, the null tokens elsewhere."""
+        out = self.null.expand(x.shape[0], -1, -1)
+        if not bool(given.any()):
+            return out
+        dtype = self.pos_embed.dtype
+        with torch.no_grad():  # frozen: no graph through the tower
+            pixels = x[given].to(dtype) / self.scale + self.shift  # (B_given, 1, S, S) in [-1, 1]
+            fmap = self.tower.body(pixels)  # (B_given, 8w, S/16, S/16)
+            tokens = F.adaptive_avg_pool2d(fmap, self.grid).flatten(2).transpose(1, 2)  # (B_given, g^2, 8w)
+            emb = F.normalize(self.tower.head(fmap.mean(dim=(2, 3))), dim=-1) if self.global_token else None
+        z = self.proj(tokens)
+        if emb is not None:
+            z = torch.cat([z, self.global_proj(emb)[:, None]], dim=1)  # (B_given, g^2 + 1, D)
+        out = out.clone()
+        out[given] = z + self.pos_embed
+        return out
+
+
 class _Environment(nn.Module):
     """CoDi's environment encoder: a modality's latent at its time -> K tokens (B, K, E) in the shared space."""
 
@@ -247,6 +299,12 @@ class CodiXR(ModelMixin, ConfigMixin):
         pos_embed_type: str = "learned",
         context_mask: bool | Sequence[str] = False,
         view_prompt_grid: int = 0,
+        view_prompt_encoder: str = "cnn",
+        view_prompt_width: int = 16,
+        view_prompt_embed_dim: int = 128,
+        view_prompt_global: bool = False,
+        view_prompt_scale: float = 1.0,
+        view_prompt_shift: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -263,15 +321,29 @@ class CodiXR(ModelMixin, ConfigMixin):
         if view_prompt_grid < 0 or view_prompt_grid > sample_size:
             raise ConfigError(f"view_prompt_grid={view_prompt_grid}: give 0 (no view prompts) or a grid side of at "
                               f"most sample_size={sample_size} (e.g. 4: 16 prompt tokens per given view)")
+        aligned = view_prompt_encoder == "aligned"
+        if view_prompt_encoder not in VIEW_PROMPT_ENCODERS or (aligned and not view_prompt_grid):
+            raise ConfigError(f"view_prompt_encoder={view_prompt_encoder!r}: use one of {list(VIEW_PROMPT_ENCODERS)} "
+                              "('aligned' needs view prompts: view_prompt_grid > 0)")
+        if aligned and in_channels != 1:
+            raise ConfigError(f"view_prompt_encoder='aligned': the aligned towers read grayscale pixels (B, 1, S, S), "
+                              f"but this model's views have {in_channels} channels (a latent-space model); use a "
+                              "pixel-space model (autoencoder: identity) or view_prompt_encoder='cnn'")
+        if aligned and (view_prompt_grid > sample_size // 16 or view_prompt_scale <= 0):
+            raise ConfigError(f"view_prompt_grid={view_prompt_grid}: the aligned tower's last feature map is "
+                              f"{sample_size // 16} x {sample_size // 16} at {sample_size} px; give a grid of at most "
+                              f"that (and view_prompt_scale > 0, got {view_prompt_scale})")
         cfg = dict(self.config)
         with_report = "report" in self.modalities
         # CoDi's prompt encoders for the views: a given view reaches the other trunks as tokens in their sequence
         self.prompted_by = {m: tuple(v for v in PROMPTED_BY[m] if v in self.modalities) if view_prompt_grid else ()
                             for m in self.modalities}
-        self.prompts = nn.ModuleDict({v: _ViewPrompt(cfg) for v in sorted({v for vs in self.prompted_by.values()
-                                                                            for v in vs})})
+        prompt_cls = _AlignedViewPrompt if aligned else _ViewPrompt
+        self.prompts = nn.ModuleDict({v: prompt_cls(cfg) for v in sorted({v for vs in self.prompted_by.values()
+                                                                          for v in vs})})
+        per_view = view_prompt_grid ** 2 + int(aligned and view_prompt_global)  # prompt tokens of one given view
         self.trunks = nn.ModuleDict({m: _Trunk(m, cfg, with_report and m != "report",
-                                               len(self.prompted_by[m]) * view_prompt_grid ** 2)
+                                               len(self.prompted_by[m]) * per_view)
                                      for m in self.modalities})
         self.env = nn.ModuleDict({m: _Environment(m, cfg) for m in self.modalities})
         self.null_env = nn.Parameter(torch.zeros(1, 1, env_dim))  # always attendable: no NaN when all are absent
@@ -305,8 +377,29 @@ class CodiXR(ModelMixin, ConfigMixin):
         return [p for n, p in self.named_parameters() if n.startswith(BRIDGE_PREFIXES)]
 
     def trunk_parameters(self) -> list[nn.Parameter]:
-        """The per-modality denoisers' parameters (stage 1)."""
-        return [p for n, p in self.named_parameters() if not n.startswith(BRIDGE_PREFIXES)]
+        """The per-modality denoisers' trainable parameters (stage 1; not the frozen aligned towers)."""
+        return [p for n, p in self.named_parameters() if not n.startswith(BRIDGE_PREFIXES) and FROZEN_TOWER not in n]
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The aligned view prompt towers' parameters (``view_prompt_encoder='aligned'``): never trained."""
+        return [p for n, p in self.named_parameters() if FROZEN_TOWER in n]
+
+    @torch.no_grad()
+    def copy_aligned_towers(self, encoders: AlignedEncoders) -> None:
+        """Copy the aligned encoders' frontal / lateral towers into the frontal / lateral view prompt encoders."""
+        cfg, theirs = self.config, encoders.config
+        if cfg.view_prompt_encoder != "aligned":
+            raise ConfigError("this CoDi model's view prompt encoders are not aligned towers: build it with "
+                              "view_prompt_encoder='aligned' (and view_prompt_grid > 0)")
+        mine = (cfg.sample_size, cfg.view_prompt_width, cfg.view_prompt_embed_dim)
+        if mine != (theirs.image_size, theirs.image_width, theirs.embed_dim):
+            raise ConfigError(f"the aligned encoders read {theirs.image_size} px with image_width {theirs.image_width} "
+                              f"and embed_dim {theirs.embed_dim}; this CoDi model's views are {cfg.sample_size} px "
+                              f"and its towers width {cfg.view_prompt_width}, embed_dim {cfg.view_prompt_embed_dim}: "
+                              "train at the aligned model's image size and build the towers with its widths")
+        for view, prompt in self.prompts.items():
+            prompt.tower.load_state_dict(getattr(encoders, view).state_dict())
+            prompt.tower.requires_grad_(False).eval()
 
     def forward(self, latents: Mapping[str, torch.Tensor], timesteps: Mapping[str, torch.Tensor | int | float],
                 outputs: Sequence[str] | None = None, bridge: bool = True) -> dict[str, torch.Tensor]:

@@ -26,11 +26,13 @@ from diffusers import DDPMScheduler
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from cxrgen.autoencoder import IdentityCodec
 from cxrgen.config.multiview import CodiStageConfig, MultiviewTrainConfig
 from cxrgen.data.twin_triplets import read_twin_triplets
 from cxrgen.denoisers.codi import CONTEXT, CodiXR, build_codi_denoiser
 from cxrgen.denoisers.codi_init import load_uvit_trunk
 from cxrgen.errors import ConfigError
+from cxrgen.multiview.aligned import AlignedEncoders, AlignedModel
 from cxrgen.pipelines.codi import SINGLE_MODES, CodiPipeline
 from cxrgen.samplers import training_scheduler
 from cxrgen.text import TextEncoder, build_text_encoder
@@ -153,10 +155,29 @@ def _frontal_from_uvit(model: CodiXR, source: str, text: TextEncoder) -> CodiXR:
     return model
 
 
+def _aligned_prompts(cc: CodiStageConfig, codec: Any) -> tuple[AlignedEncoders | None, dict[str, Any]]:
+    """``codi.view_prompt_encoder: aligned``: the aligned encoders of ``view_prompt_from`` (None without it) and the
+    CodiXR keywords of their towers (width, embedding size, the codec's pixel scale / shift)."""
+    if cc.view_prompt_encoder != "aligned" or cc.view_prompt_from is None:
+        return None, {}
+    if not isinstance(codec, IdentityCodec):
+        raise ConfigError("codi.view_prompt_encoder: aligned reads the given views as pixels with the aligned image "
+                          f"towers, but the image codec is {type(codec).__name__} (latent space): set codi.autoencoder: "
+                          "identity (pixel space) or codi.view_prompt_encoder: cnn")
+    encoders = AlignedModel.from_pretrained(cc.view_prompt_from).encoders
+    kwargs = dict(view_prompt_encoder="aligned", view_prompt_width=encoders.config.image_width,
+                  view_prompt_embed_dim=encoders.config.embed_dim, view_prompt_global=cc.view_prompt_global,
+                  view_prompt_scale=codec.scale, view_prompt_shift=codec.shift)
+    return encoders, kwargs
+
+
 def _trainable(model: CodiXR, cc: CodiStageConfig, stage: str) -> list[dict[str, Any]]:
     """AdamW groups: stage 1 the denoisers; stage 2 the bridges, the denoisers frozen or at lr x trunk_lr_scale."""
+    for p in model.frozen_parameters():  # aligned view prompt towers: frozen in every stage
+        p.requires_grad_(False)
     if stage == "codi_single":
-        model.requires_grad_(True)
+        for p in model.trunk_parameters():
+            p.requires_grad_(True)
         for p in model.bridge_parameters():
             p.requires_grad_(False)  # zero-initialised bridges stay the identity while the LDMs learn alone
         if cc.freeze_frontal:
@@ -171,8 +192,11 @@ def _trainable(model: CodiXR, cc: CodiStageConfig, stage: str) -> list[dict[str,
 
 
 def clip_groups(model: CodiXR) -> list[list[torch.nn.Parameter]]:
-    """``codi.clip_per_trunk``: each per-modality denoiser's parameters, then the bridges', clipped apart."""
-    return [list(trunk.parameters()) for trunk in model.trunks.values()] + [model.bridge_parameters()]
+    """``codi.clip_per_trunk``: each per-modality denoiser's parameters, each view prompt encoder's trainable ones
+    (not a frozen aligned tower), then the bridges', clipped apart."""
+    frozen = {id(p) for p in model.frozen_parameters()}
+    prompts = [[p for p in prompt.parameters() if id(p) not in frozen] for prompt in model.prompts.values()]
+    return [list(trunk.parameters()) for trunk in model.trunks.values()] + prompts + [model.bridge_parameters()]
 
 
 def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
@@ -193,15 +217,22 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
         latents[CONTEXT] = cached_context(out, text, train)
     encode_s = time.perf_counter() - start
     gen = torch.Generator().manual_seed(cfg.seed)
+    aligned, aligned_kwargs = _aligned_prompts(cc, codec)
+    if model is not None and cc.view_prompt_encoder == "aligned" and model.config.view_prompt_encoder != "aligned":
+        raise ConfigError(f"codi.init_from={cc.init_from!r} has {model.config.view_prompt_encoder!r} view prompts, not "
+                          "aligned ones: drop codi.view_prompt_encoder / view_prompt_from, or train codi_single anew")
     if model is None:
         f = latents["frontal"]
         context = dict(context_dim=text.hidden_size, context_tokens=text.config.max_sentences) if text else {}
         if cc.view_prompt_grid:
-            context["view_prompt_grid"] = cc.view_prompt_grid
+            context.update(view_prompt_grid=cc.view_prompt_grid, **aligned_kwargs)
         model = build_codi_denoiser(cc.denoiser, generator=gen, in_channels=f.shape[1], sample_size=f.shape[-1],
                                     report_tokens=latents["report"].shape[1], report_dim=latents["report"].shape[2],
                                     num_train_timesteps=cc.schedule.num_train_timesteps,
                                     prediction_type=cc.prediction_type, context_mask=cc.context_mask, **context)
+    if aligned is not None:  # the frozen towers' weights, from the aligned folder at every stage start
+        model.copy_aligned_towers(aligned)
+        log.info("view prompt encoders: the frozen frontal / lateral towers of %s", cc.view_prompt_from)
     if cc.frontal_init_from is not None:
         model = _frontal_from_uvit(model, cc.frontal_init_from, text)
     scheduler = training_scheduler(cc.schedule, model.config.prediction_type)
