@@ -6,17 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_codi import REPORTS, SIZE, T, images, latents, tiny_model, tiny_pipeline
 
-from cxrgen.config import load_config
+from cxrgen.config import ScheduleConfig, load_config
 from cxrgen.config.multiview import MultiviewTrainConfig
 from cxrgen.denoisers.codi import CodiXR, build_codi_denoiser
 from cxrgen.errors import ConfigError
 from cxrgen.pipelines import ISSUE_MODES, load_multiview_pipeline
 from cxrgen.samplers import training_scheduler
-from cxrgen.config import ScheduleConfig
 from cxrgen.train.codi import single_loss
-
-from test_codi import REPORTS, SIZE, T, images, latents, tiny_model, tiny_pipeline
 
 GRID = 2
 
