@@ -17,6 +17,8 @@ from cxrgen.errors import ConfigError
 
 #: Targets a CoDi denoiser can be trained to predict (diffusers' ``prediction_type``).
 CODI_PREDICTIONS: tuple[str, ...] = ("epsilon", "sample")
+#: What of a given report the CoDi image trunks read through the sentence encoder (``codi.report_text``).
+CODI_REPORT_TEXTS: tuple[str, ...] = ("full", "impression")
 #: Stages this module knows how to configure; ``cxrgen.train.multiview.STAGES`` runs them.
 MULTIVIEW_STAGES: tuple[str, ...] = ("report_ae", "aligned", "joint", "codi_single", "codi_bridge")
 
@@ -188,6 +190,10 @@ class CodiStageConfig(JointStageConfig):
     view_prompt_encoder: str = "cnn"
     view_prompt_from: str | None = None
     view_prompt_global: bool = False
+    # report_condition text: what of a report the image trunks read, in training and in CodiPipeline: "full" (the
+    # whole report, FINDINGS then IMPRESSION) or "impression" (its IMPRESSION section, the whole text when it has
+    # none: what `cxrgen train` reads as the manifest's prompt). The report trunk and codec keep the whole report
+    report_text: str = "full"
     text: TextEncoderConfig = field(default_factory=lambda: TextEncoderConfig(
         backend="minilm", pooling="sentences", max_sentences=8, max_length=48))
     # report_condition text: mask padded sentence slots out of the image trunks' attention and make the null
@@ -207,6 +213,9 @@ class CodiStageConfig(JointStageConfig):
                               "codi.report_condition: text")
         if self.freeze_frontal and self.frontal_init_from is None:
             raise ConfigError("codi.freeze_frontal keeps a frontal trunk trained elsewhere: set codi.frontal_init_from")
+        if self.report_text != "full" and self.report_condition != "text":
+            raise ConfigError(f"codi.report_text={self.report_text!r} chooses what the image trunks read through the "
+                              "sentence encoder: set codi.report_condition: text (or codi.report_text: full)")
         if self.context_mask and self.report_condition != "text":
             raise ConfigError("codi.context_mask masks padded sentence vectors: it needs codi.report_condition: text")
         if not 0 <= self.cond_drop_prob < 1 or self.trunk_lr_scale < 0:
@@ -227,7 +236,8 @@ class CodiStageConfig(JointStageConfig):
                               "codi.view_prompt_encoder: aligned")
         for name, value, valid in (("prediction_type", self.prediction_type, CODI_PREDICTIONS),
                                    ("lr_schedule", self.lr_schedule, ("constant", "cosine")),
-                                   ("report_condition", self.report_condition, ("latent", "text"))):
+                                   ("report_condition", self.report_condition, ("latent", "text")),
+                                   ("report_text", self.report_text, CODI_REPORT_TEXTS)):
             if value not in valid:
                 raise ConfigError(f"codi.{name}={value!r}: use one of {list(valid)}")
         if self.report_condition == "text" and (self.text.pooling != "sentences" or self.text.trainable):

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from cxrgen.errors import ReportError
+from cxrgen.errors import ConfigError, ReportError
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,20 @@ def parse_sections(text: str | Mapping[str, str | None]) -> dict[str, str]:
         if body:
             sections[key] = f"{sections[key]} {body}" if key in sections else body
     return sections
+
+
+def report_part(text: str, part: str = "full") -> str:
+    """``text`` as given (``part`` "full") or its IMPRESSION section (``"impression"``; the whole text when the
+    report has none), as :func:`parse_sections` finds it."""
+    if part == "full":
+        return text
+    if part != "impression":
+        raise ConfigError(f"report part {part!r}: use 'full' or 'impression'")
+    impression = parse_sections(text).get("impression", "")
+    if not impression:
+        log.debug("report without an IMPRESSION section, the whole text is read: %.80r", text)
+        return text
+    return impression
 
 
 def read_report_file(path: str | Path) -> str:

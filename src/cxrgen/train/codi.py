@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from cxrgen.autoencoder import IdentityCodec
 from cxrgen.config.multiview import CodiStageConfig, MultiviewTrainConfig
+from cxrgen.data.reports import report_part
 from cxrgen.data.twin_triplets import read_twin_triplets
 from cxrgen.denoisers.codi import CONTEXT, CodiXR, build_codi_denoiser
 from cxrgen.denoisers.codi_init import load_uvit_trunk
@@ -112,6 +113,9 @@ def _model_and_codecs(cc: CodiStageConfig, stage: str,
         if cc.autoencoder is not None or cc.report_codec is not None:
             log.warning("codi.autoencoder / codi.report_codec are ignored: the codecs come with codi.init_from")
         log.info("CoDi model, image and report codecs from %s", cc.init_from)
+        if base.report_text != cc.report_text:
+            log.warning("the model in codi.init_from read the report's %s text; this run trains it on the %s text "
+                        "(codi.report_text), and saves that", base.report_text, cc.report_text)
         return base.denoiser, base.autoencoder, base.report_codec, base.text_encoder
     if stage == "codi_bridge" and cc.trunk_lr_scale == 0:
         raise ConfigError("stage codi_bridge with frozen denoisers (codi.trunk_lr_scale: 0) trains the bridges of a "
@@ -123,18 +127,23 @@ def _model_and_codecs(cc: CodiStageConfig, stage: str,
     return None, codec, report_codec, text
 
 
-def cached_context(out: Path, text_encoder: TextEncoder, table: pd.DataFrame) -> torch.Tensor:
-    """Sentence vectors (N, S, D) of every study's report (zeros past its last sentence), kept in
-    ``out/codi_context.safetensors`` while the studies and the text encoder's config match."""
+def cached_context(out: Path, text_encoder: TextEncoder, table: pd.DataFrame, report_text: str = "full") -> torch.Tensor:
+    """Sentence vectors (N, S, D) of every study's report, or of its ``report_text`` part (zeros past its last
+    sentence), kept in ``out/codi_context.safetensors`` while the studies, the part and the text encoder match."""
     path = out / CONTEXT_CACHE
-    key = json.dumps({"studies": list(table["study_id"]), "text": dataclasses.asdict(text_encoder.config)})
+    fields: dict[str, Any] = {"studies": list(table["study_id"]), "text": dataclasses.asdict(text_encoder.config)}
+    if report_text != "full":  # the whole report keeps the key of the caches written before the option
+        fields["report_text"] = report_text
+    key = json.dumps(fields)
     if path.is_file():
         with safe_open(str(path), "pt") as f:
             if (f.metadata() or {}).get("key") == key:
                 log.info("reusing the report sentence vectors in %s", path)
                 return f.get_tensor(CONTEXT)
-    log.info("encoding %d reports with the frozen %s sentence encoder", len(table), text_encoder.backend)
-    context, _ = text_encoder.encode_all(list(table["report"]), batch_size=64)  # (N, S, D), zeros where masked
+    log.info("encoding %d reports (%s) with the frozen %s sentence encoder", len(table), report_text,
+             text_encoder.backend)
+    reports = [report_part(r, report_text) for r in table["report"]]
+    context, _ = text_encoder.encode_all(reports, batch_size=64)  # (N, S, D), zeros where masked
     out.mkdir(parents=True, exist_ok=True)
     save_file({CONTEXT: context.contiguous()}, str(path), metadata={"key": key})
     return context
@@ -214,7 +223,7 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
     start = time.perf_counter()
     latents = cached_latents(out, codec, report_codec, train, cc.model_image_size, cfg.progress)
     if text is not None:
-        latents[CONTEXT] = cached_context(out, text, train)
+        latents[CONTEXT] = cached_context(out, text, train, cc.report_text)
     encode_s = time.perf_counter() - start
     gen = torch.Generator().manual_seed(cfg.seed)
     aligned, aligned_kwargs = _aligned_prompts(cc, codec)
@@ -249,7 +258,7 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
     final = (ema.model if cc.ema_decay > 0 else model).requires_grad_(False)
     pipe = CodiPipeline(final, codec, report_codec, scheduler, image_size=cc.model_image_size,
                         modes=SINGLE_MODES if stage == "codi_single" and not final.config.view_prompt_grid else None, sampling=cc.sampling,
-                        text_encoder=text)
+                        text_encoder=text, report_text=cc.report_text)
     pipe.save_pretrained(out / MODEL_DIR)
     metrics = {"stage": stage, "train_studies": len(train), "steps": cc.steps, "batch_size": cc.batch_size,
                "params": sum(p.numel() for p in model.parameters()),
