@@ -1,7 +1,7 @@
 """Copy a trained any-to-any model folder into the package as ``twin-codi``, with a training record.
 
     .venv/bin/python tools/ship_multiview.py RUN [EARLIER_RUN ...] --report-ae AE_RUN --aligned ALIGNED_RUN \
-        --eval EVAL/metrics.json --recipe "..." [--dest src/cxrgen/models/twin-codi]
+        --eval EVAL_VALIDATE/metrics.json EVAL_TEST/metrics.json --recipe "..." [--dest src/cxrgen/models/twin-codi]
 
 RUN is the last `cxrgen train-multiview` stage (holds model/, metrics.json and config.yaml); EARLIER_RUN are the
 stages it started from (``codi.init_from``), oldest first. The weights are stored as float16 (half the bytes in
@@ -44,7 +44,8 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="the CoDi stages, oldest first; the last one's model/ is shipped")
     parser.add_argument("--report-ae", required=True, help="the report autoencoder's `train-multiview` folder")
     parser.add_argument("--aligned", required=True, help="the aligned encoders' `train-multiview` folder")
-    parser.add_argument("--eval", required=True, help="metrics.json of `cxrgen evaluate-multiview` on the result")
+    parser.add_argument("--eval", required=True, nargs="+",
+                        help="metrics.json of `cxrgen evaluate-multiview` on the result (one per split)")
     parser.add_argument("--recipe", required=True, help="the configs and commands that made it")
     parser.add_argument("--dest", default="src/cxrgen/models/twin-codi")
     args = parser.parse_args()
@@ -57,15 +58,15 @@ def main() -> None:
     shutil.copytree(runs[-1] / "model", dest)
     halve_weights(dest)
     record_weights(dest)  # the sha256 of the weights as shipped
-    evaluation = json.loads(Path(args.eval).read_text())
+    evaluations = [json.loads(Path(p).read_text()) for p in args.eval]
     record = {
         "recipe": args.recipe,
         "hardware": {"device": "cpu", "cores": os.cpu_count(), "torch": torch.__version__},
         "stages": [stage_record(Path(args.report_ae)), stage_record(Path(args.aligned))] + [stage_record(r) for r in runs],
         "weights_dtype": "float16",
         "weights_bytes": sum(p.stat().st_size for p in dest.rglob("*.safetensors")),
-        "evaluation": {k: evaluation[k] for k in ("split", "n", "settings", "marks", "all_marks_passed",
-                                                  "all_mistakes_fail") if k in evaluation},
+        "evaluation": {e["split"]: {k: e[k] for k in ("n", "settings", "marks", "all_marks_passed", "all_mistakes_fail")
+                                    if k in e} for e in evaluations},
     }
     record["codi_train_cpu_seconds"] = sum(s.get("train_cpu_seconds", 0.0) for s in record["stages"])
     (dest / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
