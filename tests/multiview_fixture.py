@@ -59,3 +59,25 @@ def write_synthetic_twin(out: Path, n: int = 48, size: int = 32, seed: int = 0) 
                      "nodule_lobe": "none", "wording": "heldout" if split == "test" else "train"})
     pd.DataFrame(rows).to_csv(out / "twin.csv", index=False)
     return out
+
+
+def tiny_text_codi_pipeline(text_encoder, reports: list[str], steps: int, size: int = 16, timesteps: int = 100,
+                            **kw):
+    """A tiny CodiPipeline (codi-tiny, pixel space) whose image trunks read ``text_encoder``'s sentence vectors."""
+    import torch
+
+    from cxrgen.autoencoder import IdentityCodec
+    from cxrgen.config import SamplingConfig, ScheduleConfig
+    from cxrgen.denoisers.codi import build_codi_denoiser
+    from cxrgen.pipelines import CodiPipeline
+    from cxrgen.samplers import training_scheduler
+    from cxrgen.text.report_standin import HashedReportCodec
+
+    model = build_codi_denoiser("codi-tiny", generator=torch.Generator().manual_seed(0), in_channels=1,
+                                sample_size=size, patch_size=4, report_tokens=2, report_dim=8,
+                                num_train_timesteps=timesteps, context_dim=384, context_tokens=3,
+                                prediction_type="sample")
+    sched = training_scheduler(ScheduleConfig(num_train_timesteps=timesteps, beta_schedule="squaredcos_cap_v2"), "sample")
+    report = HashedReportCodec(tokens=2, token_dim=8, buckets=64).set_bank(reports)
+    return CodiPipeline(model, IdentityCodec(), report, sched, image_size=size, text_encoder=text_encoder,
+                        sampling=SamplingConfig(sampler="ddim", steps=steps, guidance_scale=2.0), **kw)

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from multiview_fixture import tiny_text_codi_pipeline
 
 from cxrgen.autoencoder import IdentityCodec
-from cxrgen.config import SamplingConfig, ScheduleConfig, TextEncoderConfig, load_config
+from cxrgen.config import ScheduleConfig, TextEncoderConfig, load_config
 from cxrgen.config.multiview import MultiviewTrainConfig
 from cxrgen.denoisers.codi import CONTEXT, CodiXR, build_codi_denoiser
 from cxrgen.errors import ConfigError
 from cxrgen.pipelines import CodiPipeline, load_multiview_pipeline
 from cxrgen.samplers import training_scheduler
-from cxrgen.text.report_standin import HashedReportCodec
 from cxrgen.train.codi import single_loss
 from cxrgen.train.joint_loss import joint_loss, prediction_target
 
@@ -78,13 +78,7 @@ def minilm():
 
 
 def text_pipeline(text_encoder) -> CodiPipeline:
-    model = build_codi_denoiser("codi-tiny", generator=torch.Generator().manual_seed(0), in_channels=1,
-                                sample_size=SIZE, patch_size=4, report_tokens=2, report_dim=8, num_train_timesteps=T,
-                                context_dim=384, context_tokens=3, prediction_type="sample")
-    sched = training_scheduler(ScheduleConfig(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2"), "sample")
-    report = HashedReportCodec(tokens=2, token_dim=8, buckets=64).set_bank(REPORTS)
-    return CodiPipeline(model, IdentityCodec(), report, sched, image_size=SIZE, text_encoder=text_encoder,
-                        sampling=SamplingConfig(sampler="ddim", steps=3, guidance_scale=2.0))
+    return tiny_text_codi_pipeline(text_encoder, REPORTS, steps=3, size=SIZE, timesteps=T)
 
 
 def test_the_pipeline_reads_reports_through_its_text_encoder_and_saves_it_by_reference(minilm, tmp_path: Path) -> None:

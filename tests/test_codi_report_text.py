@@ -10,17 +10,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from multiview_fixture import tiny_text_codi_pipeline
 
 from cxrgen.autoencoder import IdentityCodec
-from cxrgen.config import SamplingConfig, ScheduleConfig, TextEncoderConfig, load_config
+from cxrgen.config import TextEncoderConfig, load_config
 from cxrgen.config.multiview import MultiviewTrainConfig
 from cxrgen.data.multiview import twin_report
 from cxrgen.data.reports import report_part
-from cxrgen.denoisers.codi import CONTEXT, build_codi_denoiser
+from cxrgen.denoisers.codi import CONTEXT
 from cxrgen.errors import ConfigError
 from cxrgen.pipelines import CodiPipeline, load_multiview_pipeline
-from cxrgen.samplers import training_scheduler
-from cxrgen.text.report_standin import HashedReportCodec
 from cxrgen.train.codi import cached_context
 
 SIZE, T = 16, 100
@@ -67,13 +66,7 @@ def minilm():
 
 
 def pipeline(text_encoder, **kw) -> CodiPipeline:
-    model = build_codi_denoiser("codi-tiny", generator=torch.Generator().manual_seed(0), in_channels=1,
-                                sample_size=SIZE, patch_size=4, report_tokens=2, report_dim=8, num_train_timesteps=T,
-                                context_dim=384, context_tokens=3, prediction_type="sample")
-    sched = training_scheduler(ScheduleConfig(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2"), "sample")
-    report = HashedReportCodec(tokens=2, token_dim=8, buckets=64).set_bank(FULL)
-    return CodiPipeline(model, IdentityCodec(), report, sched, image_size=SIZE, text_encoder=text_encoder,
-                        sampling=SamplingConfig(sampler="ddim", steps=2, guidance_scale=2.0), **kw)
+    return tiny_text_codi_pipeline(text_encoder, FULL, steps=2, size=SIZE, timesteps=T, **kw)
 
 
 def table(reports: list[str]) -> pd.DataFrame:
