@@ -51,3 +51,15 @@ def test_true_reports_score_high_and_shuffled_ones_low(wording: str) -> None:
 def test_unequal_inputs_are_refused() -> None:
     with pytest.raises(DataError, match="equal"):
         truth_report_scores(["a"], [])
+
+
+def test_stated_side_accuracy_reads_the_side_apart_from_detection() -> None:
+    truths = [{"effusion": "left", "pneumothorax": "right", "consolidation": None, "cardiomegaly": None,
+               "nodule": "right"}] * 2
+    reports = ["Small left pleural effusion. Small right apical pneumothorax.",  # nodule missed, sides right
+               "Small right pleural effusion. Small right apical pneumothorax."]  # nodule missed, one side wrong
+    s = truth_report_scores(reports, truths)
+    assert s["n_sided"] == 6 and s["n_sided_stated"] == 4
+    assert s["side_accuracy"] == 3 / 6  # a missed finding counts as a wrong side
+    assert s["stated_side_accuracy"] == 3 / 4  # only the stated findings' sides
+    assert truth_report_scores(["No acute process."], truths[:1])["stated_side_accuracy"] is None

@@ -64,12 +64,14 @@ def stated_findings(text: str) -> dict[str, str | None]:
 
 def truth_report_scores(reports: Sequence[str], truths: Sequence[Mapping[str, str | None]]) -> dict[str, Any]:
     """Generated ``reports`` against per-case ``truths`` (:func:`truth_findings`): micro ``finding_f1`` of the
-    stated findings, ``side_accuracy`` (truth findings with a side stated with that side), ``negation_accuracy``
-    (absent findings not stated), ``exact`` (reports stating exactly the true findings) and per-finding F1."""
+    stated findings, ``side_accuracy`` (truth findings with a side stated with that side: a missed finding counts
+    as a wrong side), ``stated_side_accuracy`` (the same over the truth findings with a side that the report states:
+    the side alone, apart from detection), ``negation_accuracy`` (absent findings not stated), ``exact`` (reports
+    stating exactly the true findings) and per-finding F1."""
     if len(reports) != len(truths) or not reports:
         raise DataError(f"got {len(reports)} reports and {len(truths)} truths; give equal, non-zero numbers")
     counts = {f: [0, 0, 0] for f in TWIN_FINDINGS}  # tp, fp, fn
-    sided = side_ok = absent = absent_ok = exact = 0
+    sided = side_ok = stated_sided = absent = absent_ok = exact = 0
     for text, truth in zip(reports, truths, strict=True):
         stated = stated_findings(text)
         exact += all((stated[f] is None) == (truth[f] is None) for f in TWIN_FINDINGS)
@@ -84,8 +86,11 @@ def truth_report_scores(reports: Sequence[str], truths: Sequence[Mapping[str, st
             elif truth[f]:
                 sided += 1
                 side_ok += stated[f] == truth[f]
+                stated_sided += said
     f1 = lambda tp, fp, fn: 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None  # noqa: E731
     tp, fp, fn = (sum(c[i] for c in counts.values()) for i in range(3))
     return {"finding_f1": f1(tp, fp, fn), "side_accuracy": side_ok / sided if sided else None,
+            "stated_side_accuracy": side_ok / stated_sided if stated_sided else None,
             "negation_accuracy": absent_ok / absent if absent else None, "exact": exact / len(reports),
-            "per_finding_f1": {f: f1(*c) for f, c in counts.items()}, "n": len(reports), "n_sided": sided}
+            "per_finding_f1": {f: f1(*c) for f, c in counts.items()}, "n": len(reports), "n_sided": sided,
+            "n_sided_stated": stated_sided}

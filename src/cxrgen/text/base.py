@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 TEXT_ENCODER_CONFIG_NAME = "text_encoder_config.json"
 #: A sentence ends at . ; ! or ? followed by white space (so "3.5 cm" stays whole).
 SENTENCE_END = re.compile(r"(?<=[.;!?])\s+")
+#: sentences per forward pass of encode_sentences (each distinct sentence of the prompts is encoded once)
+SENTENCE_CHUNK = 256
 
 
 def saved_by_reference(directory: str | Path) -> bool:
@@ -182,16 +184,26 @@ class TextEncoder(ModelMixin, ABC):
         width = limit if fixed else int(counts.max())
         rows = torch.repeat_interleave(torch.arange(len(split)), counts).to(self.device)  # (N,) report of each sentence
         cols = torch.cat([torch.arange(int(c)) for c in counts]).to(self.device)  # (N,) its place in the report
-        ids, mask = self.tokenize([s for sentences in split for s in sentences], pad_to_max_length=False)
+        flat = [s for sentences in split for s in sentences]
+        # each distinct sentence once (reports repeat sentences: templates, negations), shortest first in chunks
+        unique = sorted(dict.fromkeys(flat), key=len)
+        where = {s: i for i, s in enumerate(unique)}
         with self._grad_mode():
-            features = self.encode_tokens(ids, mask)  # (N, L, D)
-            weights = mask[..., None].to(features.dtype)  # (N, L, 1)
-            pooled = (features * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (N, D)
-            pooled = nn.functional.normalize(pooled, dim=-1) * math.sqrt(pooled.shape[-1])
+            pooled = torch.cat([self._pool(unique[i:i + SENTENCE_CHUNK])
+                                for i in range(0, len(unique), SENTENCE_CHUNK)])  # (U, D)
+            pooled = pooled[torch.tensor([where[s] for s in flat], device=pooled.device)]  # (N, D)
             context = pooled.new_zeros(len(split), width, pooled.shape[-1]).index_put((rows, cols), pooled)
         sentence_mask = torch.zeros(len(split), width, dtype=torch.bool, device=self.device)
         sentence_mask[rows, cols] = True
         return context, sentence_mask  # (B, S, D), (B, S)
+
+    def _pool(self, sentences: list[str]) -> torch.Tensor:
+        """(N, D) sentence vectors: token features mean-pooled, L2-normalised, scaled by sqrt(D)."""
+        ids, mask = self.tokenize(sentences, pad_to_max_length=False)
+        features = self.encode_tokens(ids, mask)  # (N, L, D)
+        weights = mask[..., None].to(features.dtype)  # (N, L, 1)
+        pooled = (features * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (N, D)
+        return nn.functional.normalize(pooled, dim=-1) * math.sqrt(pooled.shape[-1])
 
     def _grad_mode(self) -> contextlib.AbstractContextManager:
         """Gradients flow only through a trainable encoder."""
@@ -209,11 +221,9 @@ class TextEncoder(ModelMixin, ABC):
         if batch_size < 1:
             raise ConfigError(f"encode_all(batch_size={batch_size}): give a positive batch size")
         prompts = _check_prompts(prompts)
-        if self.config.pooling != "tokens":  # sentences are short: plain batches, padded to max_sentences
-            parts = [self.encode_sentences(prompts[i:i + batch_size], pad_to_max=True)
-                     for i in range(0, len(prompts), batch_size)]
-            sentences = torch.cat([c.float().cpu() for c, _ in parts])
-            sentence_mask = torch.cat([m.cpu() for _, m in parts])
+        if self.config.pooling != "tokens":  # sentences are short: all at once (each distinct sentence encoded once)
+            sentences, sentence_mask = self.encode_sentences(prompts, pad_to_max=True)
+            sentences, sentence_mask = sentences.float().cpu(), sentence_mask.cpu()
             if self.config.pooling == "sentences":
                 return sentences, sentence_mask
             context, mask = self._encode_tokens_all(prompts, batch_size)

@@ -3,7 +3,9 @@
 Loss per batch of triplets: symmetric InfoNCE (CLIP) of each of the three modality pairs
 (frontal-report, lateral-report, frontal-lateral) with one learned temperature, plus
 ``view_weight`` x binary cross-entropy of the view check on the batch's frontal (0) and lateral (1)
-images. Evaluation on held-out studies: retrieval recall@1/5 both ways for each pair, the
+images, plus with ``label_weight`` x the mean binary cross-entropy of both image towers' report labels (the
+labeler's observations of the paired report and their sides, :mod:`cxrgen.multiview.report_labels`, through linear
+heads used in training only). Evaluation on held-out studies: retrieval recall@1/5 both ways for each pair, the
 alignment score of true against shuffled pairs, and the view check's accuracy.
 """
 
@@ -14,12 +16,14 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from cxrgen.config.multiview import MultiviewTrainConfig
 from cxrgen.data.multiview import MultiviewDataset
 from cxrgen.multiview.aligned import AlignedEncoders, AlignedModel
 from cxrgen.multiview.contrastive import alignment_score, info_nce, retrieval_recall
+from cxrgen.multiview.report_labels import report_targets
 from cxrgen.text.report_ae import seeded_init_
 from cxrgen.train.report_ae import budgeted_steps, lr_at, optimizer_step, report_tokenizer
 
@@ -31,16 +35,29 @@ EMBED_BATCH = 256
 
 
 def _embed_batch(model: AlignedModel, data: MultiviewDataset, pick: list[int]) -> dict[str, torch.Tensor]:
-    """Embeddings (B, E) of the three modalities of the studies ``pick`` (with gradients)."""
+    """Embeddings (B, E) of the three modalities of the studies ``pick`` (with gradients), and each image tower's
+    pooled features (B, C) under ``frontal_features`` / ``lateral_features``."""
     enc = model.encoders
     ids, mask = model.tokenize([data.reports[i] for i in pick])
-    return {"frontal": enc.embed_frontal(data.frontal[pick]), "lateral": enc.embed_lateral(data.lateral[pick]),
-            "report": enc.embed_tokens(ids, mask)}
+    out = {"report": enc.embed_tokens(ids, mask)}
+    for view, images in (("frontal", data.frontal[pick]), ("lateral", data.lateral[pick])):
+        tower = getattr(enc, view)
+        pooled = tower.body(images).mean(dim=(2, 3))  # (B, C): ImageTower.forward before its head
+        out[view], out[f"{view}_features"] = F.normalize(tower.head(pooled), dim=-1), pooled
+    return out
 
 
-def batch_loss(model: AlignedModel, data: MultiviewDataset, pick: list[int], view_weight: float
+def label_heads(model: AlignedModel, n_targets: int) -> nn.ModuleDict:
+    """Linear heads (training only) from each image tower's pooled features to the report targets."""
+    channels = model.encoders.frontal.head.in_features
+    return nn.ModuleDict({view: nn.Linear(channels, n_targets) for view in ("frontal", "lateral")})
+
+
+def batch_loss(model: AlignedModel, data: MultiviewDataset, pick: list[int], view_weight: float,
+               label_weight: float = 0.0, heads: nn.ModuleDict | None = None, targets: torch.Tensor | None = None,
                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean InfoNCE over the three pairs + view_weight x view-check BCE; the parts as floats."""
+    """Mean InfoNCE over the three pairs + view_weight x view-check BCE (+ label_weight x report-label BCE of
+    both image towers through ``heads``, against ``targets`` (N, K) of the whole split); the parts as floats."""
     z = _embed_batch(model, data, pick)
     tau = model.encoders.temperature
     parts = {f"{a}-{b}": info_nce(z[a], z[b], tau) for a, b in PAIRS}
@@ -48,22 +65,40 @@ def batch_loss(model: AlignedModel, data: MultiviewDataset, pick: list[int], vie
     is_lateral = torch.cat([torch.zeros(len(pick)), torch.ones(len(pick))])  # (2B,)
     view = F.binary_cross_entropy_with_logits(model.encoders.view_logits(images), is_lateral)
     loss = sum(parts.values()) / len(parts) + view_weight * view
-    return loss, {**{k: float(v.detach()) for k, v in parts.items()}, "view": float(view.detach()), "tau": float(tau.detach())}
+    extra = {"view": float(view.detach()), "tau": float(tau.detach())}
+    if label_weight > 0 and heads is not None and targets is not None:
+        labels = sum(F.binary_cross_entropy_with_logits(heads[v](z[f"{v}_features"]), targets[pick])
+                     for v in ("frontal", "lateral")) / 2
+        loss = loss + label_weight * labels
+        extra["labels"] = float(labels.detach())
+    return loss, {**{k: float(v.detach()) for k, v in parts.items()}, **extra}
 
 
-def fit_aligned(model: AlignedModel, data: MultiviewDataset, cfg: MultiviewTrainConfig) -> list[float]:
-    """Train the aligned encoders on ``data`` for ``cfg.aligned.steps`` steps; the per-step losses."""
+def fit_aligned(model: AlignedModel, data: MultiviewDataset, cfg: MultiviewTrainConfig,
+                history: list[dict[str, float]] | None = None) -> list[float]:
+    """Train the aligned encoders on ``data`` for ``cfg.aligned.steps`` steps; the per-step losses (and each
+    step's loss parts appended to ``history`` when given)."""
     stage = cfg.aligned
     generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(model.encoders.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
+    params = list(model.encoders.parameters())
+    heads = targets = None
+    if stage.label_weight > 0:
+        targets = report_targets(data.reports)  # (N, K)
+        heads = label_heads(model, targets.shape[1])
+        params += list(heads.parameters())
+        log.info("report-label loss: %d targets, %d of them ever positive in training", targets.shape[1],
+                 int((targets.sum(0) > 0).sum()))
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
     model.encoders.train()
     batch = min(stage.batch_size, len(data))
     losses: list[float] = []
     for step in budgeted_steps(stage.steps, cfg.max_minutes, "aligned encoders", cfg.progress):
         pick = torch.randperm(len(data), generator=generator)[:batch].tolist()
-        loss, parts = batch_loss(model, data, pick, stage.view_weight)
+        loss, parts = batch_loss(model, data, pick, stage.view_weight, stage.label_weight, heads, targets)
         optimizer_step(optimizer, loss, lr_at(step, stage.steps, stage.lr))
         losses.append(float(loss.detach()))
+        if history is not None:
+            history.append(parts)
         if step % 200 == 0:
             log.info("step %d: %s", step, {k: round(v, 3) for k, v in parts.items()})
     model.encoders.eval()
@@ -77,7 +112,8 @@ def embed_dataset(model: AlignedModel, data: MultiviewDataset) -> dict[str, torc
     for s in range(0, len(data), EMBED_BATCH):
         pick = list(range(s, min(s + EMBED_BATCH, len(data))))
         for key, value in _embed_batch(model, data, pick).items():
-            parts[key].append(value)
+            if key in parts:
+                parts[key].append(value)
         parts["p_frontal"].append(model.lateral_probability(data.frontal[pick]))
         parts["p_lateral"].append(model.lateral_probability(data.lateral[pick]))
     return {k: torch.cat(v) for k, v in parts.items()}
