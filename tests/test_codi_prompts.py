@@ -85,6 +85,29 @@ def test_the_prompted_single_loss_trains_the_prompt_encoders_not_the_bridges() -
     assert model.prompts["frontal"].null.grad.abs().sum() > 0
 
 
+def test_a_per_trunk_share_gives_the_lateral_to_the_frontal_trunk_alone_less_often() -> None:
+    model = prompted_model()
+    sched = training_scheduler(ScheduleConfig(num_train_timesteps=T), "epsilon")
+    clean = {"frontal": images(64), "lateral": -images(64), "report": torch.randn(64, 2, 8)}
+    given: dict[str, list[float]] = {"frontal": [], "lateral": []}  # per prompt encoder: share of samples given
+    hooks = [model.prompts[v].register_forward_hook(lambda mod, args, out, v=v: given[v].append(float(args[1].float()
+                                                                                                    .mean())))
+             for v in ("frontal", "lateral")]
+    cfg = load_config(MultiviewTrainConfig, None, ["codi.view_prompt_grid=2", "codi.frontal_view_given_prob=0.0"])
+    assert cfg.codi.view_given_probs() == {"frontal": 0.0, "lateral": 0.5, "report": 0.5}
+    with torch.no_grad():
+        single_loss(model, sched, clean, 0.1, torch.Generator().manual_seed(0), cfg.codi.view_given_probs())
+    # the lateral prompt is read by the frontal trunk (never given now) and the report trunk (half the samples)
+    assert given["lateral"][0] == 0.0 and 0.2 < given["lateral"][1] < 0.8
+    assert all(0.2 < g < 0.8 for g in given["frontal"])  # the frontal prompt: lateral and report trunks, as before
+    for h in hooks:
+        h.remove()
+    default = load_config(MultiviewTrainConfig, None, []).codi
+    assert default.frontal_view_given_prob is None and set(default.view_given_probs().values()) == {0.5}
+    with pytest.raises(ConfigError, match="frontal_view_given_prob"):
+        load_config(MultiviewTrainConfig, None, ["codi.frontal_view_given_prob=2"])
+
+
 def test_the_pipeline_passes_given_views_to_the_prompt_encoders(tmp_path: Path) -> None:
     model = opened(prompted_model())
     pipe = tiny_pipeline(model)  # a stage-one model with view prompts serves every mode

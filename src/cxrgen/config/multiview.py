@@ -190,6 +190,9 @@ class CodiStageConfig(JointStageConfig):
     # tokens of a small CNN (the lateral trunk reads the frontal, the frontal the lateral, the report both)
     view_prompt_grid: int = 0
     view_given_prob: float = 0.5  # stage codi_single with view prompts: share of samples each other view is given
+    # the same for the frontal trunk alone (None: view_given_prob): lower, the frontal trunk learns more of its
+    # samples from the report alone (the lateral, when given, tells it the findings too)
+    frontal_view_given_prob: float | None = None
     # the view prompt encoders: "cnn" (trained from scratch by the diffusion loss) or "aligned": a FROZEN copy of the
     # aligned encoders' tower of that view (`view_prompt_from`: an aligned model folder; pixel space at its image
     # size), its last feature map pooled to view_prompt_grid^2 tokens (+ its global embedding with view_prompt_global)
@@ -219,6 +222,11 @@ class CodiStageConfig(JointStageConfig):
     frontal_init_from: str | None = None
     freeze_frontal: bool = False  # with frontal_init_from: keep that trunk as trained (only the others learn)
 
+    def view_given_probs(self) -> dict[str, float]:
+        """Per trunk, the share of samples each other view is given in stage codi_single with view prompts."""
+        frontal = self.view_given_prob if self.frontal_view_given_prob is None else self.frontal_view_given_prob
+        return {"frontal": frontal, "lateral": self.view_given_prob, "report": self.view_given_prob}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.frontal_init_from is not None and self.report_condition != "text":
@@ -243,6 +251,9 @@ class CodiStageConfig(JointStageConfig):
         if not 0 <= self.cond_drop_prob < 1 or self.trunk_lr_scale < 0:
             raise ConfigError(f"codi.cond_drop_prob={self.cond_drop_prob} must be in [0, 1) and "
                               f"codi.trunk_lr_scale={self.trunk_lr_scale} >= 0")
+        if self.frontal_view_given_prob is not None and not 0 <= self.frontal_view_given_prob <= 1:
+            raise ConfigError(f"codi.frontal_view_given_prob={self.frontal_view_given_prob}: give a share in [0, 1] "
+                              "or null (the frontal trunk as the others: codi.view_given_prob)")
         if self.view_prompt_grid < 0 or not 0 <= self.view_given_prob <= 1:
             raise ConfigError(f"codi.view_prompt_grid={self.view_prompt_grid} must be >= 0 (0: no view prompts) and "
                               f"codi.view_given_prob={self.view_given_prob} in [0, 1]")

@@ -51,13 +51,13 @@ CODI_STAGES = ("codi_single", "codi_bridge")
 
 def single_loss(model: CodiXR, scheduler: DDPMScheduler, clean: Mapping[str, torch.Tensor], cond_drop_prob: float,
                 generator: torch.Generator | None = None,
-                view_given_prob: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+                view_given_prob: float | Mapping[str, float] = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage 1: the sum of each modality's own prediction MSE (DDPM eq. 14; x0 for ``sample``), bridges off.
 
     The image denoisers see the clean report (model time 0) or, with probability ``cond_drop_prob``, the
     null report (time T); the report denoiser sees only its own noisy latent. A model with view prompts
     (``view_prompt_grid``) trains each trunk on its own call, every other view given clean with probability
-    ``view_given_prob`` (per sample and view), else absent (its null prompt tokens).
+    ``view_given_prob`` (per sample and view; a mapping: per trunk), else absent (its null prompt tokens).
     """
     names = model.modalities
     if model.config.view_prompt_grid:
@@ -85,10 +85,12 @@ def single_loss(model: CodiXR, scheduler: DDPMScheduler, clean: Mapping[str, tor
 
 
 def _prompted_single_loss(model: CodiXR, scheduler: DDPMScheduler, clean: Mapping[str, torch.Tensor],
-                          cond_drop_prob: float, view_given_prob: float,
+                          cond_drop_prob: float, view_given_prob: float | Mapping[str, float],
                           generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
-    """:func:`single_loss` for a model with view prompts: per trunk, the report and the other views given or absent."""
+    """:func:`single_loss` for a model with view prompts: per trunk, the report and the other views given or absent
+    (the other views each with ``view_given_prob``, or ``view_given_prob[trunk]`` when it is a mapping)."""
     names = model.modalities
+    share = view_given_prob if isinstance(view_given_prob, Mapping) else {m: view_given_prob for m in names}
     b, device = clean[names[0]].shape[0], clean[names[0]].device
     given = lambda p: (torch.rand(b, generator=generator) < p).to(device)  # noqa: E731  (B,) bool
     per: dict[str, torch.Tensor] = {}
@@ -96,7 +98,7 @@ def _prompted_single_loss(model: CodiXR, scheduler: DDPMScheduler, clean: Mappin
         noise = torch.randn(clean[m].shape, generator=generator).to(device, clean[m].dtype)
         step = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
         lat = {**clean, m: scheduler.add_noise(clean[m], noise, step)}  # DDPM eq. 4
-        times = {o: torch.where(given(view_given_prob), 0, model.absent_time) for o in names if o not in (m, "report")}
+        times = {o: torch.where(given(share[m]), 0, model.absent_time) for o in names if o not in (m, "report")}
         times[m] = model.time_of(step)
         if m != "report" and "report" in names:
             times["report"] = torch.where(given(1 - cond_drop_prob), 0, model.absent_time)
@@ -268,7 +270,7 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
     loss_fn = None
     if stage == "codi_single":
         def loss_fn(net: CodiXR, batch: dict, g: torch.Generator) -> tuple[torch.Tensor, dict]:
-            return single_loss(net, scheduler, batch, cc.cond_drop_prob, g, cc.view_given_prob)
+            return single_loss(net, scheduler, batch, cc.cond_drop_prob, g, cc.view_given_probs())
     if latents.get(CONTEXT) is not None and latents[CONTEXT].dim() == 4:  # report variants: one wording per sample
         loss_fn = _one_wording(loss_fn or (lambda net, batch, g: joint_loss(net, scheduler, batch, cc.given_prob,
                                                                              cc.absent_prob, g)))
