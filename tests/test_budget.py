@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from script_loader import load_script
 from train_helpers import PROMPTS, tiny_config_dict
 
 from cxrgen.config import TrainConfig
@@ -22,13 +21,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "budget.py"
 
 
 def _budget():
-    if str(SCRIPT.parent) not in sys.path:
-        sys.path.insert(0, str(SCRIPT.parent))  # its helper module budget_arm, as when run as a script
-    spec = importlib.util.spec_from_file_location("budget", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["budget"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _budget_arm():

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from script_loader import load_script
 from train_helpers import tiny_config_dict
 
 from cxrgen.pipeline import CXRPipeline
@@ -17,10 +17,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_sprint.py"
 
 
 def _sprint():
-    spec = importlib.util.spec_from_file_location("gpu_sprint", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_sprint_trains_within_budget_and_writes_model_report_grid(tmp_path: Path) -> None:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
+from script_loader import load_script
 from torch.nn import functional as F
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "probe_aligned_findings.py"
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("probe_aligned_findings", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TOOL)
 
 
 def test_the_probe_ranks_encoded_features_above_noise() -> None:
