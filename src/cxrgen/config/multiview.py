@@ -203,13 +203,6 @@ class CodiStageConfig(JointStageConfig):
     # whole report, FINDINGS then IMPRESSION) or "impression" (its IMPRESSION section, the whole text when it has
     # none: what `cxrgen train` reads as the manifest's prompt). The report trunk and codec keep the whole report
     report_text: str = "full"
-    # report_condition text, twin data: besides each case's own report, `report_variants` more reports of its findings
-    # in the TRAINING wordings (the phantom's train templates; with `report_variants_archive`, an IU
-    # NLMCXR_reports.tgz, also real sentences of the IU train pool at `report_variants_real_share`); the image trunks
-    # read one of the case's wordings per step (caption augmentation; cxrgen.train.report_variants). 0: off
-    report_variants: int = 0
-    report_variants_archive: str | None = None
-    report_variants_real_share: float = 0.5
     text: TextEncoderConfig = field(default_factory=lambda: TextEncoderConfig(
         backend="minilm", pooling="sentences", max_sentences=8, max_length=48))
     # report_condition text: mask padded sentence slots out of the image trunks' attention and make the null
@@ -237,15 +230,6 @@ class CodiStageConfig(JointStageConfig):
         if self.report_text != "full" and self.report_condition != "text":
             raise ConfigError(f"codi.report_text={self.report_text!r} chooses what the image trunks read through the "
                               "sentence encoder: set codi.report_condition: text (or codi.report_text: full)")
-        if self.report_variants < 0 or not 0 <= self.report_variants_real_share <= 1:
-            raise ConfigError(f"codi.report_variants={self.report_variants} must be >= 0 (0: off) and "
-                              f"codi.report_variants_real_share={self.report_variants_real_share} in [0, 1]")
-        if (self.report_variants or self.report_variants_archive) and self.report_condition != "text":
-            raise ConfigError("codi.report_variants rewords the report the image trunks read through the sentence "
-                              "encoder: set codi.report_condition: text (or codi.report_variants: 0)")
-        if self.report_variants_archive is not None and not self.report_variants:
-            raise ConfigError("codi.report_variants_archive gives real sentences to report variants: set "
-                              "codi.report_variants > 0 (e.g. 8) or drop the archive")
         if self.context_mask and self.report_condition != "text":
             raise ConfigError("codi.context_mask masks padded sentence vectors: it needs codi.report_condition: text")
         if not 0 <= self.cond_drop_prob < 1 or self.trunk_lr_scale < 0:

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,7 @@ from cxrgen.pipelines.codi import SINGLE_MODES, CodiPipeline
 from cxrgen.samplers import training_scheduler
 from cxrgen.text import TextEncoder, build_text_encoder
 from cxrgen.train.joint import _fit_codec_scale, _train, cached_latents, load_codecs
-from cxrgen.train.joint_loss import joint_loss, prediction_target
-from cxrgen.train.report_variants import pick_variant, report_variants
+from cxrgen.train.joint_loss import prediction_target
 
 log = logging.getLogger(__name__)
 
@@ -130,18 +129,13 @@ def _model_and_codecs(cc: CodiStageConfig, stage: str,
     return None, codec, report_codec, text
 
 
-def cached_context(out: Path, text_encoder: TextEncoder, table: pd.DataFrame, report_text: str = "full",
-                   variants: Mapping[str, Any] | None = None) -> torch.Tensor:
+def cached_context(out: Path, text_encoder: TextEncoder, table: pd.DataFrame, report_text: str = "full") -> torch.Tensor:
     """Sentence vectors (N, S, D) of every study's report, or of its ``report_text`` part (zeros past its last
-    sentence), kept in ``out/codi_context.safetensors`` while the studies, the part and the text encoder match.
-    ``variants``: keywords of :func:`~cxrgen.train.report_variants.report_variants` (``k``, ``seed``, ``archive``,
-    ``real_share``); then (N, 1 + k, S, D), the study's own report first and its k rewordings after it."""
+    sentence), kept in ``out/codi_context.safetensors`` while the studies, the part and the text encoder match."""
     path = out / CONTEXT_CACHE
     fields: dict[str, Any] = {"studies": list(table["study_id"]), "text": dataclasses.asdict(text_encoder.config)}
     if report_text != "full":  # the whole report keeps the key of the caches written before the option
         fields["report_text"] = report_text
-    if variants:
-        fields["variants"] = {k: str(v) if isinstance(v, Path) else v for k, v in variants.items()}
     key = json.dumps(fields)
     if path.is_file():
         with safe_open(str(path), "pt") as f:
@@ -150,23 +144,11 @@ def cached_context(out: Path, text_encoder: TextEncoder, table: pd.DataFrame, re
                 return f.get_tensor(CONTEXT)
     log.info("encoding %d reports (%s) with the frozen %s sentence encoder", len(table), report_text,
              text_encoder.backend)
-    texts = [[r] for r in table["report"]]
-    if variants:
-        texts = [own + more for own, more in zip(texts, report_variants(table, **variants), strict=True)]
-    reports = [report_part(r, report_text) for wordings in texts for r in wordings]
-    context, _ = text_encoder.encode_all(reports, batch_size=64)  # (N x V, S, D), zeros where masked
-    if variants:
-        context = context.reshape(len(texts), len(texts[0]), *context.shape[1:])  # (N, V, S, D)
+    reports = [report_part(r, report_text) for r in table["report"]]
+    context, _ = text_encoder.encode_all(reports, batch_size=64)  # (N, S, D), zeros where masked
     out.mkdir(parents=True, exist_ok=True)
     save_file({CONTEXT: context.contiguous()}, str(path), metadata={"key": key})
     return context
-
-
-def _one_wording(loss_fn: Callable) -> Callable:
-    """``loss_fn`` on batches whose report context has a wording axis (B, V, S, D): one wording per sample."""
-    def loss(net: CodiXR, batch: dict, g: torch.Generator) -> tuple[torch.Tensor, dict]:
-        return loss_fn(net, {**batch, CONTEXT: pick_variant(batch[CONTEXT], g)}, g)
-    return loss
 
 
 def _frontal_from_uvit(model: CodiXR, source: str, text: TextEncoder) -> CodiXR:
@@ -243,9 +225,7 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
     start = time.perf_counter()
     latents = cached_latents(out, codec, report_codec, train, cc.model_image_size, cfg.progress)
     if text is not None:
-        variants = dict(k=cc.report_variants, seed=cfg.seed, archive=cc.report_variants_archive,
-                        real_share=cc.report_variants_real_share) if cc.report_variants else None
-        latents[CONTEXT] = cached_context(out, text, train, cc.report_text, variants)
+        latents[CONTEXT] = cached_context(out, text, train, cc.report_text)
     encode_s = time.perf_counter() - start
     gen = torch.Generator().manual_seed(cfg.seed)
     aligned, aligned_kwargs = _aligned_prompts(cc, codec)
@@ -271,9 +251,6 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
     if stage == "codi_single":
         def loss_fn(net: CodiXR, batch: dict, g: torch.Generator) -> tuple[torch.Tensor, dict]:
             return single_loss(net, scheduler, batch, cc.cond_drop_prob, g, cc.view_given_probs())
-    if latents.get(CONTEXT) is not None and latents[CONTEXT].dim() == 4:  # report variants: one wording per sample
-        loss_fn = _one_wording(loss_fn or (lambda net, batch, g: joint_loss(net, scheduler, batch, cc.given_prob,
-                                                                             cc.absent_prob, g)))
     groups = _trainable(model, cc, stage)
     cpu0 = time.process_time()
     ema, history, train_s = _train(model, scheduler, latents, cc, gen, cfg.progress, loss_fn, groups,
@@ -289,8 +266,7 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
                "params": sum(p.numel() for p in model.parameters()),
                "trained_params": sum(p.numel() for g in groups for p in g["params"]),
                "encode_seconds": round(encode_s, 1), "train_seconds": round(train_s, 1),
-               "train_cpu_seconds": round(cpu_s, 1), "threads": cfg.threads, "report_variants": cc.report_variants,
-               "loss_history": history,
+               "train_cpu_seconds": round(cpu_s, 1), "threads": cfg.threads, "loss_history": history,
                "model": str(out / MODEL_DIR)}
     (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     log.info("CoDi %s saved to %s (%d steps, %.0f s)", stage, out / MODEL_DIR, cc.steps, train_s)
