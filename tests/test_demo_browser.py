@@ -124,6 +124,8 @@ def _request(page, report: str, steps: str = STEPS, n_images: str = "1") -> None
         box = page.locator(f"{elem} input[type=number]")
         box.fill(value)
         box.press("Enter")
+        box.blur()  # Gradio takes a number box's value into its state on change / blur
+    page.wait_for_timeout(300)  # ... asynchronously: a click right after the typing could send the old value
     page.click("#generate")
 
 
