@@ -156,6 +156,16 @@ def test_heldout_wordings_never_appear_in_training_reports() -> None:
         report_for(LEFT_LARGE, rng, wording="test")
 
 
+def test_dev_wordings_are_a_third_disjoint_set() -> None:
+    train, heldout, dev = _all_sentences("train"), _all_sentences("heldout"), _all_sentences("dev")
+    assert dev and not dev & train and not dev & heldout
+    assert not any(word in s.lower() for s in dev for word in HELDOUT_ONLY_WORDS)  # no held-out vocabulary either
+    rng = np.random.default_rng(7)
+    for _ in range(100):
+        text = report_for(sample_findings(rng), rng, wording="dev")
+        assert not any(s in text for s in train | heldout)
+
+
 def test_benchmark_prompts_fixed_heldout_and_covering() -> None:
     prompts = benchmark_prompts()
     assert prompts == benchmark_prompts() and 64 <= len(prompts) <= 128

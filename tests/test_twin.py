@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -174,7 +176,7 @@ def test_missing_corrupt_and_mismatched_volumes_are_named(tmp_path):
 def test_report_states_the_findings_with_side():
     f = TwinFindings(effusion_side="left", effusion_size="moderate", effusion_level=0.27,
                      consolidation_lobe="right_lower", consolidation_fill=0.8)
-    for wording in ("train", "heldout"):
+    for wording in ("train", "heldout", "dev"):
         findings, impression = twin_report(f, np.random.default_rng(2), wording)
         labels = label_report(findings + " " + impression)
         assert labels.labels.get("Pleural Effusion") == 1.0
@@ -201,6 +203,23 @@ def test_dataset_round_trip_through_prepare(tmp_path):
     assert (df["prompt"].str.len() > 0).all()
     first = TwinFindings.from_row(table.iloc[0].to_dict())
     assert first.present == twin_sample(0, SIZE, seed=3).findings.present
+
+
+def test_validate_split_in_dev_wordings_keeps_the_images(tmp_path):
+    default = pd.read_csv(write_twin_set(20, 32, tmp_path / "a", seed=4, progress=False), keep_default_na=False)
+    dev = pd.read_csv(write_twin_set(20, 32, tmp_path / "b", seed=4, progress=False, validate_wording="dev"),
+                      keep_default_na=False)
+    assert set(default["split"]) == {"train", "validate", "test"}  # seed 4: all three splits in 20 cases
+    expected = {"train": "train", "validate": "dev", "test": "heldout"}
+    assert (dev["wording"] == dev["split"].map(expected)).all()
+    same = dev["split"] != "validate"
+    assert (dev.loc[same, "findings"] == default.loc[same, "findings"]).all()
+    assert (dev.loc[~same, "findings"] != default.loc[~same, "findings"]).any()
+    for stem in dev["study_id"]:
+        assert (tmp_path / f"a/images/{stem}_pa.png").read_bytes() == (tmp_path / f"b/images/{stem}_pa.png").read_bytes()
+    assert json.loads((tmp_path / "b/twin.json").read_text())["wordings"] == expected
+    with pytest.raises(ConfigError, match="validate_wording"):
+        write_twin_set(2, 32, tmp_path / "c", validate_wording="heldout")
 
 
 def test_cli_writes_a_set_and_reports_bad_input_in_one_line(tmp_path, capsys):

@@ -37,7 +37,7 @@ def test_labeler_reads_findings_and_sides_of_a_report() -> None:
     assert stated["pneumothorax"] is None and stated["nodule"] is None
 
 
-@pytest.mark.parametrize("wording", ["train", "heldout"])
+@pytest.mark.parametrize("wording", ["train", "heldout", "dev"])
 def test_true_reports_score_high_and_shuffled_ones_low(wording: str) -> None:
     reports, truths = _cases(80, wording)
     good = truth_report_scores(reports, truths)

@@ -202,6 +202,9 @@ def _add_twin(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (images/, reports/, twin.csv)")
     p.add_argument("--iu-reports", help="IU report archive NLMCXR_reports.tgz: real sentences in the reports")
+    p.add_argument("--validate-wording", choices=("train", "dev"), default="train",
+                   help="the validate split's report wordings: train, or dev (a third set, unseen in training and "
+                        "test: choose between models on unseen wordings without the test split)")
     p.add_argument("--threads", type=int, default=1, help="torch threads while rendering (1 was fastest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_twin)
@@ -211,7 +214,8 @@ def _cmd_twin(args: argparse.Namespace) -> int:
     from cxrgen.twin import write_twin_set
 
     table = write_twin_set(args.n, args.size, args.out, seed=args.seed, iu_archive=args.iu_reports,
-                           progress=not args.no_progress, threads=args.threads)
+                           progress=not args.no_progress, threads=args.threads,
+                           validate_wording=args.validate_wording)
     print(f"wrote {args.n} twin cases and {table}; read it with `cxrgen prepare twin {args.out} --out DIR`")
     return 0
 

@@ -1,7 +1,9 @@
-"""Report sentences for phantom findings, in two disjoint wording sets: "train" and "heldout".
+"""Report sentences for phantom findings, in three disjoint wording sets: "train", "heldout" and "dev".
 
 Training prompts use only the "train" templates; the benchmark (:func:`benchmark_prompts`) uses
-only "heldout" ones, so a model must generalise across wordings, not memorise strings. The training
+only "heldout" ones, so a model must generalise across wordings, not memorise strings. "dev" is a
+third set for choosing between models on unseen wordings without reading the held-out ones (e.g. a
+twin set's validate split with ``cxrgen twin --validate-wording dev``). The training
 set varies the sentence structure (side before or after the finding, "right", "right-sided", "on
 the right side") but never uses the held-out set's own words ("hemithorax", "pleural space",
 "apex", "opacity", "unremarkable", ...; the tests check both).
@@ -15,7 +17,7 @@ from cxrgen.config import PhantomConfig
 from cxrgen.errors import ConfigError
 from cxrgen.phantom.findings import CTR_ENLARGED, CTR_NORMAL, FINDINGS, PhantomFindings
 
-WORDINGS: tuple[str, ...] = ("train", "heldout")
+WORDINGS: tuple[str, ...] = ("train", "heldout", "dev")
 BENCHMARK_SEED = 20240905  # fixes the benchmark's wording choices (a constant set, not a sample)
 
 # Placeholders: {side} right/left, {sided} right-sided/left-sided, {size} small/moderate/large,
@@ -86,6 +88,27 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
         "no_consolidation": ("No airspace opacity.",),
         "normal_heart": ("Normal heart size.",),
         "normal": ("Unremarkable chest radiograph.", "No acute findings in the chest."),
+    },
+    # for model selection on unseen wordings: in no training and no held-out report
+    "dev": {
+        "effusion": ("The {side} lung base is blunted by a {size} effusion.",
+                     "{Size} fluid layering at the {side} base.",
+                     "The {side} chest shows a {size} pleural effusion."),
+        "effusion_bilateral": ("{Size} effusions at both lung bases.",
+                               "Both lung bases are blunted by {size} effusions."),
+        "pneumothorax_large": ("The {side} lung has partially collapsed from a large pneumothorax.",
+                               "A {sided} pneumothorax is seen, and it is large."),
+        "pneumothorax_apical": ("Small pneumothorax over the top of the {side} lung.",
+                                "A {sided} pneumothorax is seen at the lung top, small."),
+        "consolidation": ("Airspace filling within the {lobe} lobe.",
+                          "The {lobe} lobe is consolidated, compatible with pneumonia."),
+        "cardiomegaly": ("The heart appears large.", "The cardiac size is large."),
+        "no_effusion_ptx": ("No pleural fluid and no pneumothorax are seen.",),
+        "no_effusion": ("The lung bases are clear of fluid.",),
+        "no_ptx": ("The lungs are fully expanded.",),
+        "no_consolidation": ("The lungs are clear.",),
+        "normal_heart": ("The heart is of normal size.",),
+        "normal": ("The chest is normal.", "No acute chest disease."),
     },
 }
 

@@ -3,7 +3,9 @@
 The manifest (``twin.csv``) has one row per study: the study id linking both views, the split
 (drawn from the seed), the report sections, the truth (findings, CTR) and the variation.
 ``cxrgen prepare twin DIR`` turns it into a regular manifest with one row per image.
-Test-split reports use the held-out wordings (templates and IU reports), the others the training ones.
+Test-split reports use the held-out wordings (templates and IU reports), the others the training ones;
+with ``validate_wording="dev"`` the validate split uses the third, "dev" wordings (templates only): a split
+for choosing between models on unseen wordings without the test's (the images do not change).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "twin.csv"
 INFO_NAME = "twin.json"
 SPLIT_SHARES: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, validate, test
+VALIDATE_WORDINGS: tuple[str, ...] = ("train", "dev")  # the validate split's report wordings
 
 
 def split_of(seed: int, index: int, shares: tuple[float, float, float] = SPLIT_SHARES) -> str:
@@ -45,8 +48,11 @@ def case_row(case: TwinCase, index: int, seed: int) -> dict:
 
 
 def write_twin_set(n: int, size: int, out_dir: str | Path, seed: int = 0, iu_archive: str | Path | None = None,
-                   source: CTSource | None = None, progress: bool = True, threads: int | None = 1) -> Path:
+                   source: CTSource | None = None, progress: bool = True, threads: int | None = 1,
+                   validate_wording: str = "train") -> Path:
     """Render ``n`` cases into ``out_dir`` (images/, reports/, twin.csv, twin.json); return the CSV path.
+
+    ``validate_wording``: "train" (the training wordings) or "dev" (a third wording set, for model selection).
 
     ``threads``: torch threads while rendering (restored after; None leaves them): the renderer is
     memory-bound, and one thread was fastest on a shared 2-core machine (docs/twin.md).
@@ -55,6 +61,8 @@ def write_twin_set(n: int, size: int, out_dir: str | Path, seed: int = 0, iu_arc
         raise ConfigError(f"n={n}: give a positive number of twin cases")
     if not 32 <= size <= 1024:
         raise ConfigError(f"size={size}: give an image side between 32 and 1024 pixels")
+    if validate_wording not in VALIDATE_WORDINGS:
+        raise ConfigError(f"validate_wording={validate_wording!r}: use one of {list(VALIDATE_WORDINGS)}")
     if iu_archive is not None and not Path(iu_archive).is_file():
         raise DataError(f"IU report archive {iu_archive} does not exist; give NLMCXR_reports.tgz or leave it out")
     out = Path(out_dir)
@@ -64,13 +72,15 @@ def write_twin_set(n: int, size: int, out_dir: str | Path, seed: int = 0, iu_arc
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        rows = [_write_case(i, size, out, seed, iu_archive, source)
+        rows = [_write_case(i, size, out, seed, iu_archive, source, validate_wording)
                 for i in tqdm(range(n), desc="twin cases", disable=not progress)]
     finally:
         torch.set_num_threads(before)
     path = out / MANIFEST_NAME
     pd.DataFrame(rows).to_csv(path, index=False)
+    wordings = {"train": "train", "validate": validate_wording, "test": "heldout"}
     (out / INFO_NAME).write_text(json.dumps({"n": n, "size": size, "seed": seed, "iu_archive": bool(iu_archive),
+                                             "wordings": wordings,
                                              "views": {"pa": "patient's right on the image's left",
                                                        "lateral": "left lateral, anterior on the image's left"}},
                                             indent=2) + "\n", encoding="utf-8")
@@ -79,11 +89,11 @@ def write_twin_set(n: int, size: int, out_dir: str | Path, seed: int = 0, iu_arc
 
 
 def _write_case(i: int, size: int, out: Path, seed: int, iu_archive: str | Path | None,
-                source: CTSource | None) -> dict:
+                source: CTSource | None, validate_wording: str = "train") -> dict:
     """Render, save and describe case ``i``: its manifest row."""
     case = twin_sample(i, size, seed, source)
     row = case_row(case, i, seed)
-    wording = "heldout" if row["split"] == "test" else "train"
+    wording = {"test": "heldout", "validate": validate_wording}.get(row["split"], "train")
     findings, impression = twin_report(case.findings, np.random.default_rng([seed, i, 11]), wording,
                                        str(iu_archive) if iu_archive else None)
     stem = row["study_id"]

@@ -56,9 +56,11 @@ NODULE_TEMPLATES = {
     "train": ("A {mm} mm nodule in the {lobe} lobe.", "{Lobe} lobe pulmonary nodule measuring {mm} mm.",
               "There is a {mm} mm {lobe} lobe nodule."),
     "heldout": ("Rounded {mm} mm opacity in the {lobe} lobe, likely a nodule.",),
+    "dev": ("A nodule of {mm} mm projects over the {lobe} lobe.",),
 }
 MASS_TEMPLATES = {"train": ("A {cm} cm mass in the {lobe} lobe.", "{Lobe} lobe mass measuring {cm} cm."),
-                  "heldout": ("Large rounded opacity of the {lobe} lobe, {cm} cm, consistent with a mass.",)}
+                  "heldout": ("Large rounded opacity of the {lobe} lobe, {cm} cm, consistent with a mass.",),
+                  "dev": ("The {lobe} lobe holds a mass {cm} cm across.",)}
 
 
 @dataclass(frozen=True)
