@@ -208,6 +208,10 @@ class CodiStageConfig(JointStageConfig):
     # report_condition text: mask padded sentence slots out of the image trunks' attention and make the null
     # report one token, as the single-view U-ViT reads a report (new models only; off keeps older ones)
     context_mask: bool = False
+    # report_condition text, stage codi_single: Gaussian noise (std, in units of the sentence vectors' per-feature
+    # scale, which is 1) added to each given sentence vector the image trunks read in training: the trunks must
+    # read what survives it (paraphrases land close in the sentence space), not one wording's exact vector
+    context_noise: float = 0.0
     # stage codi_single: start the frontal trunk from a trained single-view U-ViT (a `cxrgen train` model folder,
     # e.g. twin-pixel64): CoDi XR's stage 1, one LDM per modality trained on its own. That trunk reads the report
     # as the U-ViT (context_mask for it alone unless codi.context_mask); with codi.init_from it replaces the
@@ -232,6 +236,9 @@ class CodiStageConfig(JointStageConfig):
                               "sentence encoder: set codi.report_condition: text (or codi.report_text: full)")
         if self.context_mask and self.report_condition != "text":
             raise ConfigError("codi.context_mask masks padded sentence vectors: it needs codi.report_condition: text")
+        if self.context_noise < 0 or (self.context_noise > 0 and self.report_condition != "text"):
+            raise ConfigError(f"codi.context_noise={self.context_noise}: give a std >= 0; noise on the sentence "
+                              "vectors needs codi.report_condition: text")
         if not 0 <= self.cond_drop_prob < 1 or self.trunk_lr_scale < 0:
             raise ConfigError(f"codi.cond_drop_prob={self.cond_drop_prob} must be in [0, 1) and "
                               f"codi.trunk_lr_scale={self.trunk_lr_scale} >= 0")

@@ -48,16 +48,30 @@ CONTEXT_CACHE = "codi_context.safetensors"
 CODI_STAGES = ("codi_single", "codi_bridge")
 
 
+def noisy_context(clean: Mapping[str, torch.Tensor], std: float,
+                  generator: torch.Generator | None = None) -> Mapping[str, torch.Tensor]:
+    """``clean`` with Gaussian noise (``std``) on each given sentence vector of the report context (B, S, D); padded
+    (all-zero) slots stay zero. Unchanged without a context or with ``std`` 0."""
+    if std <= 0 or CONTEXT not in clean:
+        return clean
+    ctx = clean[CONTEXT]
+    noise = torch.randn(ctx.shape, generator=generator).to(ctx.device, ctx.dtype)
+    return {**clean, CONTEXT: ctx + std * noise * (ctx != 0).any(-1, keepdim=True)}
+
+
 def single_loss(model: CodiXR, scheduler: DDPMScheduler, clean: Mapping[str, torch.Tensor], cond_drop_prob: float,
                 generator: torch.Generator | None = None,
-                view_given_prob: float | Mapping[str, float] = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+                view_given_prob: float | Mapping[str, float] = 0.5,
+                context_noise: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage 1: the sum of each modality's own prediction MSE (DDPM eq. 14; x0 for ``sample``), bridges off.
 
     The image denoisers see the clean report (model time 0) or, with probability ``cond_drop_prob``, the
     null report (time T); the report denoiser sees only its own noisy latent. A model with view prompts
     (``view_prompt_grid``) trains each trunk on its own call, every other view given clean with probability
     ``view_given_prob`` (per sample and view; a mapping: per trunk), else absent (its null prompt tokens).
+    ``context_noise``: :func:`noisy_context` on the sentence vectors the image denoisers read.
     """
+    clean = noisy_context(clean, context_noise, generator)
     names = model.modalities
     if model.config.view_prompt_grid:
         return _prompted_single_loss(model, scheduler, clean, cond_drop_prob, view_given_prob, generator)
@@ -250,7 +264,7 @@ def run_codi(cfg: MultiviewTrainConfig, stage: str) -> dict[str, Any]:
     loss_fn = None
     if stage == "codi_single":
         def loss_fn(net: CodiXR, batch: dict, g: torch.Generator) -> tuple[torch.Tensor, dict]:
-            return single_loss(net, scheduler, batch, cc.cond_drop_prob, g, cc.view_given_probs())
+            return single_loss(net, scheduler, batch, cc.cond_drop_prob, g, cc.view_given_probs(), cc.context_noise)
     groups = _trainable(model, cc, stage)
     cpu0 = time.process_time()
     ema, history, train_s = _train(model, scheduler, latents, cc, gen, cfg.progress, loss_fn, groups,
