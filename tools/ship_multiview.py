@@ -1,13 +1,15 @@
 """Copy a trained any-to-any model folder into the package as ``twin-codi``, with a training record.
 
     .venv/bin/python tools/ship_multiview.py RUN [EARLIER_RUN ...] --report-ae AE_RUN --aligned ALIGNED_RUN \
-        --eval EVAL_VALIDATE/metrics.json EVAL_TEST/metrics.json --recipe "..." [--dest src/cxrgen/models/twin-codi]
+        --eval EVAL_VALIDATE/metrics.json EVAL_TEST/metrics.json --recipe "..." [--dest src/cxrgen/models/twin-codi] \
+        [--guidance-scale W]
 
 RUN is the last `cxrgen train-multiview` stage (holds model/, metrics.json and config.yaml); EARLIER_RUN are the
 stages it started from (``codi.init_from``), oldest first. The weights are stored as float16 (half the bytes in
 git; the pipeline loads them back as float32). DEST/training.json records the recipe, the hardware, every stage's
 steps and CPU seconds (the report autoencoder's and the aligned encoders' included) and the evaluation it shipped
-with (`cxrgen evaluate-multiview` on the shipped folder).
+with (`cxrgen evaluate-multiview` on the shipped folder). ``--guidance-scale`` sets the shipped pipeline's default
+classifier-free guidance (``model_index.json`` -> ``sampling``), e.g. the scale chosen on a validation split.
 """
 
 from __future__ import annotations
@@ -31,6 +33,19 @@ def halve_weights(folder: Path) -> None:
         save_file({k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}, str(path))
 
 
+def set_guidance_default(folder: Path, guidance_scale: float) -> dict:
+    """Set the default guidance scale in ``folder/model_index.json``'s ``sampling``; return the new sampling."""
+    if guidance_scale < 1:
+        raise SystemExit(f"--guidance-scale {guidance_scale}: give a scale >= 1 (1 is no guidance)")
+    path = folder / "model_index.json"
+    index = json.loads(path.read_text(encoding="utf-8"))
+    if "sampling" not in index:
+        raise SystemExit(f"{path} has no sampling defaults: is it a cxrgen multi-view pipeline folder?")
+    index["sampling"] = {**index["sampling"], "guidance_scale": float(guidance_scale)}
+    path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return index["sampling"]
+
+
 def stage_record(run: Path) -> dict:
     """The stage's name, steps, batch size, training CPU / wall seconds and threads (its metrics.json)."""
     metrics = json.loads((run / "metrics.json").read_text())
@@ -48,6 +63,7 @@ def main() -> None:
                         help="metrics.json of `cxrgen evaluate-multiview` on the result (one per split)")
     parser.add_argument("--recipe", required=True, help="the configs and commands that made it")
     parser.add_argument("--dest", default="src/cxrgen/models/twin-codi")
+    parser.add_argument("--guidance-scale", type=float, help="the shipped default guidance scale (else the run's)")
     args = parser.parse_args()
     runs, dest = [Path(r) for r in args.runs], Path(args.dest)
     for run in runs:
@@ -57,12 +73,15 @@ def main() -> None:
         shutil.rmtree(dest)
     shutil.copytree(runs[-1] / "model", dest)
     halve_weights(dest)
+    if args.guidance_scale is not None:
+        set_guidance_default(dest, args.guidance_scale)
     record_weights(dest)  # the sha256 of the weights as shipped
     evaluations = [json.loads(Path(p).read_text()) for p in args.eval]
     record = {
         "recipe": args.recipe,
         "hardware": {"device": "cpu", "cores": os.cpu_count(), "torch": torch.__version__},
         "stages": [stage_record(Path(args.report_ae)), stage_record(Path(args.aligned))] + [stage_record(r) for r in runs],
+        "sampling": json.loads((dest / "model_index.json").read_text(encoding="utf-8")).get("sampling"),
         "weights_dtype": "float16",
         "weights_bytes": sum(p.stat().st_size for p in dest.rglob("*.safetensors")),
         "evaluation": {e["split"]: {k: e[k] for k in ("n", "settings", "marks", "all_marks_passed", "all_mistakes_fail")
