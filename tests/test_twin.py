@@ -14,6 +14,7 @@ from cxrgen.cli import main  # noqa: E402
 from cxrgen.data.labeler import label_report  # noqa: E402
 from cxrgen.data.manifest import read_manifest  # noqa: E402
 from cxrgen.data.prepare import prepare  # noqa: E402
+from cxrgen.data.readers.twin import SITE_COLUMNS  # noqa: E402
 from cxrgen.errors import ConfigError, DataError  # noqa: E402
 from cxrgen.twin import TwinFindings, Variation, make_findings, render_case, twin_sample, write_twin_set  # noqa: E402
 from cxrgen.twin.case import voxel_for  # noqa: E402
@@ -96,6 +97,26 @@ def test_consolidation_and_nodule_in_their_lobe():
     assert d[: SIZE // 2, SIZE // 2:].sum() > 3 * d[:, : SIZE // 2].sum()
     d = _difference(TwinFindings(nodule_lobe="right_lower", nodule_mm=30.0), "pa")
     assert d[:, : SIZE // 2].sum() > 3 * abs(d[:, SIZE // 2:].sum())
+
+
+@pytest.mark.parametrize("lobe", ["right_upper", "left_lower"])
+@pytest.mark.parametrize("view", ["pa", "lateral"])
+def test_nodule_site_is_where_the_nodule_shows(lobe, view):
+    """The recorded site (projected centre and radius) sits on the nodule's own change of the image."""
+    case = render_case(TwinFindings(nodule_lobe=lobe, nodule_mm=36.0), Variation(), SIZE, np.random.default_rng(1))
+    plain = render_case(TwinFindings(), Variation(), SIZE, np.random.default_rng(1))
+    d = case.view(view) - plain.view(view)  # the nodule's own change (nominal geometry, no noise)
+    col, row, radius = case.nodule_sites[view]
+    weights = np.clip(d, 0, None)
+    rows, cols = np.mgrid[:SIZE, :SIZE]
+    centroid = ((weights * cols).sum() / weights.sum(), (weights * rows).sum() / weights.sum())
+    assert abs(centroid[0] - col) < 0.5 and abs(centroid[1] - row) < 0.5
+    # a projected ball of radius r has an RMS distance from its centre of sqrt(2 / 5) r = 0.63 r
+    rms = np.sqrt((weights * ((cols - col) ** 2 + (rows - row) ** 2)).sum() / weights.sum())
+    assert 0.55 * radius < rms < 0.8 * radius
+    if view == "pa":  # the patient's right on the image's left
+        assert (col < SIZE / 2) == lobe.startswith("right")
+    assert plain.nodule_sites == {}
 
 
 def test_cardiomegaly_raises_the_recorded_ctr():
@@ -203,6 +224,11 @@ def test_dataset_round_trip_through_prepare(tmp_path):
     assert (df["prompt"].str.len() > 0).all()
     first = TwinFindings.from_row(table.iloc[0].to_dict())
     assert first.present == twin_sample(0, SIZE, seed=3).findings.present
+    for rec in table.to_dict("records"):  # nodule sites: filled exactly for the cases with a nodule
+        case = twin_sample(int(rec["study_id"].rsplit("_", 1)[1]), SIZE, seed=3)
+        assert all(pd.isna(rec[c]) for c in SITE_COLUMNS) == (rec["nodule_lobe"] == "none")
+        for view, site in case.nodule_sites.items():
+            assert tuple(rec[f"nodule_{view}_{p}"] for p in ("col", "row", "radius")) == tuple(round(v, 2) for v in site)
 
 
 def test_validate_split_in_dev_wordings_keeps_the_images(tmp_path):

@@ -20,6 +20,8 @@ CODI_PREDICTIONS: tuple[str, ...] = ("epsilon", "sample")
 #: What of a given report the CoDi image trunks read through the sentence encoder (``codi.report_text``).
 CODI_REPORT_TEXTS: tuple[str, ...] = ("full", "impression")
 #: Stages this module knows how to configure; ``cxrgen.train.multiview.STAGES`` runs them.
+#: The parts of the aligned encoders ``aligned.freeze`` can keep fixed.
+ALIGNED_PARTS: tuple[str, ...] = ("frontal", "lateral", "report", "view")
 MULTIVIEW_STAGES: tuple[str, ...] = ("report_ae", "aligned", "joint", "codi_single", "codi_bridge")
 
 
@@ -109,6 +111,16 @@ class AlignedStageConfig:
     # weight of the report-label loss: each image tower also predicts, by a linear head used in training only, the
     # labeler's observations of its report with their sides (cxrgen.multiview.report_labels); 0: off
     label_weight: float = 0.0
+    # weight of the nodule-site loss: the frontal tower's last feature map (S/16 x S/16 cells, the grid CoDi's view
+    # prompts read) learns which cells hold a nodule from the twin's recorded sites (cxrgen.multiview.sites), by a
+    # 1 x 1 convolution used in training only; studies without site truth are skipped; 0: off
+    site_weight: float = 0.0
+    # start from these trained aligned encoders (folder of AlignedModel.save_pretrained; their sizes and tokenizer
+    # are kept and the size fields above are ignored); None: new encoders
+    init_from: str | None = None
+    # parts kept as they are (of ALIGNED_PARTS): e.g. [lateral, report, view] tunes the frontal tower alone, in
+    # the space the others already define
+    freeze: tuple[str, ...] = ()
     steps: int = 600
     batch_size: int = 48
     lr: float = 1e-3
@@ -124,9 +136,15 @@ class AlignedStageConfig:
             raise ConfigError("aligned.batch_size must be at least 2: InfoNCE needs negatives in the batch")
         if not 0.0 < self.temperature < 1.0:
             raise ConfigError(f"aligned.temperature={self.temperature}: give a value in (0, 1)")
-        if self.label_weight < 0 or self.view_weight < 0:
-            raise ConfigError(f"aligned.label_weight={self.label_weight} and aligned.view_weight={self.view_weight} "
-                              "must be >= 0 (0: that loss is off)")
+        if self.label_weight < 0 or self.view_weight < 0 or self.site_weight < 0:
+            raise ConfigError(f"aligned.label_weight={self.label_weight}, aligned.view_weight={self.view_weight} and "
+                              f"aligned.site_weight={self.site_weight} must be >= 0 (0: that loss is off)")
+        unknown = sorted(set(self.freeze) - set(ALIGNED_PARTS))
+        if unknown or set(self.freeze) >= set(ALIGNED_PARTS):
+            raise ConfigError(f"aligned.freeze={list(self.freeze)}: name some (not all) of {list(ALIGNED_PARTS)}")
+        if self.freeze and self.init_from is None:
+            raise ConfigError("aligned.freeze keeps trained parts as they are: set aligned.init_from to the trained "
+                              "aligned encoders")
 
 
 @dataclass(frozen=True)

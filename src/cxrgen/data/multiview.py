@@ -16,6 +16,7 @@ in [-1, 1]; ``index`` points into the table (truth columns for the twin's measur
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from collections.abc import Iterable, Sequence
@@ -31,7 +32,7 @@ from cxrgen.data.images import load_image
 from cxrgen.data.labeler import split_sentences
 from cxrgen.data.manifest import read_manifest
 from cxrgen.data.readers.covid import imaging_sentences
-from cxrgen.data.readers.twin import TRUTH_COLUMNS, TWIN_MANIFEST
+from cxrgen.data.readers.twin import SITE_COLUMNS, TRUTH_COLUMNS, TWIN_MANIFEST
 from cxrgen.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -51,19 +52,26 @@ def twin_report(findings: str, impression: str) -> str:
 
 
 def read_twin_triplets(twin_dir: str | Path) -> pd.DataFrame:
-    """One row per twin study: paths of both views, the report, the split, the wording and the truth."""
+    """One row per twin study: paths of both views, the report, the split, the wording and the truth; with the
+    nodule sites (``SITE_COLUMNS``, pixels) and ``twin_size`` (the written images' side) where the set has them."""
     root = Path(twin_dir)
     table_path = root / TWIN_MANIFEST
     if not table_path.is_file():
         raise DataError(f"{table_path} does not exist; write a twin set with `cxrgen twin --n N --size S --out {root}`")
     table = pd.read_csv(table_path, keep_default_na=False)
+    sites: dict = {}
+    info = root / "twin.json"
+    if set(SITE_COLUMNS) <= set(table.columns) and info.is_file():
+        sites = {"twin_size": json.loads(info.read_text(encoding="utf-8"))["size"]}
     rows = []
     for rec in table.to_dict("records"):
+        if sites:
+            sites |= {c: rec[c] for c in SITE_COLUMNS}
         rows.append({"study_id": rec["study_id"], "source": "twin", "split": rec["split"],
                      "wording": rec.get("wording", ""), "frontal_path": str(root / rec["pa_path"]),
                      "lateral_path": str(root / rec["lateral_path"]),
                      "report": twin_report(rec["findings"], rec["impression"]),
-                     **{c: rec.get(c, "") for c in TRUTH_COLUMNS if c != "wording"}})
+                     **{c: rec.get(c, "") for c in TRUTH_COLUMNS if c != "wording"}, **sites})
     return pd.DataFrame(rows, columns=list(dict.fromkeys([*TRIPLET_COLUMNS, *rows[0]]))) if rows else \
         pd.DataFrame(columns=list(TRIPLET_COLUMNS))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,9 +31,23 @@ class TwinCase:
     ctr: float  # cardiothoracic ratio on the PA view, from the projected heart and lung labels
     pa: np.ndarray
     lateral: np.ndarray
+    # per view ("pa", "lateral"): the nodule's projected centre (column, row; fractional pixels) and radius (pixels);
+    # empty without a nodule. Truth for training and checking detectors, never drawn into the images.
+    nodule_sites: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
     def view(self, name: str) -> np.ndarray:
         return self.pa if name == "pa" else self.lateral
+
+
+def nodule_site(anat: Anatomy, centre: np.ndarray, diameter_mm: float, view: str, size: int, var: Variation
+                ) -> tuple[float, float, float]:
+    """Where a nodule centred at voxel ``centre`` (3,) lands in a view: column, row (fractional pixels) and radius
+    (pixels), through the same geometry as the rendering (``project_points``)."""
+    half = diameter_mm / 2
+    pts = anat.mm(np.asarray(centre)[None]) + np.array([[0, 0, 0], [0, 0, -half], [0, 0, half]], dtype=np.float32)
+    uv = project_points(torch.from_numpy(pts.astype(np.float32)), view, size, var)  # (3, 2)
+    radius = float(torch.linalg.vector_norm(uv[2] - uv[1])) / 2
+    return float(uv[0, 0]), float(uv[0, 1]), radius
 
 
 @functools.lru_cache(maxsize=8)
@@ -74,11 +88,14 @@ def render_case(findings: TwinFindings, var: Variation, size: int, rng: np.rando
                 source: CTSource | None = None) -> TwinCase:
     """Edit ``findings`` into the CT and render both views with variation ``var``."""
     anat = load_anatomy(source, voxel_for(size))
-    hu, heart = apply_findings(anat, findings, rng)
+    hu, heart, nodule = apply_findings(anat, findings, rng)
     mu = attenuation(torch.from_numpy(hu), var.bone)[None]  # (1, X, Y, Z) per mm
     images = {v: display(project(mu, v, size, var, anat.vol.voxel_mm, anat.vol.centre)[0],
                          view_window(v, source), var, rng) for v in VIEWS}
-    return TwinCase(findings=findings, variation=var, ctr=cardiothoracic_ratio(anat, heart, var), **images)
+    sites = {v: nodule_site(anat, nodule, findings.nodule_mm, v, size, var) for v in VIEWS} if nodule is not None \
+        else {}
+    return TwinCase(findings=findings, variation=var, ctr=cardiothoracic_ratio(anat, heart, var), nodule_sites=sites,
+                    **images)
 
 
 def twin_sample(index: int, size: int, seed: int = 0, source: CTSource | None = None,

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from cxrgen.config import ImageConfig
 from cxrgen.data.images import save_png
+from cxrgen.data.readers.twin import SITE_COLUMNS
 from cxrgen.errors import ConfigError, DataError
 from cxrgen.twin.case import TwinCase, twin_sample
 from cxrgen.twin.reports import twin_report
@@ -41,10 +42,14 @@ def split_of(seed: int, index: int, shares: tuple[float, float, float] = SPLIT_S
 
 
 def case_row(case: TwinCase, index: int, seed: int) -> dict:
-    """Manifest columns of one case except paths and report text."""
+    """Manifest columns of one case except paths and report text (nodule sites empty without a nodule)."""
+    sites = {c: None for c in SITE_COLUMNS}
+    for view, values in case.nodule_sites.items():
+        sites |= {f"nodule_{view}_{part}": round(v, 2) for part, v in zip(("col", "row", "radius"), values,
+                                                                            strict=True)}
     return {"study_id": f"twin_{seed}_{index:06d}", "patient_id": f"twin_{seed}_{index:06d}",
             "split": split_of(seed, index), "ctr": round(case.ctr, 4),
-            **case.findings.to_row(), **case.variation.to_row()}
+            **case.findings.to_row(), **case.variation.to_row(), **sites}
 
 
 def write_twin_set(n: int, size: int, out_dir: str | Path, seed: int = 0, iu_archive: str | Path | None = None,

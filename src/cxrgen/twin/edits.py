@@ -124,8 +124,10 @@ def enlarge_heart(hu: np.ndarray, anat: Anatomy, scale: float) -> np.ndarray:
     return np.concatenate([heart, new])
 
 
-def add_nodule(hu: np.ndarray, anat: Anatomy, lobe: str, diameter_mm: float, rng: np.random.Generator) -> None:
-    """A soft-tissue sphere of ``diameter_mm`` inside ``lobe`` (a centre where it fits, if any)."""
+def add_nodule(hu: np.ndarray, anat: Anatomy, lobe: str, diameter_mm: float, rng: np.random.Generator
+               ) -> np.ndarray:
+    """A soft-tissue sphere of ``diameter_mm`` inside ``lobe`` (a centre where it fits, if any); its centre's
+    voxel index (3,)."""
     idx = anat.lobes[lobe]
     r = diameter_mm / 2 / anat.vol.voxel_mm
     lobe_id = anat.vol.ids[LOBE_LABELS[lobe]]
@@ -141,22 +143,26 @@ def add_nodule(hu: np.ndarray, anat: Anatomy, lobe: str, diameter_mm: float, rng
     offs = offs[(offs ** 2).sum(1) <= r ** 2]
     pts = np.clip(centre + offs, 0, np.array(anat.label.shape) - 1)
     _set(hu, pts, NODULE_HU)
+    return np.asarray(centre)
 
 
-def apply_findings(anat: Anatomy, f: TwinFindings, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A copy of the CT with ``f`` edited in, and the heart's voxel indices after the edit.
+def apply_findings(anat: Anatomy, f: TwinFindings, rng: np.random.Generator
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A copy of the CT with ``f`` edited in, the heart's voxel indices after the edit, and the nodule's centre
+    (voxel index (3,); None without a nodule), the truth of where the nodule is.
 
     Lung findings first, the heart last; lung findings spare the zone the heart may grow into, so
     that the change of a case is the sum of the changes of its findings (what the measurer fits)."""
     hu = anat.hu.copy()
+    nodule = None
     if f.pneumothorax_side != "none":
         add_pneumothorax(hu, anat, f.pneumothorax_side, f.pneumothorax_shrink)
     if f.consolidation_lobe != "none":
         add_consolidation(hu, anat, f.consolidation_lobe, f.consolidation_fill, rng)
     if f.nodule_lobe != "none":
-        add_nodule(hu, anat, f.nodule_lobe, f.nodule_mm, rng)
+        nodule = add_nodule(hu, anat, f.nodule_lobe, f.nodule_mm, rng)
     sides = ("right", "left") if f.effusion_side == "bilateral" else (f.effusion_side,)
     for side in sides if f.effusion_side != "none" else ():
         add_effusion(hu, anat, side, f.effusion_level)
     hu[anat.heart_zone] = anat.hu[anat.heart_zone]  # lung findings stop at the (largest) heart's border
-    return hu, enlarge_heart(hu, anat, f.heart_scale)
+    return hu, enlarge_heart(hu, anat, f.heart_scale), nodule

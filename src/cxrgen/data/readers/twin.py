@@ -17,6 +17,9 @@ REQUIRED = ["study_id", "patient_id", "split", "findings", "impression", "pa_pat
 #: Truth columns carried into the manifest as they are.
 TRUTH_COLUMNS = ("effusion_side", "effusion_size", "pneumothorax_side", "pneumothorax_size", "consolidation_lobe",
                  "cardiomegaly", "heart_scale", "ctr", "nodule_lobe", "nodule_mm", "wording")
+#: Where the nodule lands in each view (``cxrgen twin`` >= session 30; empty without a nodule): column, row
+#: (fractional pixels of the written images) and radius (pixels).
+SITE_COLUMNS = tuple(f"nodule_{view}_{part}" for view in ("pa", "lateral") for part in ("col", "row", "radius"))
 
 
 def _labels(rec: dict) -> dict[str, float]:
