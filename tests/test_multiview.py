@@ -243,9 +243,12 @@ def test_shipped_multiview_configs_load_and_name_their_stage():
     from cxrgen.config import load_config
     from cxrgen.config.multiview import MultiviewTrainConfig
 
-    for name, stage in (("multiview-report-ae.yaml", "report_ae"), ("multiview-aligned.yaml", "aligned")):
+    for name, stage in (("multiview-report-ae.yaml", "report_ae"), ("multiview-aligned.yaml", "aligned"),
+                        ("multiview-aligned-sites.yaml", "aligned")):
         cfg = load_config(MultiviewTrainConfig, str(files("cxrgen") / "configs" / name))
         assert cfg.stage == stage and cfg.threads == 1
+    sites = load_config(MultiviewTrainConfig, str(files("cxrgen") / "configs" / "multiview-aligned-sites.yaml"))
+    assert sites.aligned.site_weight > 0 and sites.aligned.init_from and "frontal" not in sites.aligned.freeze
     with pytest.raises(ConfigError, match="batch_size"):
         load_config(MultiviewTrainConfig, None, ["aligned.batch_size=1"])
 

@@ -1,6 +1,6 @@
 """Copy a trained any-to-any model folder into the package as ``twin-codi``, with a training record.
 
-    .venv/bin/python tools/ship_multiview.py RUN [EARLIER_RUN ...] --report-ae AE_RUN --aligned ALIGNED_RUN \
+    .venv/bin/python tools/ship_multiview.py RUN [EARLIER_RUN ...] --report-ae AE_RUN --aligned ALIGNED_RUN [...] \
         --eval EVAL_VALIDATE/metrics.json EVAL_TEST/metrics.json --recipe "..." [--dest src/cxrgen/models/twin-codi] \
         [--guidance-scale W]
 
@@ -58,7 +58,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="the CoDi stages, oldest first; the last one's model/ is shipped")
     parser.add_argument("--report-ae", required=True, help="the report autoencoder's `train-multiview` folder")
-    parser.add_argument("--aligned", required=True, help="the aligned encoders' `train-multiview` folder")
+    parser.add_argument("--aligned", required=True, nargs="+",
+                        help="the aligned encoders' `train-multiview` folder(s), oldest first (e.g. InfoNCE, then the "
+                             "nodule-site fine-tune whose towers the last CoDi stage read)")
     parser.add_argument("--eval", required=True, nargs="+",
                         help="metrics.json of `cxrgen evaluate-multiview` on the result (one per split)")
     parser.add_argument("--recipe", required=True, help="the configs and commands that made it")
@@ -80,7 +82,8 @@ def main() -> None:
     record = {
         "recipe": args.recipe,
         "hardware": {"device": "cpu", "cores": os.cpu_count(), "torch": torch.__version__},
-        "stages": [stage_record(Path(args.report_ae)), stage_record(Path(args.aligned))] + [stage_record(r) for r in runs],
+        "stages": [stage_record(Path(args.report_ae)), *(stage_record(Path(a)) for a in args.aligned),
+                   *(stage_record(r) for r in runs)],
         "sampling": json.loads((dest / "model_index.json").read_text(encoding="utf-8")).get("sampling"),
         "weights_dtype": "float16",
         "weights_bytes": sum(p.stat().st_size for p in dest.rglob("*.safetensors")),
